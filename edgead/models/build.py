@@ -1,0 +1,88 @@
+"""Build detectors from a spec: family defaults, backbone, head. The only place family names are mapped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from edgead.models.backbone import Backbone, backbone_config, create_vit
+from edgead.models.detector import Detector
+from edgead.models.dinomaly import DinomalyHead
+from edgead.models.fbft import FBFTHead
+from edgead.models.norms import norm_layer
+from edgead.spec import DetectorSpec, PostSpec
+
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    # FBFT: teacher blocks 8 and 12 (0-based 7, 11), final norm on the taps, top 0.1 % score.
+    "fbft": dict(layers=(7, 11), post=PostSpec(smooth="gaussian", ksize=5, sigma=4.0, score_fraction=0.001),
+                 head=dict(tap_norm=True)),
+    # Dinomaly: encoder blocks 2..9 in two groups, decoder of 8 blocks, top 1 % score.
+    "dinomaly": dict(layers=tuple(range(2, 10)),
+                     post=PostSpec(smooth="gaussian", ksize=5, sigma=4.0, score_fraction=0.01),
+                     head=dict(groups=[[0, 1, 2, 3], [4, 5, 6, 7]], decoder_depth=8, dropout=0.2,
+                               decoder_eps=1e-8, tap_norm=False)),
+}
+
+
+def detector_spec(
+    family: str,
+    backbone: str,
+    norm: str = "layernorm",
+    input_size: int | tuple[int, int] = 224,
+    layers: tuple[int, ...] | None = None,
+    **overrides: Any,
+) -> DetectorSpec:
+    """A spec with the family's published defaults; keyword ``overrides`` replace any spec field."""
+    if family not in FAMILY_DEFAULTS:
+        raise ValueError(f"model family must be one of {', '.join(FAMILY_DEFAULTS)}, found '{family}'")
+    cfg = backbone_config(backbone)
+    d = FAMILY_DEFAULTS[family]
+    head = dict(d["head"])
+    head.update(overrides.pop("head", {}))
+    fields: dict[str, Any] = dict(
+        family=family, backbone=backbone, norm=norm, layers=layers or d["layers"], input_size=input_size,
+        mean=cfg.mean, std=cfg.std, post=d["post"], head=head,
+    )
+    fields.update(overrides)
+    return DetectorSpec(**fields)
+
+
+def _fbft_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Module]) -> nn.Module:
+    if len(spec.layers) != 2:
+        raise ValueError(f"FBFT needs exactly two tapped blocks (shallow, deep), found {list(spec.layers)}")
+    hidden = int(spec.head.get("hidden", bb.embed_dim))
+    return FBFTHead(bb.embed_dim, hidden, bb.num_prefix_tokens, bb.grid_size)
+
+
+def _dinomaly_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Module]) -> nn.Module:
+    groups = tuple(tuple(g) for g in spec.head["groups"])
+    used = sorted(i for g in groups for i in g)
+    if used != list(range(len(spec.layers))):
+        raise ValueError(f"Dinomaly groups {spec.head['groups']} must cover the {len(spec.layers)} taps once")
+    dec_norm = norm_layer(spec.norm, eps=float(spec.head.get("decoder_eps", 1e-8)))
+    num_heads = backbone_config(spec.backbone).num_heads
+    return DinomalyHead(bb.embed_dim, num_heads, bb.num_prefix_tokens, bb.grid_size, dec_norm, groups,
+                        int(spec.head["decoder_depth"]), float(spec.head["dropout"]))
+
+
+_HEADS: dict[str, Callable[[DetectorSpec, Backbone, Callable[..., nn.Module]], nn.Module]] = {
+    "fbft": _fbft_head,
+    "dinomaly": _dinomaly_head,
+}
+
+
+def build_detector(spec: DetectorSpec, backbone_weights: str | Path | None = None) -> Detector:
+    """A detector for ``spec``; the backbone is random unless ``backbone_weights`` names a local file."""
+    vit = create_vit(spec.backbone, spec.norm, spec.input_size)
+    if backbone_weights is not None:
+        from edgead.models.weights import load_backbone_weights
+
+        load_backbone_weights(vit, backbone_weights, spec.backbone)
+    if spec.family not in _HEADS:
+        raise ValueError(f"no head for family '{spec.family}'")
+    bb = Backbone(vit, spec.layers, tap_norm=bool(spec.head.get("tap_norm", False)))
+    head = _HEADS[spec.family](spec, bb, norm_layer(spec.norm))
+    return Detector(spec, bb, head).eval()

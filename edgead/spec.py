@@ -1,0 +1,172 @@
+"""The detector spec: everything a deployment needs to know about a detector, travelling with every artifact.
+
+The spec is written into checkpoints (``spec.json``), ONNX ``metadata_props``, OpenVINO ``rt_info`` and the
+manifest beside every engine. Runtimes read it; users never re-type input size or mean/std. This module imports
+no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from edgead import __version__
+from edgead.errors import ArtifactError, EdgeadError
+
+#: Bumped when the meaning of a spec field changes; a reader refuses a newer format.
+SPEC_FORMAT = 1
+#: TensorRT's TopK layer accepts k <= 3840; the image score is a TopK, so every spec respects it.
+TOPK_LIMIT = 3840
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FAMILIES = ("fbft", "dinomaly", "vitad")
+NORMS = ("layernorm", "dyt")
+
+
+@dataclass(frozen=True)
+class PostSpec:
+    """In-graph postprocessing: patch map -> upsampled, smoothed pixel map -> top-k mean score."""
+
+    smooth: str = "gaussian"  # "gaussian" | "box" | "none"
+    ksize: int = 5
+    sigma: float = 4.0
+    pad: str = "reflect"  # "reflect" | "zeros"
+    align_corners: bool = False
+    score_fraction: float = 0.001  # share of map pixels whose mean is the image score
+
+    def __post_init__(self) -> None:
+        if self.smooth not in ("gaussian", "box", "none"):
+            raise EdgeadError(f"smoothing must be 'gaussian', 'box' or 'none', found '{self.smooth}'")
+        if self.pad not in ("reflect", "zeros"):
+            raise EdgeadError(f"smoothing padding must be 'reflect' or 'zeros', found '{self.pad}'")
+        if self.ksize < 1 or self.ksize % 2 == 0:
+            raise EdgeadError(f"smoothing kernel size must be odd and positive, found {self.ksize}")
+        if not 0.0 < self.score_fraction <= 1.0:
+            raise EdgeadError(f"score fraction must be in (0, 1], found {self.score_fraction}")
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What a detector is and how to feed it. ``layers`` are 0-based block indices of the backbone."""
+
+    family: str
+    backbone: str
+    norm: str
+    layers: tuple[int, ...]
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    post: PostSpec = field(default_factory=PostSpec)
+    top_k: int = 0  # 0: derived from post.score_fraction and the map size
+    threshold: float | None = None
+    resize: tuple[int, int] | None = None  # raw frames are resized to this, then center-cropped to input_size
+    head: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
+    format: int = SPEC_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise EdgeadError(f"model family must be one of {', '.join(FAMILIES)}, found '{self.family}'")
+        if self.norm not in NORMS:
+            raise EdgeadError(f"norm must be 'layernorm' or 'dyt', found '{self.norm}'")
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        object.__setattr__(self, "input_size", _pair(self.input_size, "input size"))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.resize is not None:
+            object.__setattr__(self, "resize", _pair(self.resize, "resize"))
+            if self.resize[0] < self.input_size[0] or self.resize[1] < self.input_size[1]:
+                raise EdgeadError(f"resize {self.resize} is smaller than the crop {self.input_size}")
+        if isinstance(self.post, dict):
+            object.__setattr__(self, "post", PostSpec(**self.post))
+        if self.top_k == 0:
+            object.__setattr__(self, "top_k", top_k_for(self.post.score_fraction, self.map_size))
+        check_top_k(self.top_k, self.map_size)
+
+    @property
+    def map_size(self) -> tuple[int, int]:
+        """Anomaly maps come out at the network's input resolution."""
+        return self.input_size
+
+    def with_threshold(self, threshold: float) -> DetectorSpec:
+        return replace(self, threshold=float(threshold))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["layers"] = list(self.layers)
+        d["input_size"] = list(self.input_size)
+        d["resize"] = list(self.resize) if self.resize else None
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectorSpec:
+        check_compatible(d)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ArtifactError(f"spec has fields this edgead {__version__} does not know: {', '.join(unknown)}")
+        d = dict(d)
+        d["post"] = PostSpec(**d.get("post", {}))
+        for key in ("layers", "input_size", "mean", "std"):
+            d[key] = tuple(d[key])
+        if d.get("resize") is not None:
+            d["resize"] = tuple(d["resize"])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> DetectorSpec:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"spec is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        if not isinstance(d, dict):
+            raise ArtifactError(f"spec must be a JSON object, found {type(d).__name__}")
+        return cls.from_dict(d)
+
+
+def _pair(value: Any, what: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        value = (value, value)
+    h, w = (int(v) for v in value)
+    if h <= 0 or w <= 0:
+        raise EdgeadError(f"{what} must be positive, found {h}x{w}")
+    return h, w
+
+
+def top_k_for(fraction: float, map_size: tuple[int, int]) -> int:
+    """Number of map pixels whose mean is the image score: ``fraction`` of the map, at least one."""
+    return max(1, int(round(fraction * map_size[0] * map_size[1])))
+
+
+def check_top_k(k: int, map_size: tuple[int, int]) -> None:
+    pixels = map_size[0] * map_size[1]
+    if not 1 <= k <= TOPK_LIMIT:
+        raise EdgeadError(
+            f"top-k for the image score must be between 1 and {TOPK_LIMIT} (TensorRT's TopK limit), found {k} "
+            f"for a {map_size[0]}x{map_size[1]} map; lower the score fraction or the input size"
+        )
+    if k > pixels:
+        raise EdgeadError(f"top-k {k} exceeds the {pixels} pixels of a {map_size[0]}x{map_size[1]} map")
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    parts = []
+    for p in v.split(".")[:3]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_compatible(d: dict[str, Any]) -> None:
+    """Refuse a spec written by a newer edgead or in a newer format, with the versions named."""
+    writer = str(d.get("version", "0"))
+    fmt = int(d.get("format", 0))
+    if fmt > SPEC_FORMAT or _version_tuple(writer) > _version_tuple(__version__):
+        raise ArtifactError(
+            f"artifact was written by edgead {writer} (spec format {fmt}); this is edgead {__version__} "
+            f"(spec format {SPEC_FORMAT}); upgrade edgead to read it"
+        )
