@@ -1,0 +1,152 @@
+"""The ``Runner`` base class: one interface over every engine.
+
+``predict`` validates the batch (dtype, rank, channels, size against the artifact's spec), splits it into chunks
+the artifact accepts, runs the engine's ``_infer`` hook and returns typed ``Predictions``. Engines implement only
+``_infer`` (and optionally ``_infer_stream`` for a native throughput mode). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from edgead.errors import InputError
+from edgead.spec import DetectorSpec
+from edgead.runtimes.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Image scores ``(N,)``, anomaly maps ``(N, H, W)`` (float32) and labels ``(N,)`` (True = anomalous).
+
+    ``labels`` is None when the artifact carries no threshold. ``seconds`` is the wall time of the call.
+    """
+
+    scores: np.ndarray
+    maps: np.ndarray
+    labels: np.ndarray | None
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+class Runner(ABC):
+    """Runs one artifact. Subclasses set ``engine`` and implement ``_infer``.
+
+    Thread safety: ``predict`` may be called from several threads at once only when ``thread_safe`` is True;
+    otherwise calls are serialised by a lock held for the whole call (correct, but not concurrent).
+    """
+
+    engine: ClassVar[str] = ""
+    thread_safe: ClassVar[bool] = False
+
+    def __init__(self, folder: Path, manifest: Manifest) -> None:
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.spec: DetectorSpec = manifest.spec
+        self._lock = threading.Lock()
+
+    # -- engine hooks -------------------------------------------------------------------------------------
+    @abstractmethod
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run one validated, contiguous uint8 chunk of at most ``max_batch`` images; return (scores, maps)."""
+
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch one ``_infer`` call takes (None: any)."""
+        return self.manifest.batch[1]
+
+    @property
+    def min_batch(self) -> int:
+        return int(self.manifest.batch[0])
+
+    def close(self) -> None:
+        """Release engine resources (sessions, device buffers)."""
+
+    # -- public API ---------------------------------------------------------------------------------------
+    def validate(self, images: np.ndarray) -> np.ndarray:
+        """Check dtype, rank, channels and size; return a C-contiguous ``(N, H, W, 3)`` uint8 array."""
+        if not isinstance(images, np.ndarray):
+            raise InputError(f"expected a numpy uint8 array (N, H, W, 3), found {type(images).__name__}")
+        if images.dtype != np.uint8:
+            raise InputError(f"expected uint8 images, found dtype {images.dtype}")
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4:
+            raise InputError(f"expected images of rank 4 (N, H, W, 3), found rank {images.ndim} {images.shape}")
+        if images.shape[-1] != 3:
+            raise InputError(f"expected 3 RGB channels last (N, H, W, 3), found {images.shape[-1]} in {images.shape}")
+        h, w = self.spec.input_size
+        if images.shape[1:3] != (h, w):
+            raise InputError(
+                f"expected images of {h}x{w} (the artifact's input size), found {images.shape[1]}x{images.shape[2]}; "
+                f"fit frames with edgead.imageio.prepare"
+            )
+        if images.shape[0] == 0:
+            raise InputError("expected at least one image, found an empty batch")
+        return np.ascontiguousarray(images)
+
+    def predict(self, images: np.ndarray) -> Predictions:
+        """Scores, maps and labels for a uint8 ``(N, H, W, 3)`` batch of any N."""
+        images = self.validate(images)
+        t0 = time.perf_counter()
+        if self.thread_safe:
+            scores, maps = self._run_chunks(images)
+        else:
+            with self._lock:
+                scores, maps = self._run_chunks(images)
+        return self._wrap(scores, maps, time.perf_counter() - t0)
+
+    def predict_stream(self, batches: Iterable[np.ndarray], workers: int = 2) -> Iterator[Predictions]:
+        """Throughput mode: run a stream of batches, overlapping work where the engine allows; keeps order."""
+        if not self.thread_safe or workers <= 1:
+            for b in batches:
+                yield self.predict(b)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending = []
+            for b in batches:
+                pending.append(pool.submit(self.predict, b))
+                if len(pending) >= 2 * workers:
+                    yield pending.pop(0).result()
+            for f in pending:
+                yield f.result()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers ------------------------------------------------------------------------------------------
+    def _run_chunks(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = images.shape[0]
+        step = self.max_batch or n
+        scores, maps = [], []
+        for i in range(0, n, step):
+            chunk = images[i : i + step]
+            pad = self.min_batch - chunk.shape[0]
+            if pad > 0:  # an engine profile with a minimum batch: pad by repeating the last image
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            s, m = self._infer(chunk)
+            keep = chunk.shape[0] - max(pad, 0)
+            scores.append(np.asarray(s, dtype=np.float32).reshape(-1)[:keep])
+            maps.append(np.asarray(m, dtype=np.float32)[:keep])
+        return np.concatenate(scores), np.concatenate(maps)
+
+    def _wrap(self, scores: np.ndarray, maps: np.ndarray, seconds: float) -> Predictions:
+        thr = self.spec.threshold
+        labels = None if thr is None else scores > thr
+        return Predictions(scores, maps, labels, seconds)
+
+    def describe(self) -> str:
+        return f"{self.engine} {self.manifest.precision} ({self.folder})"
