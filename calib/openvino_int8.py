@@ -1,0 +1,31 @@
+"""INT8 for OpenVINO: NNCF post-training quantisation with the transformer model type.
+
+The postprocessing (smoothing convolution, top-k score) stays in float: it is a few cheap ops whose precision
+decides the score, and quantising them buys nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgead.calib.dataset import CalibrationSet
+from edgead.errors import require
+from edgead.spec import DetectorSpec
+
+#: ONNX node-name patterns of the in-graph postprocessing, kept in float.
+FLOAT_PATTERNS = (r".*/post/.*",)
+
+
+def quantize_openvino(model: Any, spec: DetectorSpec, calib_dir: Path, subset_size: int = 300) -> tuple[Any, dict]:
+    nncf = require("nncf", "openvino", "INT8 quantisation for OpenVINO")
+    data = CalibrationSet(calib_dir, spec, batch_size=1, limit=subset_size)
+    dataset = nncf.Dataset(list(data.batches(1)))
+    quantized = nncf.quantize(
+        model,
+        dataset,
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(data),
+        ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_PATTERNS), validate=False),
+    )
+    return quantized, {"images": len(data), "skipped": [str(p) for p in data.skipped], "folder": str(calib_dir)}
