@@ -1,0 +1,1 @@
+"""The ``edgead`` command line: a thin typer layer over the library."""

@@ -1,0 +1,56 @@
+"""``edgead``: wires the commands; each command module checks its flags and calls the library.
+
+Every ``EdgeadError`` becomes one line on stderr and exit code 1; ``EDGEAD_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from edgead import __version__
+from edgead.cli import deploy, run, train
+from edgead.errors import EdgeadError
+
+app = typer.Typer(
+    name="edgead",
+    help="Transformer anomaly detectors from a PyTorch checkpoint to a fast, verified engine on the line.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("synth")(train.synth)
+app.command("fit")(train.fit)
+app.command("eval")(train.eval_cmd)
+app.command("export")(deploy.export)
+app.command("compile")(deploy.compile_cmd)
+app.command("verify")(deploy.verify)
+app.command("build-c")(deploy.build_c)
+app.command("predict")(run.predict)
+app.command("bench")(run.bench)
+app.command("demo")(run.demo)
+
+
+@app.command("version")
+def version() -> None:
+    """Print the edgead version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    try:
+        app()
+    except EdgeadError as exc:
+        if os.environ.get("EDGEAD_DEBUG") == "1":
+            raise
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Commands that run artifacts: ``predict``, ``bench``, and the built-in ``demo``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from edgead.cli.common import JsonFlag, console, emit_json
+from edgead.errors import InputError
+from edgead.imageio import IMAGE_SUFFIXES, list_images, load_batch
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += list_images(p)
+        elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(p)
+        else:
+            raise InputError(f"expected an image file or a folder of images, found {p}")
+    return files
+
+
+def predict(
+    target: Annotated[Path, typer.Argument(help="Checkpoint or artifact folder.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for heatmap overlay PNGs.")] = None,
+    engine: Annotated[str | None, typer.Option("--engine", "-e", help="Runner engine (default: the artifact's).")]
+    = None,
+    batch: Annotated[int, typer.Option(help="Images per inference call.")] = 8,
+    json_out: JsonFlag = False,
+) -> None:
+    """Score images: score, label against the artifact's threshold, and heatmap overlays with --out."""
+    import edgead.runtimes as rt
+    from edgead.fsutil import atomic_dir
+    from edgead.imageio import prepare, read_image
+    from edgead.viz import save_panel
+
+    files = _expand(images)
+    runner = rt.load(target, engine)
+    thr = runner.spec.threshold
+    rows = []
+    scores_all, maps_all = [], []
+    for i in range(0, len(files), batch):
+        chunk = files[i : i + batch]
+        p = runner.predict(load_batch(chunk, runner.spec))
+        scores_all.append(p.scores)
+        maps_all.append(p.maps)
+        for j, f in enumerate(chunk):
+            label = None if p.labels is None else ("anomalous" if p.labels[j] else "normal")
+            rows.append({"image": str(f), "score": float(p.scores[j]), "label": label})
+    if out is not None:
+        maps = np.concatenate(maps_all)
+        vmax = float(2.0 * thr) if thr else float(maps.max())
+        with atomic_dir(out) as tmp:
+            for k, (row, f) in enumerate(zip(rows, files, strict=True)):
+                img = prepare(read_image(f), runner.spec)
+                save_panel(tmp / f"{k:04d}_{f.stem}.png", img, maps[k], 0.0, vmax, row["score"], thr)
+        for k, row in enumerate(rows):
+            row["heatmap"] = str(out / f"{k:04d}_{Path(row['image']).stem}.png")
+    if json_out:
+        emit_json({"target": str(target), "engine": runner.engine, "threshold": thr, "results": rows})
+        return
+    table = Table(title=f"{target} ({runner.engine} {runner.manifest.precision})")
+    table.add_column("image")
+    table.add_column("score", justify="right")
+    table.add_column("label")
+    for row in rows:
+        colour = "red" if row["label"] == "anomalous" else "green"
+        table.add_row(row["image"], f"{row['score']:.4f}", f"[{colour}]{row['label'] or '-'}[/]")
+    console.print(table)
+    if out is not None:
+        console.print(f"heatmaps written to [bold]{out}[/]")
+
+
+def bench(
+    target: Annotated[str, typer.Argument(help="Checkpoint or export folder; 'norms' runs the DyT vs LayerNorm study.")],
+    engine: Annotated[str, typer.Option("--engine", "-e", help="trt | openvino | onnxruntime | torch | all")] = "all",
+    precision: Annotated[str, typer.Option("--precision", "-p", help="Comma list, e.g. fp32,int8 (default all).")]
+    = "",
+    batch: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,8",
+    iters: Annotated[int, typer.Option(help="Timed iterations per configuration.")] = 20,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results as JSON to this file.")] = None,
+    backbone: Annotated[str, typer.Option(help="Backbone for the norms study.")] = "vit_small_patch14_dinov2",
+    size: Annotated[int, typer.Option(help="Input size for the norms study.")] = 224,
+) -> None:
+    """Latency p50/p90/p99, throughput and memory per engine, precision and batch size."""
+    try:
+        batches = tuple(int(b) for b in batch.split(",") if b)
+    except ValueError:
+        raise InputError(f"--batch must be a comma list of integers such as 1,8, found '{batch}'") from None
+    precisions = tuple(p for p in precision.split(",") if p)
+    if target == "norms":
+        from edgead.bench.norms import run_norm_study
+
+        run_norm_study(backbone=backbone, size=size, iters=iters, batches=batches,
+                       out=json_path.parent if json_path else Path("runs/norms"), console=console)
+        return
+    from edgead.bench import run_bench
+
+    run_bench(Path(target), engine, precisions, batches, iters, json_path=json_path, console=console)
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Working folder for the demo.")] = Path("runs/demo"),
+    backbone: Annotated[str, typer.Option(help="Backbone (random init: no weights are downloaded).")]
+    = "vit_small_patch14_dinov2",
+    category: Annotated[str, typer.Option(help="Synthetic category to fit: texture | object.")] = "texture",
+    epochs: Annotated[int, typer.Option(help="FBFT training epochs.")] = 40,
+    iters: Annotated[int, typer.Option(help="Benchmark iterations.")] = 10,
+) -> None:
+    """The built-in default: synthetic data -> fit FBFT -> evaluate -> heatmaps -> export -> compile -> verify -> bench."""
+    from edgead.cli import deploy, train
+
+    t0 = time.perf_counter()
+    data, ckpt, art = out / "synthetic", out / "detector", out / "export"
+    cat = data / category
+
+    def step(title: str) -> None:
+        console.rule(f"[bold]{title}[/]  ({time.perf_counter() - t0:.0f} s)")
+
+    step("1/7 synthetic data")
+    train.synth(data)
+    step("2/7 fit FBFT")
+    train.fit(cat, model="fbft", backbone=backbone, size=224, epochs=epochs, out=ckpt)
+    step("3/7 evaluate")
+    train.eval_cmd(ckpt, cat)
+    step("4/7 heatmaps")
+    defects = sorted(p for p in (cat / "test").iterdir() if p.is_dir())
+    samples = [list_images(d)[0] for d in defects]
+    predict(ckpt, samples, out=out / "heatmaps")
+    step("5/7 export")
+    deploy.export(ckpt, out=art)
+    step("6/7 compile OpenVINO f32 and int8")
+    deploy.compile_cmd(art, engine="openvino", precision="fp32")
+    deploy.compile_cmd(art, engine="openvino", precision="int8", calib=cat)
+    deploy.verify(art, data=cat)
+    step("7/7 bench")
+    bench(str(art), engine="all", batch="1", iters=iters, json_path=out / "bench.json")
+    console.rule(f"[bold green]demo done in {time.perf_counter() - t0:.0f} s[/]; everything is in {out}")

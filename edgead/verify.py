@@ -1,0 +1,73 @@
+"""``edgead verify``: every artifact in an export folder against the PyTorch reference, and optionally on data.
+
+The reference is the checkpoint recorded in the export's manifest (or one given explicitly) run in PyTorch;
+without PyTorch installed, the FP32 ONNX export run in ONNX Runtime stands in for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgead.errors import ArtifactError
+from edgead.runtimes.compare import Difference, check_batch, difference
+from edgead.runtimes.loader import load
+from edgead.runtimes.manifest import find_artifacts, read_manifest
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    folder: Path
+    engine: str
+    precision: str
+    diff: Difference
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    delta: dict[str, float | None] = field(default_factory=dict)  # metric change against the FP32 export
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "engine": self.engine, "precision": self.precision,
+                "diff": self.diff.to_dict(), "metrics": self.metrics, "delta_vs_fp32": self.delta}
+
+
+def _reference(out: Path, ckpt: Path | None):
+    m = read_manifest(out)
+    ckpt = ckpt or (Path(m.extra["checkpoint"]) if "checkpoint" in m.extra else None)
+    if ckpt is not None and importlib.util.find_spec("torch") is not None:
+        if not ckpt.is_dir():
+            raise ArtifactError(f"reference checkpoint {ckpt} named by the export is gone; pass --ckpt")
+        return load(ckpt, "torch"), "torch"
+    return load(out, "onnxruntime"), "onnxruntime-fp32"
+
+
+def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str | Path | None = None,
+                     batch: int = 8) -> tuple[str, list[ArtifactCheck]]:
+    """Differences (and metrics with ``data``) of every artifact in ``out`` against the reference."""
+    out = Path(out)
+    folders = find_artifacts(out)
+    if not folders:
+        raise ArtifactError(f"expected an export folder with manifest.json, found none in {out}")
+    ref, ref_name = _reference(out, Path(ckpt) if ckpt else None)
+    images = check_batch(1, batch, ref.spec.input_size)
+    ref_pred = ref.predict(images)
+    ref_metrics = None
+    if data is not None:
+        from edgead.evaluate import evaluate_runner
+
+        ref_metrics = evaluate_runner(ref, data).metrics.__dict__
+    checks = []
+    for folder in folders:
+        runner = load(folder)
+        diff = difference(ref_pred, runner.predict(images), ref_name, runner.describe())
+        metrics: dict[str, float | None] = {}
+        delta: dict[str, float | None] = {}
+        if data is not None and ref_metrics is not None:
+            from edgead.evaluate import evaluate_runner
+
+            metrics = dict(evaluate_runner(runner, data).metrics.__dict__)
+            delta = {k: (None if v is None or ref_metrics[k] is None else v - ref_metrics[k])
+                     for k, v in metrics.items()}
+        checks.append(ArtifactCheck(folder, runner.engine, runner.manifest.precision, diff, metrics, delta))
+        runner.close()
+    return ref_name, checks

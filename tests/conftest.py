@@ -1,0 +1,60 @@
+"""Shared pytest setup. Tests marked ``gpu`` run only with ``--run-gpu`` or ``EDGEAD_GPU=1``."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-gpu", action="store_true", default=False,
+                     help="run tests marked gpu (they need an NVIDIA GPU with TensorRT 10)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-gpu") or os.environ.get("EDGEAD_GPU") == "1":
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with TensorRT 10; run with --run-gpu or EDGEAD_GPU=1")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+# -- shared artifacts, made once per session --------------------------------------------------------------
+TINY = {"fbft": "vit_tiny_test_patch14", "dinomaly": "vit_tiny_test_patch14_reg4"}
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory):
+    """A small synthetic MVTec-layout set at 56 px (texture category)."""
+    from edgead.synth import make_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    make_synthetic(root, categories=("texture",), size=56, n_train=12, n_test_good=4, n_test_defect=2, seed=1)
+    return root / "texture"
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory):
+    """``tiny_export(family, norm)`` -> export folder of a randomly initialised 56 px detector (cached)."""
+    cache: dict[tuple[str, str], object] = {}
+
+    def make(family: str = "fbft", norm: str = "layernorm"):
+        key = (family, norm)
+        if key not in cache:
+            import torch
+            from edgead.export import export_onnx
+
+            from edgead.models import build_detector, detector_spec
+            from edgead.models.checkpoint import save_checkpoint
+
+            torch.manual_seed(0)
+            det = build_detector(detector_spec(family, TINY[family], norm, input_size=56))
+            root = tmp_path_factory.mktemp(f"{family}-{norm}")
+            save_checkpoint(det, root / "ckpt")
+            export_onnx(det, root / "export", source=root / "ckpt")
+            cache[key] = root
+        return cache[key]
+
+    return make

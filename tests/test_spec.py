@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from edgead.errors import ArtifactError, EdgeadError
+from edgead.spec import TOPK_LIMIT, DetectorSpec, PostSpec, top_k_for
+
+
+def spec(**kw):
+    base = dict(family="fbft", backbone="vit_tiny_test_patch14", norm="layernorm", layers=(7, 11), input_size=224)
+    base.update(kw)
+    return DetectorSpec(**base)
+
+
+def test_top_k_derived_from_fraction():
+    assert spec().top_k == 50  # 0.1 % of 224*224 = 50.2
+    assert spec(post=PostSpec(score_fraction=0.01)).top_k == 502
+    assert top_k_for(0.001, (10, 10)) == 1
+
+
+def test_top_k_limit_enforced_when_spec_is_made():
+    with pytest.raises(EdgeadError, match=r"between 1 and 3840 \(TensorRT's TopK limit\), found 5018"):
+        spec(post=PostSpec(score_fraction=0.1))
+    with pytest.raises(EdgeadError, match="found 3841"):
+        spec(top_k=TOPK_LIMIT + 1)
+    assert spec(top_k=TOPK_LIMIT).top_k == 3840
+
+
+def test_round_trip_json():
+    s = spec(threshold=0.25, resize=(256, 256), head={"hidden": 64})
+    again = DetectorSpec.from_json(s.to_json())
+    assert again == s
+
+
+def test_newer_version_refused():
+    d = spec().to_dict()
+    d["version"] = "99.0.0"
+    with pytest.raises(ArtifactError, match=r"written by edgead 99.0.0 .* upgrade edgead"):
+        DetectorSpec.from_dict(d)
+    d = spec().to_dict()
+    d["format"] = 7
+    with pytest.raises(ArtifactError, match="spec format 7"):
+        DetectorSpec.from_json(json.dumps(d))
+
+
+def test_bad_fields():
+    with pytest.raises(EdgeadError, match="model family must be one of fbft, dinomaly, vitad, found 'x'"):
+        spec(family="x")
+    with pytest.raises(EdgeadError, match="norm must be 'layernorm' or 'dyt', found 'bn'"):
+        spec(norm="bn")
+    with pytest.raises(EdgeadError, match="smoothing kernel size must be odd"):
+        PostSpec(ksize=4)
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        DetectorSpec.from_json("{nope")

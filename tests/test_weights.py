@@ -1,0 +1,72 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from edgead.errors import ArtifactError, InputError
+from edgead.models.backbone import create_vit
+from edgead.models.weights import load_backbone_weights
+
+
+def _dinov2_layout(vit) -> dict[str, torch.Tensor]:
+    """The original DINOv2 key layout, written from its documented structure: class position inside
+    pos_embed (1 + 37*37 tokens at 518 px), registers as register_tokens, an unused mask_token."""
+    sd = {k: v.clone() for k, v in vit.state_dict().items()}
+    grid = vit.patch_embed.grid_size
+    patch_pos = sd.pop("pos_embed")  # (1, N, C): patches only (no_embed_class)
+    cls_pos = torch.randn(1, 1, patch_pos.shape[-1]) * 0.02
+    sd["pos_embed"] = torch.cat([cls_pos, patch_pos], 1)
+    sd["cls_token"] = sd["cls_token"] - cls_pos  # so that folding it back gives the same model
+    sd["register_tokens"] = sd.pop("reg_token")
+    sd["mask_token"] = torch.zeros(1, patch_pos.shape[-1])
+    assert grid == (2, 2)
+    return sd
+
+
+def test_timm_layout_round_trip(tmp_path):
+    torch.manual_seed(0)
+    src = create_vit("vit_tiny_test_patch14", "layernorm", (28, 28))
+    save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
+    dst = create_vit("vit_tiny_test_patch14", "layernorm", (28, 28))
+    load_backbone_weights(dst, tmp_path / "w.safetensors")
+    x = torch.randn(1, 3, 28, 28)
+    torch.testing.assert_close(dst(x), src(x))
+
+
+def test_original_dinov2_layout_with_registers(tmp_path):
+    torch.manual_seed(0)
+    src = create_vit("vit_tiny_test_patch14_reg4", "layernorm", (28, 28))
+    torch.save({"model": _dinov2_layout(src)}, tmp_path / "dinov2.pth")
+    dst = create_vit("vit_tiny_test_patch14_reg4", "layernorm", (28, 28))
+    load_backbone_weights(dst, tmp_path / "dinov2.pth")
+    x = torch.randn(2, 3, 28, 28)
+    torch.testing.assert_close(dst(x), src(x), atol=1e-5, rtol=1e-5)
+
+
+def test_layernorm_weights_load_into_dyt_and_pos_embed_resampled(tmp_path):
+    src = create_vit("vit_tiny_test_patch14", "layernorm", (56, 56))
+    save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
+    dst = create_vit("vit_tiny_test_patch14", "dyt", (28, 28))  # other grid: 2x2 instead of 4x4
+    load_backbone_weights(dst, tmp_path / "w.safetensors")
+    torch.testing.assert_close(dst.blocks[0].norm1.weight, src.blocks[0].norm1.weight)
+    assert dst.pos_embed.shape == (1, 5, 32)
+
+
+def test_other_architecture_names_the_tensor(tmp_path):
+    other = create_vit("vit_tiny_test_patch16", "layernorm", (32, 32))
+    save_file(other.state_dict(), str(tmp_path / "w.safetensors"))
+    dst = create_vit("vit_tiny_test_patch14", "layernorm", (28, 28))
+    with pytest.raises(ArtifactError, match=r"tensor 'patch_embed.proj.weight' has shape \(32, 3, 16, 16\), "
+                                            r"the tiny backbone expects \(32, 3, 14, 14\)"):
+        load_backbone_weights(dst, tmp_path / "w.safetensors", "tiny")
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    dst = create_vit("vit_tiny_test_patch14", "layernorm", (28, 28))
+    with pytest.raises(InputError, match="expected a weights file, found nothing"):
+        load_backbone_weights(dst, tmp_path / "none.pth")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ArtifactError, match="could not read"):
+        load_backbone_weights(dst, tmp_path / "bad.safetensors")
+    save_file({"blocks.0.norm1.weight": torch.ones(32)}, str(tmp_path / "part.safetensors"))
+    with pytest.raises(ArtifactError, match=r"does not fit the backbone backbone: missing \d+ tensors"):
+        load_backbone_weights(dst, tmp_path / "part.safetensors")
