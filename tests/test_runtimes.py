@@ -1,0 +1,161 @@
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import edgead.runtimes as rt
+from edgead.errors import ArtifactError, EdgeadError, InputError, MissingDependencyError
+from edgead.runtimes.compare import check_batch
+
+
+@pytest.fixture(scope="module")
+def export_dir(tiny_export):
+    return tiny_export("fbft", "layernorm") / "export"
+
+
+@pytest.fixture(scope="module")
+def runner(export_dir):
+    return rt.load(export_dir)
+
+
+def test_predictions_any_n_and_labels(runner):
+    p = runner.predict(check_batch(3, 11, (56, 56)))
+    assert p.scores.shape == (11,) and p.maps.shape == (11, 56, 56) and p.labels is None
+    assert p.scores.dtype == np.float32 and p.maps.dtype == np.float32
+    single = runner.predict(check_batch(3, 11, (56, 56))[4])  # one (H, W, 3) image
+    np.testing.assert_allclose(single.scores, p.scores[4:5], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (np.zeros((2, 56, 56, 3), np.float32), "expected uint8 images, found dtype float32"),
+        (np.zeros((56, 56), np.uint8), r"expected images of rank 4 \(N, H, W, 3\), found rank 2"),
+        (np.zeros((2, 56, 56, 4), np.uint8), "expected 3 RGB channels last .* found 4"),
+        (np.zeros((2, 64, 56, 3), np.uint8), "expected images of 56x56 .* found 64x56"),
+        (np.zeros((0, 56, 56, 3), np.uint8), "found an empty batch"),
+        ([[1, 2]], "expected a numpy uint8 array"),
+    ],
+)
+def test_bad_batches(runner, images, message):
+    with pytest.raises(InputError, match=message):
+        runner.predict(images)
+
+
+def test_non_contiguous_batch_is_accepted(runner):
+    x = check_batch(1, 4, (56, 56))
+    flipped = x[:, :, ::-1]
+    assert not flipped.flags.c_contiguous
+    np.testing.assert_allclose(runner.predict(flipped).scores, runner.predict(flipped.copy()).scores, atol=1e-6)
+
+
+def test_chunking_respects_max_batch(export_dir, monkeypatch):
+    r = rt.load(export_dir)
+    seen = []
+    orig = r._infer
+    monkeypatch.setattr(r, "_infer", lambda b: (seen.append(len(b)), orig(b))[1])
+    monkeypatch.setattr(type(r), "max_batch", property(lambda self: 4))
+    p = r.predict(check_batch(0, 10, (56, 56)))
+    assert seen == [4, 4, 2] and p.scores.shape == (10,)
+
+
+def test_thread_safety_same_results(export_dir):
+    r = rt.load(export_dir, engine="openvino")
+    x = check_batch(2, 6, (56, 56))
+    expected = r.predict(x).scores
+    results, errors = [], []
+
+    def work(i):
+        try:
+            results.append(r.predict(x[i % 3 : i % 3 + 3]).scores)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 8
+    for i, s in enumerate(results):
+        assert s.shape == (3,)
+    stream = list(r.predict_stream([x[:2], x[2:4], x[4:]]))
+    np.testing.assert_allclose(np.concatenate([p.scores for p in stream]), expected, atol=1e-5)
+
+
+def test_changed_or_corrupt_files_refused(export_dir, tmp_path):
+    bad = tmp_path / "changed"
+    shutil.copytree(export_dir, bad)
+    data = bytearray((bad / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (bad / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="was changed or is corrupt"):
+        rt.load(bad)
+    (bad / "manifest.json").write_text("{broken")
+    with pytest.raises(ArtifactError, match="is corrupt: expected JSON"):
+        rt.load(bad)
+    (bad / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="expected manifest.json"):
+        rt.load(bad)
+    with pytest.raises(ArtifactError, match="found no folder"):
+        rt.load(tmp_path / "missing")
+
+
+def test_artifact_from_newer_edgead_refused(export_dir, tmp_path):
+    newer = tmp_path / "newer"
+    shutil.copytree(export_dir, newer)
+    m = json.loads((newer / "manifest.json").read_text())
+    m["edgead_version"] = "9.0.0"
+    (newer / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="written by edgead 9.0.0"):
+        rt.load(newer)
+
+
+def test_engine_errors(export_dir):
+    with pytest.raises(EdgeadError, match="engine must be one of onnxruntime, openvino, trt, torch, found 'x'"):
+        rt.load(export_dir, engine="x")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'edgead\[trt\]'"):
+        from edgead.errors import require
+
+        require("tensorrt", "trt")
+
+
+def test_runtime_never_imports_torch(export_dir):
+    """Line side: loading and running ONNX Runtime and OpenVINO artifacts with torch made unimportable."""
+    from edgead.export.openvino import compile_openvino
+
+    ov_dir = compile_openvino(export_dir, "fp32", out=export_dir.parent / "ov-notorch")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules['torch'] = None  # any 'import torch' now raises ImportError
+        import numpy as np
+        import edgead.runtimes as rt
+        x = np.zeros((2, 56, 56, 3), np.uint8)
+        for path, engine in [({str(export_dir)!r}, None), ({str(ov_dir)!r}, None)]:
+            p = rt.load(path, engine).predict(x)
+            assert p.scores.shape == (2,)
+        assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]
+        print('ok')
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"
+
+
+def test_core_modules_import_without_optional_dependencies():
+    code = textwrap.dedent("""
+        import sys
+        for name in ('torch', 'openvino', 'onnxruntime', 'tensorrt', 'nncf', 'timm', 'safetensors'):
+            sys.modules[name] = None
+        import edgead, edgead.spec, edgead.imageio, edgead.data, edgead.metrics, edgead.viz, edgead.synth
+        import edgead.runtimes, edgead.runtimes.manifest, edgead.runtimes.compare, edgead.calib, edgead.evaluate
+        import edgead.cli.app
+        print('ok')
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
