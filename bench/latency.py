@@ -1,0 +1,545 @@
+"""Latency benchmark of runners: engines x precisions x batch sizes, end to end through ``Runner.predict``.
+
+Each measurement feeds uint8 images (``edgead.runtimes.compare.check_batch``) and gets scores and maps back,
+so preprocessing, the network, postprocessing and the copies out are all inside the time. After ``warmup``
+calls, ``iters`` calls are timed one by one; p50/p90/p99 come from those. Peak memory is the largest resident
+set size sampled (every 2 ms, from ``/proc/self/statm``) while the runner was being loaded and timed;
+Python-level tracing would miss the engines' native buffers.
+
+JSON (``write_json``), ``schema_version`` 1::
+
+    {
+      "schema_version": 1, "kind": "edgead.bench", "created": "<ISO 8601 UTC>", "target": "<path or label>",
+      "machine": {"cpu_model": str, "cores": int, "physical_cores": int | null, "system": str, "python": str,
+                  "flags": {"avx2": bool, "fma": bool, "avx512f": bool, "avx512_vnni": bool, "avx_vnni": bool,
+                            "avx512_bf16": bool, "amx_bf16": bool, "amx_int8": bool},
+                  "versions": {package: version or null}},
+      "results": [{"engine": str, "precision": str (what the artifact was built as),
+                   "executed_precision": str (what the engine ran: f32, bf16, int8 ...), "batch": int,
+                   "iters": int, "p50_ms", "p90_ms", "p99_ms": per batch, "p50_ms_per_image",
+                   "p90_ms_per_image", "p99_ms_per_image", "throughput_ips": images/s (float, null when
+                   skipped), "peak_rss_mb": float | null, "label": str, "artifact": str, "skipped": str |
+                   null}]
+    }
+
+A result with ``skipped`` set carries a one-line reason (engine not installed, artifact not built) and null
+numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgead.runtimes.base import Runner
+from edgead.runtimes.compare import check_batch
+
+from edgead.errors import EdgeadError
+
+SCHEMA_VERSION = 1
+DEFAULT_BATCHES = (1, 8)
+_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+_VERSIONED = ("edgead", "numpy", "torch", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One engine x precision x batch measurement (latencies in ms; None when ``skipped``)."""
+
+    engine: str
+    precision: str
+    executed_precision: str
+    batch: int
+    iters: int
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    p50_ms_per_image: float | None
+    p90_ms_per_image: float | None
+    p99_ms_per_image: float | None
+    throughput_ips: float | None
+    peak_rss_mb: float | None
+    label: str = ""
+    artifact: str = ""
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def skip(
+        cls, engine: str, precision: str, batch: int, reason: str, label: str = "", artifact: str = ""
+    ) -> BenchResult:
+        return cls(
+            engine,
+            precision,
+            "-",
+            batch,
+            0,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            label,
+            artifact,
+            reason,
+        )
+
+
+# -- memory --------------------------------------------------------------------------------------------------
+def rss_mb() -> float:
+    """Current resident set size of this process in MB."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB; the lifetime peak
+
+
+class RssSampler:
+    """Samples RSS on a background thread; ``peak_mb`` is the largest value seen since ``start``."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.peak_mb = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, rss_mb())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, rss_mb())
+
+
+# -- precision actually executed -----------------------------------------------------------------------------
+def executed_precision(runner: Runner) -> str:
+    """The precision the engine computes its products in, asked from the engine rather than the manifest.
+
+    OpenVINO: the runtime precision of the compiled model's matrix-product nodes (``bf16`` requested on a CPU
+    without bf16 runs ``f32``; INT8 IR runs ``u8``/``i8`` products); other engines report their own attribute
+    ``inference_precision`` or the artifact's precision. Mixed models read like ``int8 79/93`` (79 of 93
+    products).
+    """
+    compiled = getattr(runner, "compiled", None)
+    if compiled is not None and hasattr(compiled, "get_runtime_model"):
+        found = _openvino_product_precisions(compiled)
+        if found:
+            return found
+    attr = getattr(runner, "inference_precision", None)
+    if attr:
+        return str(attr)
+    return {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "int8"}.get(
+        runner.manifest.precision, runner.manifest.precision
+    )
+
+
+def _type_name(value: Any) -> str:
+    """``<Type: 'float32'>``, ``f32`` or an ``OVAny`` -> ``float32`` / ``f32``."""
+    text = (value.astype(str) if hasattr(value, "astype") else str(value)).lower()
+    if "'" in text:
+        text = text.split("'")[1]
+    return text.strip()
+
+
+def _openvino_product_precisions(compiled: Any) -> str:
+    counts: dict[str, int] = {}
+    try:
+        for op in compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if "layerType" not in info or "runtimePrecision" not in info:
+                continue
+            if _type_name(info["layerType"]) in ("fullyconnected", "matmul", "convolution"):
+                p = _type_name(info["runtimePrecision"])
+                counts[p] = counts.get(p, 0) + 1
+    except Exception:  # an older OpenVINO without runtime rt_info: fall back to the hint
+        return ""
+    if not counts:
+        return ""
+    norm = {
+        "u8": "int8",
+        "uint8_t": "int8",
+        "i8": "int8",
+        "int8_t": "int8",
+        "f32": "f32",
+        "float32": "f32",
+        "bf16": "bf16",
+        "bfloat16": "bf16",
+        "f16": "f16",
+        "float16": "f16",
+    }
+    merged: dict[str, int] = {}
+    for p, n in counts.items():
+        merged[norm.get(p, p)] = merged.get(norm.get(p, p), 0) + n
+    ranked = sorted(merged.items(), key=lambda kv: -kv[1])
+    if len(ranked) == 1:
+        return ranked[0][0]
+    # e.g. "int8 79/93": 79 of the 93 products run in int8, the rest in the next precision
+    return f"{ranked[0][0]} {ranked[0][1]}/{sum(merged.values())}"
+
+
+# -- timing --------------------------------------------------------------------------------------------------
+def _percentiles(seconds: Sequence[float]) -> tuple[float, float, float]:
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return float(p50), float(p90), float(p99)
+
+
+def bench_runner(
+    runner: Runner,
+    batch_sizes: Iterable[int] = DEFAULT_BATCHES,
+    iters: int = 20,
+    warmup: int = 3,
+    label: str = "",
+    seed: int = 0,
+) -> list[BenchResult]:
+    """Time ``runner.predict`` on uint8 batches of each size; one ``BenchResult`` per batch size."""
+    if iters < 1 or warmup < 0:
+        raise EdgeadError(f"expected iters >= 1 and warmup >= 0, found iters={iters}, warmup={warmup}")
+    size = runner.spec.input_size
+    executed = executed_precision(runner)
+    out = []
+    for batch in batch_sizes:
+        images = check_batch(seed, int(batch), size)
+        with RssSampler() as mem:
+            for _ in range(warmup):
+                runner.predict(images)
+            times = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                preds = runner.predict(images)
+                times.append(time.perf_counter() - t0)
+        if preds.maps.shape[0] != batch:
+            raise EdgeadError(
+                f"{runner.describe()} returned {preds.maps.shape[0]} maps for a batch of {batch}"
+            )
+        p50, p90, p99 = _percentiles(times)
+        out.append(
+            BenchResult(
+                engine=runner.engine,
+                precision=runner.manifest.precision,
+                executed_precision=executed,
+                batch=int(batch),
+                iters=iters,
+                p50_ms=p50,
+                p90_ms=p90,
+                p99_ms=p99,
+                p50_ms_per_image=p50 / batch,
+                p90_ms_per_image=p90 / batch,
+                p99_ms_per_image=p99 / batch,
+                throughput_ips=batch * iters / float(np.sum(times)),
+                peak_rss_mb=mem.peak_mb,
+                label=label,
+                artifact=str(runner.folder),
+            )
+        )
+    return out
+
+
+# -- targets: a checkpoint or an export folder ---------------------------------------------------------------
+ENGINE_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32",),
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+    "trt": ("fp16", "int8"),
+}
+_BUILD_HINT = {
+    ("onnxruntime", "int8"): "edgead calibrate OUT --calib DIR",
+    ("openvino", "fp32"): "edgead compile OUT --engine openvino --precision fp32",
+    ("openvino", "bf16"): "edgead compile OUT --engine openvino --precision bf16",
+    ("openvino", "int8"): "edgead compile OUT --engine openvino --precision int8 --calib DIR",
+    ("trt", "fp16"): "edgead compile OUT --engine trt --precision fp16",
+    ("trt", "int8"): "edgead compile OUT --engine trt --precision int8 --calib DIR",
+}
+_ENGINE_MODULE = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "trt": "tensorrt"}
+
+
+def artifact_folder(target: Path, engine: str, precision: str) -> Path:
+    """Where an export folder keeps the artifact for ``engine`` and ``precision``."""
+    if engine == "onnxruntime":
+        return target if precision == "fp32" else target / "onnx-int8"
+    if engine == "openvino":
+        return target / f"openvino-{precision}"
+    if engine == "trt":
+        return target / f"trt-{precision}"
+    return target
+
+
+def _engine_missing(engine: str) -> str | None:
+    import importlib.util
+
+    mod = _ENGINE_MODULE[engine]
+    if importlib.util.find_spec(mod) is None:
+        extra = "trt" if engine == "trt" else engine
+        why = " (and an NVIDIA GPU)" if engine == "trt" else ""
+        return f"{mod} is not installed: pip install 'edgead[{extra}]'{why}"
+    return None
+
+
+def _torch_source(target: Path) -> Path | None:
+    """The checkpoint behind ``target``: itself, or the one an export's manifest names."""
+    if (target / "spec.json").is_file() and not (target / "manifest.json").is_file():
+        return target
+    try:
+        from edgead.runtimes.manifest import read_manifest
+
+        ckpt = read_manifest(target, verify=False).extra.get("checkpoint")
+    except EdgeadError:
+        return None
+    return Path(ckpt) if ckpt and Path(ckpt).is_dir() else None
+
+
+def _load(target: Path, engine: str, precision: str) -> tuple[Runner | None, str, str]:
+    """(runner or None, artifact path, reason when None)."""
+    from edgead import runtimes
+
+    missing = _engine_missing(engine)
+    if missing:
+        return None, "", missing
+    if engine == "torch":
+        src = _torch_source(target)
+        if src is None:
+            return (
+                None,
+                "",
+                "no checkpoint: the export's manifest names none (export with a checkpoint source)",
+            )
+        return runtimes.load(src, engine="torch"), str(src), ""
+    folder = artifact_folder(target, engine, precision)
+    if not (folder / "manifest.json").is_file():
+        hint = _BUILD_HINT.get((engine, precision), "")
+        return None, str(folder), f"no {folder.name}/ artifact" + (f" (build it: {hint})" if hint else "")
+    try:
+        return runtimes.load(folder, engine=engine), str(folder), ""
+    except EdgeadError as exc:
+        return None, str(folder), str(exc).splitlines()[0]
+
+
+def bench_target(
+    target: str | Path,
+    engine: str | Sequence[str] | None = None,
+    precisions: Sequence[str] | None = None,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    iters: int = 20,
+    warmup: int = 3,
+    progress: Any = None,
+) -> list[BenchResult]:
+    """Benchmark a checkpoint (torch) or an export folder (every engine/precision sub-artifact it holds).
+
+    ``engine`` None means every engine; ``precisions`` None means every precision of each engine. Combinations
+    that cannot run here come back as skipped results with a one-line reason.
+    """
+    from edgead.runtimes.loader import engine_name
+
+    target = Path(target)
+    if not target.exists():
+        raise EdgeadError(f"expected a checkpoint or export folder, found nothing at {target}")
+    is_checkpoint = (target / "spec.json").is_file() and not (target / "manifest.json").is_file()
+    if engine is None:
+        engines = ["torch"] if is_checkpoint else list(ENGINE_PRECISIONS)
+    else:
+        engines = [engine_name(e) for e in ([engine] if isinstance(engine, str) else engine)]
+    results: list[BenchResult] = []
+    for eng in engines:
+        for prec in precisions or ENGINE_PRECISIONS[eng]:
+            label = f"{eng} {prec}"
+            if prec not in ENGINE_PRECISIONS[eng]:
+                results += [
+                    BenchResult.skip(
+                        eng,
+                        prec,
+                        b,
+                        f"{eng} has no {prec} path (it runs {', '.join(ENGINE_PRECISIONS[eng])})",
+                        label,
+                    )
+                    for b in batches
+                ]
+                continue
+            if is_checkpoint and eng != "torch":
+                results += [
+                    BenchResult.skip(eng, prec, b, "a checkpoint runs on torch only; export it first", label)
+                    for b in batches
+                ]
+                continue
+            with RssSampler() as load_mem:
+                runner, path, reason = _load(target, eng, prec)
+            if runner is None:
+                results += [BenchResult.skip(eng, prec, b, reason, label, path) for b in batches]
+                continue
+            if progress is not None:
+                progress(f"{label}: batches {', '.join(map(str, batches))}, {iters} iterations")
+            with runner:
+                rows = bench_runner(runner, batches, iters, warmup, label)
+            results += [replace(r, peak_rss_mb=max(r.peak_rss_mb or 0.0, load_mem.peak_mb)) for r in rows]
+    return results
+
+
+# -- machine, JSON, table ------------------------------------------------------------------------------------
+def _cpuinfo() -> tuple[str, set[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), set()
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model or platform.processor() or platform.machine(), flags
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, the instruction-set flags that decide f32/bf16/int8 speed, and package versions."""
+    model, flags = _cpuinfo()
+    physical = None
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:
+        pass
+    versions: dict[str, str | None] = {}
+    for pkg in _VERSIONED:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count() or 1,
+        "physical_cores": physical,
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "flags": {f: f in flags for f in _FLAGS},
+        "versions": versions,
+    }
+
+
+def bench_document(results: Sequence[BenchResult], target: str = "", **extra: Any) -> dict[str, Any]:
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "edgead.bench",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "target": str(target),
+        "machine": machine_info(),
+        "results": [r.to_dict() for r in results],
+    }
+    doc.update(extra)
+    return doc
+
+
+def write_json(path: str | Path, results: Sequence[BenchResult], target: str = "", **extra: Any) -> Path:
+    from edgead.fsutil import write_text_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(bench_document(results, target, **extra), indent=2) + "\n")
+    return path
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def render_table(results: Sequence[BenchResult], title: str = "edgead bench") -> Any:
+    """A rich ``Table``: one row per engine x precision x batch; a skipped combination is one row with its
+    reason."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in (
+        "engine",
+        "precision",
+        "executed",
+        "batch",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "ms/img",
+        "img/s",
+        "peak RSS MB",
+    ):
+        table.add_column(col, justify="left" if col in ("engine", "precision", "executed") else "right")
+    skipped: dict[tuple[str, str, str], list[str]] = {}
+    for r in results:
+        if r.skipped:
+            skipped.setdefault((r.engine, r.precision, r.skipped), []).append(str(r.batch))
+            continue
+        table.add_row(
+            r.engine,
+            r.precision,
+            r.executed_precision,
+            str(r.batch),
+            _fmt(r.p50_ms),
+            _fmt(r.p90_ms),
+            _fmt(r.p99_ms),
+            _fmt(r.p50_ms_per_image),
+            _fmt(r.throughput_ips, 1),
+            _fmt(r.peak_rss_mb, 0),
+        )
+    if skipped:
+        table.caption = "\n".join(
+            f"skipped {engine} {precision} (batch {','.join(b)}): {escape(reason)}"
+            for (engine, precision, reason), b in skipped.items()
+        )
+        table.caption_justify = "left"
+    return table
+
+
+def run_bench(
+    target: str | Path,
+    engine: str | Sequence[str] | None = None,
+    precisions: Sequence[str] | None = None,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    iters: int = 20,
+    json_path: str | Path | None = None,
+    console: Any = None,
+    warmup: int = 3,
+) -> list[BenchResult]:
+    """``edgead bench``: benchmark ``target``, print the table, write JSON when ``json_path`` is given."""
+    from rich.console import Console
+
+    console = console or Console()
+    results = bench_target(
+        target,
+        engine,
+        precisions,
+        batches,
+        iters,
+        warmup,
+        progress=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+    )
+    console.print(render_table(results, f"edgead bench {target}"))
+    if json_path is not None:
+        write_json(json_path, results, str(target))
+        console.print(f"wrote {json_path}")
+    return results
