@@ -1,0 +1,63 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+EDGEAD = [sys.executable, "-m", "edgead.cli.app"]
+
+
+def run(*args, timeout=300):
+    return subprocess.run([*EDGEAD, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_commands():
+    out = run("--help")
+    assert out.returncode == 0
+    for cmd in ("fit", "export", "compile", "bench", "verify", "predict", "eval", "synth", "demo", "build-c"):
+        assert cmd in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("fit", "{tmp}/nothing"), "expected a data folder, found no folder"),
+        (("fit", "{tmp}", "--backbone", "vit_tiny_test_patch14", "--size", "56"), "found none"),
+        (("fit", "{synth}", "--backbone", "vit_huge", "--size", "56", "-o", "{tmp}/o"),
+         "backbone must be one of"),
+        (("export", "{tmp}", "-o", "{tmp}/o"), "expected an edgead checkpoint folder with spec.json"),
+        (("compile", "{tmp}", "--engine", "openvino"), "expected manifest.json"),
+        (("predict", "{tmp}/nothing", "{tmp}/missing.png"), "expected an image file or a folder of images"),
+        (("bench", "{tmp}", "--batch", "one"), "--batch must be a comma list of integers"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_1(tmp_path, tiny_synthetic, args, message):
+    args = [a.format(tmp=tmp_path, synth=tiny_synthetic) for a in args]
+    out = run(*args)
+    assert out.returncode == 1, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_fit_export_predict_json(tmp_path, tiny_synthetic):
+    ck = tmp_path / "ck"
+    out = run("fit", tiny_synthetic, "--backbone", "vit_tiny_test_patch14", "--size", "56", "--epochs", "2",
+              "-o", ck, "--json")
+    assert out.returncode == 0, out.stderr
+    fitted = json.loads(out.stdout)
+    assert fitted["train_images"] == 10 and fitted["threshold"] > 0
+    out = run("export", ck, "-o", tmp_path / "exp", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["max_abs_maps"] <= 1e-4
+    out = run("predict", tmp_path / "exp", tiny_synthetic / "test" / "good", "--out", tmp_path / "heat", "--json")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["engine"] == "onnxruntime" and len(res["results"]) == 4
+    assert {r["label"] for r in res["results"]} <= {"normal", "anomalous"}
+    assert len(list((tmp_path / "heat").glob("*.png"))) == 4
+    out = run("verify", tmp_path / "exp", "--json")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["reference"] == "torch" and rep["artifacts"][0]["diff"]["max_abs_maps"] <= 1e-4
