@@ -6,10 +6,12 @@ decides the score, and quantising them buys nothing.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from edgead.calib.dataset import CalibrationSet
+
 from edgead.errors import require
 from edgead.spec import DetectorSpec
 
@@ -19,6 +21,7 @@ FLOAT_PATTERNS = (r".*/post/.*",)
 
 def quantize_openvino(model: Any, spec: DetectorSpec, calib_dir: Path, subset_size: int = 300) -> tuple[Any, dict]:
     nncf = require("nncf", "openvino", "INT8 quantisation for OpenVINO")
+    nncf.set_log_level(logging.WARNING)  # its per-node INFO lines drown the CLI output
     data = CalibrationSet(calib_dir, spec, batch_size=1, limit=subset_size)
     dataset = nncf.Dataset(list(data.batches(1)))
     quantized = nncf.quantize(

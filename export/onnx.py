@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import onnx
+from edgead.runtimes.compare import Difference, check_batch, difference
+from edgead.runtimes.manifest import write_manifest
 
 from edgead import __version__
 from edgead.errors import ArtifactError, EdgeadError, require
 from edgead.fsutil import atomic_dir, sha256_file
-from edgead.runtimes.compare import Difference, check_batch, difference
-from edgead.runtimes.manifest import write_manifest
 
 MODEL = "model.onnx"
 INPUT = "images"
@@ -54,7 +54,11 @@ def _simplify(model: onnx.ModelProto, simplifier: str) -> onnx.ModelProto:
         onnxslim = require("onnxslim", "torch", "graph simplification")
         return onnxslim.slim(model)
     if simplifier == "onnxsim":
-        onnxsim = require("onnxsim", "torch", "graph simplification with onnxsim (pip install onnxsim)")
+        try:
+            import onnxsim
+        except ImportError:
+            raise EdgeadError("--simplifier onnxsim needs the onnxsim package, found it not installed; "
+                              "pip install onnxsim, or use --simplifier onnxslim") from None
         simplified, ok = onnxsim.simplify(model)
         if not ok:
             raise EdgeadError("onnxsim could not validate its simplified graph")
@@ -132,7 +136,8 @@ def export_onnx(
             except EdgeadError:
                 raise
             except Exception as exc:  # a simplifier crash must not lose a good export
-                notes.append(f"{simplifier} failed ({type(exc).__name__}: {str(exc)[:120]}); kept the unsimplified graph")
+                notes.append(f"{simplifier} failed ({type(exc).__name__}: {str(exc)[:120]}); "
+                             "kept the unsimplified graph")
         final.rename(tmp / MODEL)
         for p in (raw, tmp / "slim.onnx"):
             p.unlink(missing_ok=True)

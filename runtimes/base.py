@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from edgead.runtimes.manifest import Manifest
 
 from edgead.errors import InputError
 from edgead.spec import DetectorSpec
-from edgead.runtimes.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Runner(ABC):
     def min_batch(self) -> int:
         return int(self.manifest.batch[0])
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most engines free everything on garbage collection
         """Release engine resources (sessions, device buffers)."""
 
     # -- public API ---------------------------------------------------------------------------------------

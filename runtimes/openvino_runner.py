@@ -13,10 +13,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-
-from edgead.errors import require
 from edgead.runtimes.base import Predictions, Runner
 from edgead.runtimes.manifest import Manifest
+
+from edgead.errors import require
 
 
 class OpenVINORunner(Runner):

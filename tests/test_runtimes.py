@@ -5,12 +5,12 @@ import sys
 import textwrap
 import threading
 
+import edgead.runtimes as rt
 import numpy as np
 import pytest
-
-import edgead.runtimes as rt
-from edgead.errors import ArtifactError, EdgeadError, InputError, MissingDependencyError
 from edgead.runtimes.compare import check_batch
+
+from edgead.errors import ArtifactError, EdgeadError, InputError, MissingDependencyError
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_thread_safety_same_results(export_dir):
     for t in threads:
         t.join()
     assert not errors and len(results) == 8
-    for i, s in enumerate(results):
+    for s in results:
         assert s.shape == (3,)
     stream = list(r.predict_stream([x[:2], x[2:4], x[4:]]))
     np.testing.assert_allclose(np.concatenate([p.scores for p in stream]), expected, atol=1e-5)

@@ -80,7 +80,7 @@ def predict(
 
 
 def bench(
-    target: Annotated[str, typer.Argument(help="Checkpoint or export folder; 'norms' runs the DyT vs LayerNorm study.")],
+    target: Annotated[str, typer.Argument(help="Checkpoint or export folder; 'norms': the DyT vs LayerNorm study.")],
     engine: Annotated[str, typer.Option("--engine", "-e", help="trt | openvino | onnxruntime | torch | all")] = "all",
     precision: Annotated[str, typer.Option("--precision", "-p", help="Comma list, e.g. fp32,int8 (default all).")]
     = "",
@@ -115,7 +115,7 @@ def demo(
     epochs: Annotated[int, typer.Option(help="FBFT training epochs.")] = 40,
     iters: Annotated[int, typer.Option(help="Benchmark iterations.")] = 10,
 ) -> None:
-    """The built-in default: synthetic data -> fit FBFT -> evaluate -> heatmaps -> export -> compile -> verify -> bench."""
+    """The built-in default: synthetic data, fit FBFT, evaluate, heatmaps, export, compile, verify, bench."""
     from edgead.cli import deploy, train
 
     t0 = time.perf_counter()

@@ -59,6 +59,8 @@ def load_checkpoint(path: str | Path) -> Detector:
         raise ArtifactError(f"checkpoint {p} does not match its spec: missing {missing[:3]}, unknown {unexpected[:3]}")
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape):
-            raise ArtifactError(f"checkpoint tensor '{k}' has shape {tuple(v.shape)}, spec expects {tuple(own[k].shape)}")
+            raise ArtifactError(
+                f"checkpoint tensor '{k}' has shape {tuple(v.shape)}, its spec expects {tuple(own[k].shape)}"
+            )
     detector.load_state_dict(state)
     return detector.eval()
