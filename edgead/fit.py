@@ -24,8 +24,8 @@ from edgead.models.norms import convert_to_dyt
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
-DEFAULT_EPOCHS = {"fbft": 60, "dinomaly": 30}
-DEFAULT_LR = {"fbft": 1e-3, "dinomaly": 1e-3}
+DEFAULT_EPOCHS = {"fbft": 60, "dinomaly": 30, "vitad": 30}
+DEFAULT_LR = {"fbft": 1e-3, "dinomaly": 1e-3, "vitad": 1e-4}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,22 @@ NORMS = ("layernorm", "dyt")
 
 @dataclass(frozen=True)
 class PostSpec:
-    """In-graph postprocessing: patch map -> upsampled, smoothed pixel map -> top-k mean score."""
+    """In-graph postprocessing: patch map -> upsampled, smoothed pixel map -> image score.
+
+    The default pipeline upsamples the patch map to the input size, smooths it and scores it by the mean of its
+    top-k pixels. Imported detectors reproduce their original's pipeline with the optional stages:
+
+    - ``upsample``: size the patch map is upsampled to first (default: the input size);
+    - ``resize``: then resized to this size (bilinear, corners not aligned) before smoothing, as the original
+      Dinomaly resizes its 392 px map to 256;
+    - ``cascade``: ``(ksize, repeats)`` pairs of box filters applied in turn instead of one kernel (L2BT);
+    - ``crop``: center crop of the smoothed map that is scored (L2BT scores the unpadded frame only);
+    - ``score``: ``topk_mean`` (mean of the top-k pixels) or ``avgpool_max`` (max of a ``pool`` x ``pool``
+      average pool with stride 1, ViTAD);
+    - ``output``: which map the detector returns, ``smoothed`` or ``upsampled`` (before resize and smoothing,
+      as anomalib returns). Returned maps are always resized to the input size, so every runtime sees maps
+      ``(N, H, W)`` aligned with its input.
+    """
 
     smooth: str = "gaussian"  # "gaussian" | "box" | "none"
     ksize: int = 5
@@ -34,6 +49,13 @@ class PostSpec:
     pad: str = "reflect"  # "reflect" | "zeros"
     align_corners: bool = False
     score_fraction: float = 0.001  # share of map pixels whose mean is the image score
+    upsample: tuple[int, int] | None = None
+    resize: tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    cascade: tuple[tuple[int, int], ...] = ()
+    score: str = "topk_mean"  # "topk_mean" | "avgpool_max"
+    pool: int = 16
+    output: str = "smoothed"  # "smoothed" | "upsampled"
 
     def __post_init__(self) -> None:
         if self.smooth not in ("gaussian", "box", "none"):
@@ -44,6 +66,27 @@ class PostSpec:
             raise EdgeadError(f"smoothing kernel size must be odd and positive, found {self.ksize}")
         if not 0.0 < self.score_fraction <= 1.0:
             raise EdgeadError(f"score fraction must be in (0, 1], found {self.score_fraction}")
+        if self.score not in ("topk_mean", "avgpool_max"):
+            raise EdgeadError(f"image score must be 'topk_mean' or 'avgpool_max', found '{self.score}'")
+        if self.output not in ("smoothed", "upsampled"):
+            raise EdgeadError(f"returned map must be 'smoothed' or 'upsampled', found '{self.output}'")
+        if self.pool < 1:
+            raise EdgeadError(f"score pool size must be positive, found {self.pool}")
+        for name in ("upsample", "resize", "crop"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _pair(value, f"post {name}"))
+        cascade = tuple((int(k), int(r)) for k, r in self.cascade)
+        for k, r in cascade:
+            if k < 1 or k % 2 == 0 or r < 1:
+                raise EdgeadError(f"box cascade entries must be (odd ksize, repeats >= 1), found ({k}, {r})")
+        if cascade and self.smooth != "box":
+            raise EdgeadError(f"a box cascade needs smooth='box', found '{self.smooth}'")
+        object.__setattr__(self, "cascade", cascade)
+
+    def scored_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
+        """Size of the map the image score is computed on."""
+        return self.crop or self.resize or self.upsample or tuple(input_size)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -80,13 +123,18 @@ class DetectorSpec:
                 raise EdgeadError(f"resize {self.resize} is smaller than the crop {self.input_size}")
         if isinstance(self.post, dict):
             object.__setattr__(self, "post", PostSpec(**self.post))
+        scored = self.post.scored_size(self.input_size)
+        if self.post.crop is not None:
+            base = self.post.resize or self.post.upsample or self.input_size
+            if self.post.crop[0] > base[0] or self.post.crop[1] > base[1]:
+                raise EdgeadError(f"post crop {self.post.crop} is larger than the map {base} it is cut from")
         if self.top_k == 0:
-            object.__setattr__(self, "top_k", top_k_for(self.post.score_fraction, self.map_size))
-        check_top_k(self.top_k, self.map_size)
+            object.__setattr__(self, "top_k", top_k_for(self.post.score_fraction, scored))
+        check_top_k(self.top_k, scored)
 
     @property
     def map_size(self) -> tuple[int, int]:
-        """Anomaly maps come out at the network's input resolution."""
+        """Anomaly maps come out at the network's input resolution (scores may use another, see PostSpec)."""
         return self.input_size
 
     def with_threshold(self, threshold: float) -> DetectorSpec:

@@ -13,6 +13,7 @@ from edgead.models.detector import Detector
 from edgead.models.dinomaly import DinomalyHead
 from edgead.models.fbft import FBFTHead
 from edgead.models.norms import norm_layer
+from edgead.models.vitad import ViTADHead
 from edgead.spec import DetectorSpec, PostSpec
 
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -24,6 +25,12 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
                      post=PostSpec(smooth="gaussian", ksize=5, sigma=4.0, score_fraction=0.01),
                      head=dict(groups=[[0, 1, 2, 3], [4, 5, 6, 7]], decoder_depth=8, dropout=0.2,
                                decoder_eps=1e-8, tap_norm=False)),
+    # ViTAD: DINO ViT-S/16 at 256; teacher blocks 3, 6, 9 and neck 12 (0-based 2, 5, 8, 11), a 9-block student
+    # tapped at its blocks 3, 6, 9 (0-based 2, 5, 8); Gaussian sigma 4 (+-4 sigma); max of a 16x16 average pool.
+    "vitad": dict(layers=(2, 5, 8, 11), input_size=256,
+                  post=PostSpec(smooth="gaussian", ksize=33, sigma=4.0, align_corners=True, score="avgpool_max",
+                                pool=16),
+                  head=dict(levels=3, necks=1, student_depth=9, student_taps=[2, 5, 8], tap_norm=False)),
 }
 
 
@@ -31,11 +38,14 @@ def detector_spec(
     family: str,
     backbone: str,
     norm: str = "layernorm",
-    input_size: int | tuple[int, int] = 224,
+    input_size: int | tuple[int, int] | None = None,
     layers: tuple[int, ...] | None = None,
     **overrides: Any,
 ) -> DetectorSpec:
-    """A spec with the family's published defaults; keyword ``overrides`` replace any spec field."""
+    """A spec with the family's published defaults; keyword ``overrides`` replace any spec field.
+
+    ``input_size`` defaults to the family's published size (224, ViTAD 256).
+    """
     if family not in FAMILY_DEFAULTS:
         raise ValueError(f"model family must be one of {', '.join(FAMILY_DEFAULTS)}, found '{family}'")
     cfg = backbone_config(backbone)
@@ -43,7 +53,8 @@ def detector_spec(
     head = dict(d["head"])
     head.update(overrides.pop("head", {}))
     fields: dict[str, Any] = dict(
-        family=family, backbone=backbone, norm=norm, layers=layers or d["layers"], input_size=input_size,
+        family=family, backbone=backbone, norm=norm, layers=layers or d["layers"],
+        input_size=input_size or d.get("input_size", 224),
         mean=cfg.mean, std=cfg.std, post=d["post"], head=head,
     )
     fields.update(overrides)
@@ -65,12 +76,26 @@ def _dinomaly_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Modu
     dec_norm = norm_layer(spec.norm, eps=float(spec.head.get("decoder_eps", 1e-8)))
     num_heads = backbone_config(spec.backbone).num_heads
     return DinomalyHead(bb.embed_dim, num_heads, bb.num_prefix_tokens, bb.grid_size, dec_norm, groups,
-                        int(spec.head["decoder_depth"]), float(spec.head["dropout"]))
+                        int(spec.head["decoder_depth"]), float(spec.head["dropout"]),
+                        bottleneck_bias=bool(spec.head.get("bottleneck_bias", True)),
+                        decoder_mlp_bias=bool(spec.head.get("decoder_mlp_bias", True)))
+
+
+def _vitad_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Module]) -> nn.Module:
+    levels, necks = int(spec.head.get("levels", 3)), int(spec.head.get("necks", 1))
+    if len(spec.layers) != levels + necks:
+        raise ValueError(f"ViTAD needs {levels} level taps and {necks} neck tap(s), found layers {list(spec.layers)}")
+    if list(spec.layers) != sorted(set(spec.layers)):
+        raise ValueError(f"ViTAD layers must be increasing (levels, then neck), found {list(spec.layers)}")
+    num_heads = backbone_config(spec.backbone).num_heads
+    return ViTADHead(bb.embed_dim, num_heads, bb.num_prefix_tokens, bb.grid_size, norm, levels, necks,
+                     int(spec.head.get("student_depth", 9)), tuple(spec.head.get("student_taps", (2, 5, 8))))
 
 
 _HEADS: dict[str, Callable[[DetectorSpec, Backbone, Callable[..., nn.Module]], nn.Module]] = {
     "fbft": _fbft_head,
     "dinomaly": _dinomaly_head,
+    "vitad": _vitad_head,
 }
 
 

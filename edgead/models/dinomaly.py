@@ -45,12 +45,13 @@ class LinearAttention(nn.Module):
 class DecoderBlock(nn.Module):
     """Pre-norm transformer block with linear attention."""
 
-    def __init__(self, dim: int, num_heads: int, norm: Callable[[int], nn.Module]) -> None:
+    def __init__(self, dim: int, num_heads: int, norm: Callable[[int], nn.Module], mlp_bias: bool = True) -> None:
         super().__init__()
         self.norm1 = norm(dim)
         self.attn = LinearAttention(dim, num_heads)
         self.norm2 = norm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim, bias=mlp_bias), nn.GELU(),
+                                 nn.Linear(4 * dim, dim, bias=mlp_bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -58,12 +59,15 @@ class DecoderBlock(nn.Module):
 
 
 class NoisyBottleneck(nn.Module):
-    """MLP with dropout on its input, hidden and output: active in training, identity at export."""
+    """MLP with dropout on its input, hidden and output: active in training, identity at export.
 
-    def __init__(self, dim: int, dropout: float = 0.2) -> None:
+    ``bias=False`` matches anomalib's Dinomaly, whose bottleneck has no biases.
+    """
+
+    def __init__(self, dim: int, dropout: float = 0.2, bias: bool = True) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.fc2 = nn.Linear(4 * dim, dim)
+        self.fc1 = nn.Linear(dim, 4 * dim, bias=bias)
+        self.fc2 = nn.Linear(4 * dim, dim, bias=bias)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +101,11 @@ def global_cosine_hm(
 
 
 class DinomalyHead(nn.Module):
-    """Bottleneck + decoder over 8 encoder taps, split into ``groups`` of tap positions."""
+    """Bottleneck + decoder over 8 encoder taps, split into ``groups`` of tap positions.
+
+    Class and register tokens go through the bottleneck and decoder with the patch tokens (as the original and
+    anomalib do with ``remove_class_token=False``); only the distance map drops them.
+    """
 
     def __init__(
         self,
@@ -109,13 +117,17 @@ class DinomalyHead(nn.Module):
         groups: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3), (4, 5, 6, 7)),
         decoder_depth: int = 8,
         dropout: float = 0.2,
+        bottleneck_bias: bool = True,
+        decoder_mlp_bias: bool = True,
     ) -> None:
         super().__init__()
         self.groups = tuple(tuple(g) for g in groups)
         self.num_prefix_tokens = num_prefix_tokens
         self.grid = tuple(grid)
-        self.bottleneck = NoisyBottleneck(dim, dropout)
-        self.decoder = nn.ModuleList(DecoderBlock(dim, num_heads, norm) for _ in range(decoder_depth))
+        self.bottleneck = NoisyBottleneck(dim, dropout, bottleneck_bias)
+        self.decoder = nn.ModuleList(
+            DecoderBlock(dim, num_heads, norm, decoder_mlp_bias) for _ in range(decoder_depth)
+        )
         self.hm_step = 0  # training step for the hard-mining schedule (not a parameter)
 
     def _grouped(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -28,38 +28,78 @@ def box_kernel(ksize: int) -> torch.Tensor:
 
 
 class PostProcess(nn.Module):
-    """Upsample ``(N, h, w)`` to ``map_size``, smooth, and score by the mean of the top-k pixels."""
+    """Patch map ``(N, h, w)`` -> image scores ``(N,)`` and pixel maps ``(N, *map_size)``.
+
+    Upsample to ``post.upsample`` (default ``map_size``), optionally resize to ``post.resize``, smooth (one kernel
+    or a box cascade), optionally center-crop to ``post.crop`` and score that map. The returned map is the
+    smoothed (or, with ``output='upsampled'``, the upsampled) map, resized to ``map_size`` when it differs.
+    """
 
     def __init__(self, post: PostSpec, map_size: tuple[int, int], top_k: int) -> None:
         super().__init__()
         self.map_size = tuple(map_size)
+        self.upsample = tuple(post.upsample or map_size)
+        self.resize = tuple(post.resize) if post.resize else None
+        self.crop = tuple(post.crop) if post.crop else None
         self.align_corners = post.align_corners
         self.top_k = int(top_k)
         self.pad = post.pad
-        if post.smooth == "gaussian":
-            kernel = gaussian_kernel(post.ksize, post.sigma)
+        self.score = post.score
+        self.pool = int(post.pool)
+        self.output = post.output
+        if post.cascade:
+            kernels = [box_kernel(k) for k, r in post.cascade for _ in range(r)]
+        elif post.smooth == "gaussian":
+            kernels = [gaussian_kernel(post.ksize, post.sigma)]
         elif post.smooth == "box":
-            kernel = box_kernel(post.ksize)
+            kernels = [box_kernel(post.ksize)]
         else:
-            kernel = torch.ones(1, 1)
-        self.ksize = kernel.shape[0]
-        self.register_buffer("kernel", kernel[None, None], persistent=False)
+            kernels = []
+        self.ksizes = tuple(int(k.shape[0]) for k in kernels)
+        for i, kernel in enumerate(kernels):
+            self.register_buffer(f"kernel{i}" if i else "kernel", kernel[None, None], persistent=False)
+        if not kernels:
+            self.register_buffer("kernel", torch.ones(1, 1, 1, 1), persistent=False)
+        self.ksize = self.ksizes[0] if self.ksizes else 1
+
+    def _kernels(self) -> list[torch.Tensor]:
+        return [getattr(self, f"kernel{i}" if i else "kernel") for i in range(len(self.ksizes))]
 
     def smooth(self, m: torch.Tensor) -> torch.Tensor:
-        if self.ksize == 1:
-            return m
-        p = self.ksize // 2
-        if self.pad == "reflect":
-            m = F.pad(m, (p, p, p, p), mode="reflect")
-            return F.conv2d(m, self.kernel)
-        return F.conv2d(m, self.kernel, padding=p)
+        for kernel in self._kernels():
+            p = kernel.shape[-1] // 2
+            if p == 0:
+                continue
+            if self.pad == "reflect":
+                m = F.conv2d(F.pad(m, (p, p, p, p), mode="reflect"), kernel)
+            else:
+                m = F.conv2d(m, kernel, padding=p)
+        return m
+
+    def scored_map(self, patch_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(upsampled, smoothed)`` maps, both ``(N, 1, h, w)``; the image score is taken from the second."""
+        up = F.interpolate(patch_map[:, None], size=self.upsample, mode="bilinear", align_corners=self.align_corners)
+        m = up
+        if self.resize is not None and self.resize != self.upsample:
+            m = F.interpolate(m, size=self.resize, mode="bilinear", align_corners=False)
+        return up, self.smooth(m)
+
+    def image_score(self, m: torch.Tensor) -> torch.Tensor:
+        if self.crop is not None:
+            top = (m.shape[-2] - self.crop[0]) // 2
+            left = (m.shape[-1] - self.crop[1]) // 2
+            m = m[:, :, top : top + self.crop[0], left : left + self.crop[1]]
+        if self.score == "avgpool_max":
+            return F.avg_pool2d(m, self.pool, stride=1).flatten(1).amax(dim=1)
+        return torch.topk(m.flatten(1), self.top_k, dim=1).values.mean(dim=1)
 
     def forward(self, patch_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = patch_map[:, None]
-        m = F.interpolate(m, size=self.map_size, mode="bilinear", align_corners=self.align_corners)
-        m = self.smooth(m)[:, 0]
-        scores = torch.topk(m.flatten(1), self.top_k, dim=1).values.mean(dim=1)
-        return scores, m
+        up, m = self.scored_map(patch_map)
+        scores = self.image_score(m)
+        out = up if self.output == "upsampled" else m
+        if tuple(out.shape[-2:]) != self.map_size:
+            out = F.interpolate(out, size=self.map_size, mode="bilinear", align_corners=False)
+        return scores, out[:, 0]
 
 
 def grid_from_tokens(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
