@@ -86,8 +86,9 @@ class PostProcess(nn.Module):
 
     def image_score(self, m: torch.Tensor) -> torch.Tensor:
         if self.crop is not None:
-            top = (m.shape[-2] - self.crop[0]) // 2
-            left = (m.shape[-1] - self.crop[1]) // 2
+            # torchvision's center_crop rounds the offset (L2BT crops its map with it)
+            top = int(round((m.shape[-2] - self.crop[0]) / 2.0))
+            left = int(round((m.shape[-1] - self.crop[1]) / 2.0))
             m = m[:, :, top : top + self.crop[0], left : left + self.crop[1]]
         if self.score == "avgpool_max":
             return F.avg_pool2d(m, self.pool, stride=1).flatten(1).amax(dim=1)
