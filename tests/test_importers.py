@@ -400,3 +400,23 @@ def test_timm_backbone_import_for_vitad(tmp_path):
     assert det.spec.family == "vitad" and det.spec.backbone == "vit_tiny_test_patch16"
     torch.testing.assert_close(det.backbone.blocks[3].attn.qkv.weight, vit.blocks[3].attn.qkv.weight)
     assert len(det.backbone.blocks) == 12
+
+
+def test_cli_import_and_refusal(dinomaly_files, tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgead.cli.app import app, main
+
+    root = dinomaly_files[0]
+    r = CliRunner().invoke(app, ["import", str(root / "model.pth"), "--format", "dinomaly", "-o",
+                                 str(tmp_path / "ckpt"), "--size", "56", "--resize", "64", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["family"] == "dinomaly" and result["input_size"] == [56, 56] and result["resize"] == [64, 64]
+    monkeypatch.setattr("sys.argv", ["edgead", "import", str(root / "anomalib.ckpt"), "--format", "dinomaly",
+                                     "-o", str(tmp_path / "y")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1 and not (tmp_path / "y").exists()

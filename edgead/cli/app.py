@@ -11,7 +11,7 @@ import sys
 import typer
 
 from edgead import __version__
-from edgead.cli import deploy, run, train
+from edgead.cli import deploy, importing, run, train
 from edgead.errors import EdgeadError
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.command("synth")(train.synth)
 app.command("fit")(train.fit)
 app.command("eval")(train.eval_cmd)
+app.command("import")(importing.import_cmd)
 app.command("export")(deploy.export)
 app.command("compile")(deploy.compile_cmd)
 app.command("verify")(deploy.verify)
