@@ -52,3 +52,24 @@ def test_bad_fields():
         PostSpec(ksize=4)
     with pytest.raises(ArtifactError, match="not valid JSON"):
         DetectorSpec.from_json("{nope")
+
+
+def test_post_stages_round_trip_and_score_size():
+    post = PostSpec(smooth="box", pad="zeros", cascade=[[5, 5], [7, 3]], upsample=[70, 70], crop=(60, 70))
+    s = spec(post=post, input_size=56, layers=(7, 11))
+    assert s.post.cascade == ((5, 5), (7, 3)) and s.post.upsample == (70, 70)
+    assert s.top_k == 4 and s.map_size == (56, 56)  # 0.1 % of the scored 60x70 map; maps stay at the input size
+    assert DetectorSpec.from_json(s.to_json()) == s
+    assert spec(post=PostSpec(score_fraction=0.01, resize=(256, 256)), input_size=392).top_k == 655
+
+
+def test_post_stage_errors():
+    with pytest.raises(EdgeadError, match="image score must be 'topk_mean' or 'avgpool_max', found 'max'"):
+        PostSpec(score="max")
+    with pytest.raises(EdgeadError, match="returned map must be 'smoothed' or 'upsampled'"):
+        PostSpec(output="raw")
+    with pytest.raises(EdgeadError, match="a box cascade needs smooth='box'"):
+        PostSpec(cascade=((5, 1),))
+    with pytest.raises(EdgeadError, match=r"post crop \(300, 300\) is larger than the map \(224, 224\)"):
+        spec(post=PostSpec(crop=(300, 300)))
+    assert PostSpec().score == "topk_mean" and PostSpec().output == "smoothed"  # defaults keep old behaviour
