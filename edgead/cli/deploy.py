@@ -73,14 +73,14 @@ def verify(
     for col in ("artifact", "max|Δ| maps", "mean|Δ| maps", "max|Δ| scores", "map r"):
         table.add_column(col, justify="right" if col != "artifact" else "left")
     if data:
-        for col in ("img AUROC", "Δ", "AUPRO", "Δ"):
+        for col in ("img AUROC", "Δ", "AUPRO", "Δ", "data map r"):
             table.add_column(col, justify="right")
     for c in checks:
-        row = [f"{c.engine} {c.precision} ({c.folder.name})", f"{c.diff.max_abs_maps:.2e}",
+        row = [f"{c.engine} {c.precision}", f"{c.diff.max_abs_maps:.2e}",
                f"{c.diff.mean_abs_maps:.2e}", f"{c.diff.max_abs_scores:.2e}", f"{c.diff.map_pearson:.5f}"]
         if data:
             row += [f"{c.metrics['image_auroc']:.4f}", f"{c.delta['image_auroc']:+.4f}",
-                    f"{c.metrics['aupro']:.4f}", f"{c.delta['aupro']:+.4f}"]
+                    f"{c.metrics['aupro']:.4f}", f"{c.delta['aupro']:+.4f}", f"{c.metrics['map_pearson']:.5f}"]
         table.add_row(*row)
     console.print(table)
 
