@@ -1,25 +1,27 @@
 """``edgead export``: checkpoint -> ``OUT/model.onnx`` (uint8 images in; scores and maps out; dynamic batch).
 
-The raw export is checked against PyTorch, then simplified (onnxslim by default, onnxsim on request) and checked
-again. A simplified graph that fails the check is dropped, the raw graph is kept, and the report and manifest
-say so. Nothing is written to ``OUT`` unless the final graph passed.
+The raw export is checked against PyTorch. Then optional graph passes run, each checked again: simplification
+(onnxslim by default, onnxsim on request) and norm-affine folding (``edgead.export.fold_norms``). A pass whose
+graph fails the check is dropped, the graph before it is kept, and the report and manifest say so. Nothing is
+written to ``OUT`` unless the final graph passed.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from edgead.runtimes.compare import Difference, check_batch, difference
-from edgead.runtimes.manifest import write_manifest
 
 from edgead import __version__
 from edgead.errors import ArtifactError, EdgeadError, require
 from edgead.fsutil import atomic_dir, sha256_file
+from edgead.runtimes.compare import Difference, check_batch, difference
+from edgead.runtimes.manifest import write_manifest
 
 MODEL = "model.onnx"
 INPUT = "images"
@@ -36,6 +38,7 @@ class ExportReport:
     nodes_final: int
     parity: Difference
     notes: list[str] = field(default_factory=list)
+    passes: list[str] = field(default_factory=list)  # graph passes kept (each passed the parity check)
 
 
 def _torch_export(detector: Any, path: Path, opset: int, batch: int) -> None:
@@ -86,6 +89,41 @@ def _ort_outputs(path: Path, images: np.ndarray):
     return Predictions(scores, maps, None)
 
 
+def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
+    from edgead.export.fold_norms import fold_norm_affine
+
+    folded, count = fold_norm_affine(model)
+    set_metadata(folded, {"edgead_norms_folded": str(count)})
+    return folded
+
+
+def folded_count(model: onnx.ModelProto) -> int:
+    return int({p.key: p.value for p in model.metadata_props}.get("edgead_norms_folded", 0))
+
+
+def _checked_pass(name: str, graph_pass: Callable[[onnx.ModelProto], onnx.ModelProto], model: onnx.ModelProto,
+                  meta: dict[str, str], tmp: Path, ref, images: np.ndarray, atol: float,
+                  notes: list[str]) -> tuple[onnx.ModelProto, Difference] | None:
+    """Apply one graph pass; keep its result only if it still matches PyTorch, else say why in ``notes``."""
+    try:
+        candidate = graph_pass(onnx.ModelProto.FromString(model.SerializeToString()))
+    except EdgeadError:
+        raise
+    except Exception as exc:  # a crashing optional pass must not lose a good export
+        notes.append(f"{name} failed ({type(exc).__name__}: {str(exc)[:120]}); graph kept without it")
+        return None
+    set_metadata(candidate, meta)
+    path = tmp / f"{name}.onnx"
+    onnx.save(candidate, str(path))
+    diff = difference(ref, _ort_outputs(path, images), "torch", f"onnx+{name}")
+    path.unlink()
+    if not diff.within(atol):
+        notes.append(f"{name} graph failed the parity check (max |diff| maps {diff.max_abs_maps:.3g}); "
+                     "graph kept without it")
+        return None
+    return candidate, diff
+
+
 def export_onnx(
     detector: Any,
     out: str | Path,
@@ -94,6 +132,7 @@ def export_onnx(
     atol: float = PARITY_ATOL,
     check_batch_size: int = 2,
     source: str | Path | None = None,
+    fold_norms: bool = True,
 ) -> ExportReport:
     """Export ``detector`` to ``out/model.onnx`` with its manifest; raise if the graph does not match PyTorch."""
     torch = require("torch", "torch", "export")
@@ -120,30 +159,23 @@ def export_onnx(
                 f"exported ONNX does not match PyTorch: max |diff| maps {raw_diff.max_abs_maps:.3g}, "
                 f"scores {raw_diff.max_abs_scores:.3g}, expected <= {atol:g}"
             )
-        final, diff, simplified = raw, raw_diff, False
+        passes: list[tuple[str, Callable[[onnx.ModelProto], onnx.ModelProto]]] = []
         if simplifier != "none":
-            try:
-                slim = _simplify(onnx.load(str(raw)), simplifier)
-                set_metadata(slim, meta)
-                slim_path = tmp / "slim.onnx"
-                onnx.save(slim, str(slim_path))
-                slim_diff = difference(ref, _ort_outputs(slim_path, images), "torch", f"onnx-{simplifier}")
-                if slim_diff.within(atol):
-                    final, diff, simplified = slim_path, slim_diff, True
-                else:
-                    notes.append(f"{simplifier} graph failed the parity check (max |diff| maps "
-                                 f"{slim_diff.max_abs_maps:.3g}); kept the unsimplified graph")
-            except EdgeadError:
-                raise
-            except Exception as exc:  # a simplifier crash must not lose a good export
-                notes.append(f"{simplifier} failed ({type(exc).__name__}: {str(exc)[:120]}); "
-                             "kept the unsimplified graph")
-        final.rename(tmp / MODEL)
-        for p in (raw, tmp / "slim.onnx"):
-            p.unlink(missing_ok=True)
+            passes.append((simplifier, lambda m: _simplify(m, simplifier)))
+        if fold_norms:
+            passes.append(("fold-norms", _fold))
+        model, diff, applied = onnx.load(str(raw)), raw_diff, []
+        for name, graph_pass in passes:
+            candidate = _checked_pass(name, graph_pass, model, meta, tmp, ref, images, atol, notes)
+            if candidate is not None:
+                model, diff = candidate
+                applied.append(name)
+        onnx.save(model, str(tmp / MODEL))
+        raw.unlink()
         nodes_final = len(onnx.load(str(tmp / MODEL), load_external_data=False).graph.node)
         extra = {
-            "opset": opset, "simplifier": simplifier if simplified else "none", "notes": notes,
+            "opset": opset, "simplifier": simplifier if simplifier in applied else "none", "passes": applied,
+            "norms_folded": folded_count(model) if "fold-norms" in applied else 0, "notes": notes,
             "parity_vs_torch": diff.to_dict(), "nodes_raw": nodes_raw, "nodes_final": nodes_final,
         }
         if source is not None and (Path(source) / "detector.safetensors").is_file():
@@ -151,4 +183,4 @@ def export_onnx(
             extra["checkpoint_sha256"] = sha256_file(Path(source) / "detector.safetensors")
         versions = {"torch": torch.__version__, "onnx": onnx.__version__}
         write_manifest(tmp, "onnxruntime", "fp32", MODEL, spec, versions, (1, None), extra)
-    return ExportReport(out, simplifier, simplified, nodes_raw, nodes_final, diff, notes)
+    return ExportReport(out, simplifier, simplifier in applied, nodes_raw, nodes_final, diff, notes, applied)

@@ -17,6 +17,7 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Export folder (replaced atomically).")],
     simplifier: Annotated[str, typer.Option(help="onnxslim | onnxsim | none")] = "onnxslim",
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
+    fold_norms: Annotated[bool, typer.Option(help="Fold each norm's affine into the next linear layer.")] = True,
     json_out: JsonFlag = False,
 ) -> None:
     """Export one end-to-end ONNX graph (uint8 images in; scores and maps out), checked against PyTorch."""
@@ -24,17 +25,18 @@ def export(
     from edgead.export.onnx import export_onnx
     from edgead.models.checkpoint import load_checkpoint
 
-    r = export_onnx(load_checkpoint(ckpt), out, simplifier=simplifier, opset=opset, source=ckpt)
+    r = export_onnx(load_checkpoint(ckpt), out, simplifier=simplifier, opset=opset, source=ckpt,
+                    fold_norms=fold_norms)
     result = {"path": str(r.path / "model.onnx"), "simplified": r.simplified, "nodes_raw": r.nodes_raw,
               "nodes_final": r.nodes_final, "max_abs_maps": r.parity.max_abs_maps,
-              "max_abs_scores": r.parity.max_abs_scores, "notes": r.notes}
+              "max_abs_scores": r.parity.max_abs_scores, "passes": r.passes, "notes": r.notes}
     if json_out:
         emit_json(result)
         return
     for note in r.notes:
         console.print(f"[yellow]warning:[/] {note}")
     console.print(f"exported [bold]{result['path']}[/] ({r.nodes_raw} -> {r.nodes_final} nodes"
-                  f"{', simplified' if r.simplified else ''}); vs PyTorch max |diff| maps "
+                  f"{', ' + ', '.join(r.passes) if r.passes else ''}); vs PyTorch max |diff| maps "
                   f"{r.parity.max_abs_maps:.2e}, scores {r.parity.max_abs_scores:.2e}")
 
 

@@ -27,7 +27,7 @@ def synth(
 
 def fit(
     data: Annotated[Path, typer.Argument(help="Normal images: an image folder or an MVTec category.")],
-    model: Annotated[str, typer.Option("--model", help="fbft | dinomaly")] = "fbft",
+    model: Annotated[str, typer.Option("--model", help="fbft | dinomaly | vitad")] = "fbft",
     backbone: Annotated[str, typer.Option(help="Backbone name (e.g. vit_small_patch14_dinov2).")]
     = "vit_small_patch14_dinov2",
     weights: Annotated[Path | None, typer.Option(help="Local backbone weights (safetensors or torch file).")] = None,
