@@ -96,3 +96,14 @@ def build_c(
 
     path = build(out, sanitize=sanitize)
     console.print(f"C runtime written to [bold]{path}[/]")
+
+
+def calibrate(
+    out: Annotated[Path, typer.Argument(help="Export folder (holds model.onnx).")],
+    calib: Annotated[Path, typer.Option(help="Calibration images: a folder or an MVTec category (train/good).")],
+    method: Annotated[str, typer.Option(help="percentile | minmax | entropy")] = "percentile",
+) -> None:
+    """Calibrated INT8 Q/DQ ONNX (OUT/onnx-int8/): runs in ONNX Runtime; TensorRT builds explicit INT8 from it."""
+    from edgead.calib.onnx_qdq import quantize_qdq
+
+    console.print(f"calibrated [bold]{quantize_qdq(out, calib, method=method)}[/]")

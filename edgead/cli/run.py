@@ -81,7 +81,8 @@ def predict(
 
 def bench(
     target: Annotated[str, typer.Argument(help="Checkpoint or export folder; 'norms': the DyT vs LayerNorm study.")],
-    engine: Annotated[str, typer.Option("--engine", "-e", help="trt | openvino | onnxruntime | torch | all")] = "all",
+    engine: Annotated[str, typer.Option("--engine", "-e", help="trt|openvino|onnxruntime|torch|all, or a list")]
+    = "all",
     precision: Annotated[str, typer.Option("--precision", "-p", help="Comma list, e.g. fp32,int8 (default all).")]
     = "",
     batch: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,8",
@@ -104,7 +105,8 @@ def bench(
         return
     from edgead.bench import run_bench
 
-    run_bench(Path(target), engine, precisions, batches, iters, json_path=json_path, console=console)
+    engines = None if engine == "all" else [e for e in engine.split(",") if e]
+    run_bench(Path(target), engines, precisions or None, batches, iters, json_path=json_path, console=console)
 
 
 def demo(
