@@ -203,16 +203,12 @@ def _trt_unavailable() -> str:
 
 
 def _build_trt(export: Path, precision: str, calib: Path, log: Any) -> Path | str:
-    for module, func in (
-        ("edgead.export.tensorrt", "compile_tensorrt"),
-        ("edgead.export.trt", "compile_trt"),
-    ):
-        if importlib.util.find_spec(module) is not None:
-            build = getattr(importlib.import_module(module), func, None)
-            if build is not None:
-                log(f"build tensorrt {precision}")
-                return Path(build(export, precision, calib if precision == "int8" else None))
-    return "no TensorRT builder (edgead.export.tensorrt) in this edgead"
+    if importlib.util.find_spec("edgead.export.tensorrt") is None:
+        return "no TensorRT builder (edgead.export.tensorrt) in this edgead"
+    from edgead.export.tensorrt import compile_trt
+
+    log(f"build tensorrt {precision}")
+    return Path(compile_trt(export, precision, calib_dir=calib if precision == "int8" else None))
 
 
 def _measure(
