@@ -41,10 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgead.runtimes.base import Runner
-from edgead.runtimes.compare import check_batch
 
 from edgead.errors import EdgeadError
+from edgead.runtimes.base import Runner
+from edgead.runtimes.compare import check_batch
 
 SCHEMA_VERSION = 1
 DEFAULT_BATCHES = (1, 8)

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from edgead.bench.latency import BenchResult, bench_document, bench_runner, executed_precision
 from edgead.bench.roofline import Achieved, Peak, achieved_rates, measure_peaks, render_achieved, render_peaks
-
 from edgead.errors import EdgeadError
 
 NORMS = ("dyt", "layernorm")
@@ -119,11 +119,11 @@ def write_folded(export_dir: Path, out: Path) -> dict[str, Any]:
     graph."""
     import onnx
     import onnxruntime as ort
+
     from edgead.export.fold_norms import fold_norm_affine
+    from edgead.fsutil import atomic_dir
     from edgead.runtimes.compare import check_batch
     from edgead.runtimes.manifest import read_manifest, write_manifest
-
-    from edgead.fsutil import atomic_dir
 
     src = read_manifest(export_dir)
     model, n = fold_norm_affine(onnx.load(str(export_dir / src.model)))
@@ -164,7 +164,7 @@ def _build_artifacts(
     export = root / "export"
     folded = root / "export-folded"
     log(f"export {root.name}")
-    export_onnx(detector, export)
+    export_onnx(detector, export, fold_norms=False)  # the baseline; the folded copy is made below
     parity = write_folded(export, folded)
     arts: dict[tuple[str, str, str], Path | str] = {
         ("onnxruntime", "fp32", ""): export,
@@ -220,9 +220,8 @@ def _measure(
     warmup: int,
     log: Any,
 ) -> list[BenchResult]:
-    from edgead.runtimes.torch_runner import TorchRunner
-
     from edgead import runtimes
+    from edgead.runtimes.torch_runner import TorchRunner
 
     results = []
     for engine, precision, variant in CONFIGS:
@@ -255,9 +254,9 @@ def run_norm_study(
 ) -> NormStudy:
     """Run the study, print its tables, write ``OUT/norms.json`` and ``OUT/norms.png``; return the
     measurements."""
-    from edgead.export.flops import agreement, onnx_flops, torch_flops
     from rich.console import Console
 
+    from edgead.export.flops import agreement, onnx_flops, torch_flops
     from edgead.synth import make_synthetic
 
     console = console or Console()

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
 from edgead.bench.latency import BenchResult, machine_info
 
 SHAPE = (1024, 1024, 1024)  # M, K, N

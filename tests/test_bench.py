@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+
 from edgead.bench.latency import (
     SCHEMA_VERSION,
     BenchResult,
@@ -18,7 +20,6 @@ from edgead.bench.latency import (
 from edgead.bench.norms import build_study_detector
 from edgead.export.onnx import export_onnx
 from edgead.runtimes.torch_runner import TorchRunner
-from rich.console import Console
 
 RESULT_KEYS = {
     "engine": str,
