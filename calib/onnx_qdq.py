@@ -11,11 +11,11 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from edgead.calib.dataset import CalibrationSet
-from edgead.runtimes.manifest import read_manifest, write_manifest
 
+from edgead.calib.dataset import CalibrationSet
 from edgead.errors import EdgeadError, require
 from edgead.fsutil import atomic_dir
+from edgead.runtimes.manifest import read_manifest, write_manifest
 
 MODEL = "model.onnx"
 METHODS = ("minmax", "percentile", "entropy")

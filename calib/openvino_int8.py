@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from edgead.calib.dataset import CalibrationSet
-
 from edgead.errors import require
 from edgead.spec import DetectorSpec
 

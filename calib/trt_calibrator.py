@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgead.calib.dataset import CalibrationSet
 
+from edgead.calib.dataset import CalibrationSet
 from edgead.errors import EdgeadError, InputError, require
 from edgead.fsutil import atomic_file
 

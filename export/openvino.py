@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgead.runtimes.manifest import Manifest, read_manifest, write_manifest
-
 from edgead.errors import EdgeadError, InputError, require
 from edgead.fsutil import atomic_dir
+from edgead.runtimes.manifest import Manifest, read_manifest, write_manifest
 
 XML = "model.xml"
 PRECISIONS = ("fp32", "bf16", "int8")

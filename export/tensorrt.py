@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from edgead.runtimes.manifest import read_manifest, write_manifest
 from onnx import numpy_helper
 
 from edgead.errors import ArtifactError, EdgeadError, InputError, require
 from edgead.fsutil import atomic_dir, sha256_file
+from edgead.runtimes.manifest import read_manifest, write_manifest
 
 ENGINE = "model.engine"
 TIMING_CACHE = "timing.cache"

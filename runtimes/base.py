@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-from edgead.runtimes.manifest import Manifest
 
 from edgead.errors import InputError
+from edgead.runtimes.manifest import Manifest
 from edgead.spec import DetectorSpec
 
 

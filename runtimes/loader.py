@@ -9,10 +9,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from edgead.errors import ArtifactError, EdgeadError
 from edgead.runtimes.base import Runner
 from edgead.runtimes.manifest import read_manifest
-
-from edgead.errors import ArtifactError, EdgeadError
 
 #: engine name -> (runner module, pip extra, artifact engines it can run)
 ENGINES: dict[str, tuple[str, str, tuple[str, ...]]] = {

@@ -7,16 +7,15 @@ throughput mode uses OpenVINO's ``AsyncInferQueue``.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from edgead.runtimes.base import Predictions, Runner
-from edgead.runtimes.manifest import Manifest
 
 from edgead.errors import require
+from edgead.runtimes.base import Predictions, Runner
+from edgead.runtimes.manifest import Manifest
 
 
 class OpenVINORunner(Runner):
@@ -84,10 +83,6 @@ class OpenVINORunner(Runner):
 
     def close(self) -> None:
         self.compiled = None
-
-
-def default_threads() -> int:
-    return os.cpu_count() or 1
 
 
 RUNNER = OpenVINORunner

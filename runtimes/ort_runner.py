@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from edgead.runtimes.base import Runner
-from edgead.runtimes.manifest import Manifest
 
 from edgead.errors import require
+from edgead.runtimes.base import Runner
+from edgead.runtimes.manifest import Manifest
 
 
 class OnnxRuntimeRunner(Runner):

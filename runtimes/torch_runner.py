@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgead.runtimes.base import Runner
-from edgead.runtimes.manifest import Manifest
 
 from edgead.errors import require
+from edgead.runtimes.base import Runner
+from edgead.runtimes.manifest import Manifest
 
 
 class TorchRunner(Runner):

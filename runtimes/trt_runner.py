@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgead.runtimes.base import Runner
-from edgead.runtimes.manifest import Manifest
 
 from edgead.errors import ArtifactError, EdgeadError, MissingDependencyError, require
+from edgead.runtimes.base import Runner
+from edgead.runtimes.manifest import Manifest
 
 NO_GPU = ("TensorRT engines need an NVIDIA GPU with its driver installed (nvidia-smi must list it); "
           "run this artifact on a GPU machine or use the onnxruntime / openvino artifacts here")

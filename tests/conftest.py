@@ -44,8 +44,8 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory):
         key = (family, norm)
         if key not in cache:
             import torch
-            from edgead.export import export_onnx
 
+            from edgead.export import export_onnx
             from edgead.models import build_detector, detector_spec
             from edgead.models.checkpoint import save_checkpoint
 

@@ -267,8 +267,8 @@ def test_open_predict_close_loop_under_valgrind(built: Path, artifact: Path, dat
     # --undef-value-errors=no: about 20% faster; uninitialised reads inside OpenVINO's JIT kernels are noise, and
     # libedgead's own outputs are compared value by value in test_c_program
     cmd = ["valgrind", "--leak-check=full", "--error-exitcode=3", f"--suppressions={SUPPRESSIONS}",
-           "--undef-value-errors=no", "--num-callers=30", str(built / "test_edgead"), "--artifact", str(artifact), "--data", str(data_dir),
-           "--leak-loop", "2"]
+           "--undef-value-errors=no", "--num-callers=30", str(built / "test_edgead"), "--artifact", str(artifact),
+           "--data", str(data_dir), "--leak-loop", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]

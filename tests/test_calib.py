@@ -1,13 +1,13 @@
 """INT8: calibration set errors, and OpenVINO NNCF / Q/DQ ONNX accuracy against FP32 on a fitted detector."""
 
-import edgead.runtimes as rt
 import numpy as np
 import pytest
-from edgead.calib import CalibrationSet
-from edgead.runtimes.compare import pearson
 
+import edgead.runtimes as rt
+from edgead.calib import CalibrationSet
 from edgead.errors import InputError
 from edgead.evaluate import evaluate_runner
+from edgead.runtimes.compare import pearson
 from edgead.spec import DetectorSpec
 
 
@@ -36,7 +36,6 @@ def test_calibration_folder_without_usable_image(tmp_path):
 @pytest.fixture(scope="module")
 def fitted_export(tiny_synthetic, tmp_path_factory):
     from edgead.export import export_onnx
-
     from edgead.fit import fit
     from edgead.models.checkpoint import load_checkpoint
 

@@ -1,12 +1,12 @@
 """FP32 parity: ONNX Runtime and OpenVINO f32 against PyTorch within 1e-4 (both families, norms, batch 1 and 8)."""
 
-import edgead.runtimes as rt
 import numpy as np
 import onnx
 import pytest
+
+import edgead.runtimes as rt
 from edgead.export.openvino import compile_openvino
 from edgead.runtimes.compare import check_batch, compare
-
 from edgead.spec import DetectorSpec
 
 ATOL = 1e-4
@@ -54,9 +54,9 @@ def test_openvino_rt_info_carries_spec(tiny_export):
 
 
 def test_failing_simplifier_keeps_checked_raw_graph(tmp_path, monkeypatch):
-    import edgead.export.onnx as ex
     import torch
 
+    import edgead.export.onnx as ex
     from edgead.models import build_detector, detector_spec
 
     def broken(model, simplifier):

@@ -5,12 +5,12 @@ import sys
 import textwrap
 import threading
 
-import edgead.runtimes as rt
 import numpy as np
 import pytest
-from edgead.runtimes.compare import check_batch
 
+import edgead.runtimes as rt
 from edgead.errors import ArtifactError, EdgeadError, InputError, MissingDependencyError
+from edgead.runtimes.compare import check_batch
 
 
 @pytest.fixture(scope="module")

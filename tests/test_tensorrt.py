@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from edgead.calib.dataset import CalibrationSet
 from edgead.calib.trt_calibrator import CalibrationFeeder, read_cache, write_cache
+from edgead.errors import ArtifactError, EdgeadError, InputError, MissingDependencyError
 from edgead.export.tensorrt import (
     BatchProfile,
     check_qdq_for_tensorrt,
@@ -18,13 +21,10 @@ from edgead.export.tensorrt import (
     fp32_nodes,
     parse_batch,
 )
+from edgead.imageio import write_image
 from edgead.runtimes.compare import check_batch, pearson
 from edgead.runtimes.manifest import read_manifest, write_manifest
 from edgead.runtimes.trt_runner import DeviceInfo, check_engine_compatible, open_cuda
-from onnx import TensorProto, helper, numpy_helper
-
-from edgead.errors import ArtifactError, EdgeadError, InputError, MissingDependencyError
-from edgead.imageio import write_image
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 SIZE = 56
@@ -34,7 +34,6 @@ SIZE = 56
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
     from edgead.export import export_onnx
-
     from edgead.models import build_detector, detector_spec
 
     det = build_detector(detector_spec("fbft", "vit_tiny_test_patch14", "layernorm", input_size=SIZE))
