@@ -1,17 +1,15 @@
-"""The DyT vs LayerNorm study: the same detector with each norm, FLOPs counted two ways, latency on every
-engine.
+"""The DyT vs LayerNorm study: the same detector with each norm, FLOPs counted two ways, latency on every engine.
 
-``python -m edgead.bench.norms [--backbone vit_small_patch14_dinov2] [--size 224] [--family fbft] [--out
-DIR]`` (or ``run_norm_study(...)``) does, for each norm:
+``python -m edgead.bench.norms [--backbone vit_small_patch14_dinov2] [--size 224] [--family fbft] [--out DIR]``
+(or ``run_norm_study(...)``, or ``edgead bench norms``) does, for each norm:
 
 1. builds the detector from a seed and gives every parameter that is initialised to a constant (biases, norm
    weights, DyT alpha, LayerScale) a random value around it, as training would; otherwise the ONNX simplifier
    deletes zero-bias adds and unit-weight multiplies and the graph is not the one a trained model exports;
-2. counts FLOPs with ``torch_flops`` and ``onnx_flops`` (``edgead.export.flops``), which must agree within 1
-%; 3. exports the ONNX graph (parity-checked against PyTorch), a copy with the norm affines folded into the
-following
-   linear layers (``edgead.export.fold_norms``, parity-checked against the unfolded graph), OpenVINO fp32 /
-   bf16 / int8 (NNCF, calibrated on generated texture images), and an ONNX Q/DQ int8 model and TensorRT
+2. counts FLOPs with ``torch_flops`` and ``onnx_flops`` (``edgead.export.flops``), which must agree within 1 %;
+3. exports the ONNX graph (parity-checked against PyTorch), a copy with the norm affines folded into the
+   following linear layers (``edgead.export.fold_norms``, parity-checked against the unfolded graph), OpenVINO
+   fp32 / bf16 / int8 (NNCF, calibrated on generated texture images), and an ONNX Q/DQ int8 model and TensorRT
    engines where those builders and engines exist here;
 4. measures end-to-end latency (``edgead.bench.latency``) at each batch size, and each result's share of this
    machine's peak matrix rate (``edgead.bench.roofline``).
@@ -56,8 +54,7 @@ CONFIGS: tuple[tuple[str, str, str], ...] = (
 
 @dataclass(frozen=True)
 class NormStudy:
-    """Everything the study measured; ``results`` carry ``label`` = ``"<norm> <engine> <precision>[
-    folded]"``."""
+    """Everything the study measured; ``results`` carry ``label`` = ``"<norm> <engine> <precision>[ folded]"``."""
 
     backbone: str
     family: str

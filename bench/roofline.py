@@ -1,11 +1,9 @@
 """Roofline: this machine's peak matrix-multiply rate per precision, and how close each engine comes to it.
 
-Peaks are micro-benchmarks of one large ``(M, K) x (K, N)`` product, best of several timed runs, on every
-core:
+Peaks are micro-benchmarks of one large ``(M, K) x (K, N)`` product, best of several timed runs, on every core:
 
 - ``f32``: numpy (its BLAS) and an OpenVINO ``MatMul`` model; the larger counts.
-- ``bf16``: an OpenVINO ``MatMul`` with ``INFERENCE_PRECISION_HINT=bf16``, measured only where the CPU has
-bf16
+- ``bf16``: an OpenVINO ``MatMul`` with ``INFERENCE_PRECISION_HINT=bf16``, measured only where the CPU has bf16
   instructions (AVX512_BF16 or AMX) *and* the compiled product really runs in bf16; otherwise reported as not
   supported by this CPU (OpenVINO silently executes f32 there).
 - ``int8``: an OpenVINO model in the form NNCF writes (FakeQuantize on the activations, int8 weights with a

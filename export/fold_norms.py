@@ -9,8 +9,7 @@ alone.
 
 Patterns rewritten:
 - ``LayerNormalization(x, w, b)``: its scale becomes ones and its bias input is dropped;
-- DyT as exported, ``Add(Mul(Tanh(...), w), b)`` with constant ``w`` and ``b`` of shape ``(C,)``: the ``Mul``
-and
+- DyT as exported, ``Add(Mul(Tanh(...), w), b)`` with constant ``w`` and ``b`` of shape ``(C,)``: the ``Mul`` and
   ``Add`` are removed and the consumers read the ``Tanh`` output.
 
 The caller checks parity (``edgead.export.onnx`` does, with the same check batch as the export).
