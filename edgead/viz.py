@@ -64,10 +64,15 @@ def _draw_mask_contour(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def is_anomalous(score: float, threshold: float | None) -> bool:
+    """The decision every runner's ``labels`` use: strictly above the threshold."""
+    return threshold is not None and score > threshold
+
+
 def verdict_text(score: float, threshold: float | None) -> str:
     if threshold is None:
         return f"score {score:.3f}"
-    verdict = "ANOMALY" if score >= threshold else "OK"
+    verdict = "ANOMALY" if is_anomalous(score, threshold) else "OK"
     return f"score {score:.3f} / thr {threshold:.3f} {verdict}"
 
 
@@ -93,8 +98,8 @@ def render_panel(
     if mask is not None:
         overlay = _draw_mask_contour(overlay, mask)
     row = np.hstack([image, overlay])
-    anomalous = threshold is not None and score >= threshold
-    return np.vstack([row, _text_bar(row.shape[1], verdict_text(score, threshold), anomalous)])
+    bar = _text_bar(row.shape[1], verdict_text(score, threshold), is_anomalous(score, threshold))
+    return np.vstack([row, bar])
 
 
 def save_panel(

@@ -72,3 +72,8 @@ def test_panel_without_mask_has_no_contour(tmp_path: Path) -> None:
     image = np.full((32, 32, 3), 90, np.uint8)
     panel = render_panel(image, np.zeros((8, 8)), 0.0, 1.0, score=0.01, threshold=0.1)
     np.testing.assert_array_equal(panel[:32, 32:], heatmap_overlay(image, np.zeros((8, 8)), 0.0, 1.0))
+
+
+def test_verdict_at_the_threshold_matches_runner_labels():
+    # runners label scores strictly above the threshold as anomalous; the picture must agree
+    assert verdict_text(0.1, 0.1).endswith(" OK")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from edgead.errors import ArtifactError
 from edgead.models.backbone import BACKBONES
 from edgead.models.detector import Detector
+from edgead.models.weights import rename_dinov2_keys
 
 
 def strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -97,12 +98,7 @@ def dinov2_to_timm(
     enc: dict[str, torch.Tensor], grid: tuple[int, int], no_embed_class: bool
 ) -> dict[str, torch.Tensor]:
     """An original DINOv2 encoder state dict in timm's layout for a fixed ``grid`` (position table precomputed)."""
-    enc = unchunk_blocks(dict(enc))
-    enc.pop("mask_token", None)
-    for k in [k for k in enc if k.startswith(("head.", "fc_norm."))]:
-        enc.pop(k)
-    if "register_tokens" in enc:
-        enc["reg_token"] = enc.pop("register_tokens")
+    enc = rename_dinov2_keys(unchunk_blocks(dict(enc)))
     pos = enc["pos_embed"]
     patch_pos = dinov2_pos_embed(pos, grid)
     if no_embed_class:

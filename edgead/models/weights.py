@@ -49,14 +49,17 @@ def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return sd
 
 
-def to_timm_layout(sd: dict[str, torch.Tensor], vit: VisionTransformer) -> dict[str, torch.Tensor]:
-    """Map a DINOv2 (original) or timm state dict onto ``vit``'s keys and grid."""
-    sd = _strip_prefixes(dict(sd))
-    sd.pop("mask_token", None)
-    for k in [k for k in sd if k.startswith(("head.", "fc_norm."))]:
-        sd.pop(k)
+def rename_dinov2_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop what a backbone does not use (mask token, classifier head) and name registers as timm does."""
+    sd = {k: v for k, v in sd.items() if k != "mask_token" and not k.startswith(("head.", "fc_norm."))}
     if "register_tokens" in sd:
         sd["reg_token"] = sd.pop("register_tokens")
+    return sd
+
+
+def to_timm_layout(sd: dict[str, torch.Tensor], vit: VisionTransformer) -> dict[str, torch.Tensor]:
+    """Map a DINOv2 (original) or timm state dict onto ``vit``'s keys and grid."""
+    sd = rename_dinov2_keys(_strip_prefixes(dict(sd)))
     pos = sd.get("pos_embed")
     if pos is not None and pos.ndim == 3 and vit.pos_embed is not None:
         src_prefix = pos.shape[1] - _square_tokens(pos.shape[1])
