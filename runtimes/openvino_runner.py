@@ -2,12 +2,13 @@
 
 The inference precision is set explicitly from the manifest (``f32`` for fp32 and int8 artifacts) because some
 CPUs default to bf16. Thread safe: each thread gets its own infer request of the one compiled model. The
-throughput mode uses OpenVINO's ``AsyncInferQueue``.
+throughput mode overlaps batches on several asynchronous infer requests.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -53,33 +54,42 @@ class OpenVINORunner(Runner):
         return (req.get_tensor(self._outputs[0]).data.copy(), req.get_tensor(self._outputs[1]).data.copy())
 
     def predict_stream(self, batches: Iterable[np.ndarray], workers: int = 0) -> Iterator[Predictions]:
-        """Overlap batches with ``AsyncInferQueue`` (``workers`` jobs; 0 = OpenVINO's optimal number); keeps order."""
-        jobs = workers or int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        queue = self._ov.AsyncInferQueue(self.compiled, max(1, jobs))
-        results: dict[int, Predictions] = {}
+        """Overlap batches on ``workers`` asynchronous infer requests (0 = OpenVINO's optimal number); keeps order.
 
-        def done(request, idx: int) -> None:
-            s = request.get_tensor(self._outputs[0]).data.copy()
-            m = request.get_tensor(self._outputs[1]).data.copy()
-            results[idx] = self._wrap(s.reshape(-1), m, 0.0)
+        Batch ``i`` goes to request ``i % workers``; a request's previous result is collected (``wait``) before it
+        takes the next batch, so results come out in order. No Python callback is installed (unlike
+        ``AsyncInferQueue.set_callback``): Python code, and any garbage collection that might free OpenVINO
+        objects, never runs on OpenVINO's own threads.
+        """
+        jobs = max(1, workers or int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        requests = [self.compiled.create_infer_request() for _ in range(jobs)]
+        busy: deque[int] = deque()  # request slots in flight, oldest first
 
-        queue.set_callback(done)
-        nxt = 0
-        for i, b in enumerate(batches):
-            b = self.validate(b)
-            step = self.max_batch or b.shape[0]
-            if b.shape[0] > step:  # an oversized batch in a stream: run it the synchronous, chunked way
-                queue.wait_all()
-                results[i] = self.predict(b)
-            else:
-                queue.start_async({0: b}, i)
-            while nxt in results:
-                yield results.pop(nxt)
-                nxt += 1
-        queue.wait_all()
-        while nxt in results:
-            yield results.pop(nxt)
-            nxt += 1
+        def collect() -> Predictions:
+            req = requests[busy.popleft()]
+            req.wait()
+            s = req.get_tensor(self._outputs[0]).data.copy()
+            m = req.get_tensor(self._outputs[1]).data.copy()
+            return self._wrap(s.reshape(-1), m, 0.0)
+
+        try:
+            for i, b in enumerate(batches):
+                b = self.validate(b)
+                if self.max_batch is not None and b.shape[0] > self.max_batch:
+                    while busy:  # an oversized batch: finish what is in flight, then run it chunked
+                        yield collect()
+                    yield self.predict(b)
+                    continue
+                slot = i % jobs
+                if len(busy) == jobs:
+                    yield collect()
+                requests[slot].start_async({0: b})
+                busy.append(slot)
+            while busy:
+                yield collect()
+        finally:
+            for slot in busy:  # never leave requests running on buffers the caller may free
+                requests[slot].wait()
 
     def close(self) -> None:
         self.compiled = None

@@ -84,8 +84,12 @@ def test_thread_safety_same_results(export_dir):
     assert not errors and len(results) == 8
     for s in results:
         assert s.shape == (3,)
-    stream = list(r.predict_stream([x[:2], x[2:4], x[4:]]))
-    np.testing.assert_allclose(np.concatenate([p.scores for p in stream]), expected, atol=1e-5)
+    for workers in (0, 2, 5):  # 5: more requests than batches
+        stream = list(r.predict_stream([x[:2], x[2:4], x[4:]], workers=workers))
+        np.testing.assert_allclose(np.concatenate([p.scores for p in stream]), expected, atol=1e-5)
+    partial = r.predict_stream([x[:2], x[2:4], x[4:]], workers=2)
+    np.testing.assert_allclose(next(partial).scores, expected[:2], atol=1e-5)
+    partial.close()  # a consumer that stops early leaves no request running
 
 
 def test_changed_or_corrupt_files_refused(export_dir, tmp_path):
