@@ -526,9 +526,9 @@ def run_bench(
     warmup: int = 3,
 ) -> list[BenchResult]:
     """``edgead bench``: benchmark ``target``, print the table, write JSON when ``json_path`` is given."""
-    from rich.console import Console
+    from edgead.term import make_console
 
-    console = console or Console()
+    console = console or make_console()
     results = bench_target(
         target,
         engine,

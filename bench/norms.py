@@ -251,12 +251,11 @@ def run_norm_study(
 ) -> NormStudy:
     """Run the study, print its tables, write ``OUT/norms.json`` and ``OUT/norms.png``; return the
     measurements."""
-    from rich.console import Console
-
     from edgead.export.flops import agreement, onnx_flops, torch_flops
     from edgead.synth import make_synthetic
+    from edgead.term import make_console
 
-    console = console or Console()
+    console = console or make_console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -234,9 +234,9 @@ def render_achieved(rows: Sequence[Achieved], title: str = "achieved rate vs pea
 
 
 def main() -> None:
-    from rich.console import Console
+    from edgead.term import make_console
 
-    Console().print(render_peaks(measure_peaks()))
+    make_console().print(render_peaks(measure_peaks()))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from edgead.term import make_console
+
 # People read stderr; stdout stays clean for --json. Tables keep their columns when piped into a log.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+console = make_console(stderr=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]
