@@ -276,9 +276,6 @@ _BUILD_HINT = {
     ("trt", "fp16"): "edgead compile OUT --engine trt --precision fp16",
     ("trt", "int8"): "edgead compile OUT --engine trt --precision int8 --calib DIR",
 }
-_ENGINE_MODULE = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "trt": "tensorrt"}
-
-
 def artifact_folder(target: Path, engine: str, precision: str) -> Path:
     """Where an export folder keeps the artifact for ``engine`` and ``precision``."""
     if engine == "onnxruntime":
@@ -288,17 +285,6 @@ def artifact_folder(target: Path, engine: str, precision: str) -> Path:
     if engine == "trt":
         return target / f"trt-{precision}"
     return target
-
-
-def _engine_missing(engine: str) -> str | None:
-    import importlib.util
-
-    mod = _ENGINE_MODULE[engine]
-    if importlib.util.find_spec(mod) is None:
-        extra = "trt" if engine == "trt" else engine
-        why = " (and an NVIDIA GPU)" if engine == "trt" else ""
-        return f"{mod} is not installed: pip install 'edgead[{extra}]'{why}"
-    return None
 
 
 def _torch_source(target: Path) -> Path | None:
@@ -317,8 +303,9 @@ def _torch_source(target: Path) -> Path | None:
 def _load(target: Path, engine: str, precision: str) -> tuple[Runner | None, str, str]:
     """(runner or None, artifact path, reason when None)."""
     from edgead import runtimes
+    from edgead.runtimes.loader import missing_engine
 
-    missing = _engine_missing(engine)
+    missing = missing_engine(engine)
     if missing:
         return None, "", missing
     if engine == "torch":

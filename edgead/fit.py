@@ -44,7 +44,7 @@ def _taps(detector: Detector, images: np.ndarray, batch: int, progress: Progress
     with torch.no_grad():
         for i in range(0, len(images), batch):
             taps = detector.taps(torch.from_numpy(images[i : i + batch]))
-            cached.append([t.clone() for t in taps])
+            cached.append(list(taps))  # fresh tensors made under no_grad: nothing to copy
             if progress:
                 progress("features", min(i + batch, len(images)), len(images))
     return cached

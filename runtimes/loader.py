@@ -13,12 +13,12 @@ from edgead.errors import ArtifactError, EdgeadError
 from edgead.runtimes.base import Runner
 from edgead.runtimes.manifest import read_manifest
 
-#: engine name -> (runner module, pip extra, artifact engines it can run)
-ENGINES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "onnxruntime": ("edgead.runtimes.ort_runner", "onnxruntime", ("onnxruntime",)),
-    "openvino": ("edgead.runtimes.openvino_runner", "openvino", ("openvino", "onnxruntime")),
-    "trt": ("edgead.runtimes.trt_runner", "trt", ("tensorrt",)),
-    "torch": ("edgead.runtimes.torch_runner", "torch", ("torch",)),
+#: engine name -> (runner module, Python package it needs, pip extra, artifact engines it can run)
+ENGINES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "onnxruntime": ("edgead.runtimes.ort_runner", "onnxruntime", "onnxruntime", ("onnxruntime",)),
+    "openvino": ("edgead.runtimes.openvino_runner", "openvino", "openvino", ("openvino", "onnxruntime")),
+    "trt": ("edgead.runtimes.trt_runner", "tensorrt", "trt", ("tensorrt",)),
+    "torch": ("edgead.runtimes.torch_runner", "torch", "torch", ("torch",)),
 }
 _ALIASES = {"tensorrt": "trt", "ort": "onnxruntime", "ov": "openvino"}
 _DEFAULT_FOR_ARTIFACT = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "trt", "torch": "torch"}
@@ -31,12 +31,20 @@ def engine_name(name: str) -> str:
     return name
 
 
-def available_engines() -> list[str]:
-    """Engines whose Python package is importable here."""
+def missing_engine(name: str) -> str | None:
+    """None when ``name``'s Python package is importable here, else one line naming the pip extra."""
     import importlib.util
 
-    probe = {"onnxruntime": "onnxruntime", "openvino": "openvino", "trt": "tensorrt", "torch": "torch"}
-    return [e for e, mod in probe.items() if importlib.util.find_spec(mod) is not None]
+    _module, package, extra, _runs = ENGINES[engine_name(name)]
+    if importlib.util.find_spec(package) is not None:
+        return None
+    gpu = " (and an NVIDIA GPU)" if extra == "trt" else ""
+    return f"{package} is not installed: pip install 'edgead[{extra}]'{gpu}"
+
+
+def available_engines() -> list[str]:
+    """Engines whose Python package is importable here."""
+    return [e for e in ENGINES if missing_engine(e) is None]
 
 
 def load(path: str | Path, engine: str | None = None, **options: object) -> Runner:
@@ -51,7 +59,7 @@ def load(path: str | Path, engine: str | None = None, **options: object) -> Runn
         return importlib.import_module(ENGINES["torch"][0]).RUNNER.from_checkpoint(p, **options)
     manifest = read_manifest(p)
     name = engine_name(engine) if engine else _DEFAULT_FOR_ARTIFACT.get(manifest.engine, manifest.engine)
-    module, _extra, runs = ENGINES[engine_name(name)]
+    module, _package, _extra, runs = ENGINES[engine_name(name)]
     if manifest.engine not in runs:
         raise ArtifactError(
             f"engine '{name}' cannot run a {manifest.engine} artifact ({p}); it runs {', '.join(runs)} artifacts"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -39,31 +39,28 @@ def predict(
     """Score images: score, label against the artifact's threshold, and heatmap overlays with --out."""
     import edgead.runtimes as rt
     from edgead.fsutil import atomic_dir
-    from edgead.imageio import prepare, read_image
     from edgead.viz import save_panel
 
     files = _expand(images)
     runner = rt.load(target, engine)
     thr = runner.spec.threshold
     rows = []
-    scores_all, maps_all = [], []
-    for i in range(0, len(files), batch):
-        chunk = files[i : i + batch]
-        p = runner.predict(load_batch(chunk, runner.spec))
-        scores_all.append(p.scores)
-        maps_all.append(p.maps)
-        for j, f in enumerate(chunk):
-            label = None if p.labels is None else ("anomalous" if p.labels[j] else "normal")
-            rows.append({"image": str(f), "score": float(p.scores[j]), "label": label})
-    if out is not None:
-        maps = np.concatenate(maps_all)
-        vmax = float(2.0 * thr) if thr else float(maps.max())
-        with atomic_dir(out) as tmp:
-            for k, (row, f) in enumerate(zip(rows, files, strict=True)):
-                img = prepare(read_image(f), runner.spec)
-                save_panel(tmp / f"{k:04d}_{f.stem}.png", img, maps[k], 0.0, vmax, row["score"], thr)
-        for k, row in enumerate(rows):
-            row["heatmap"] = str(out / f"{k:04d}_{Path(row['image']).stem}.png")
+    # Panels are written chunk by chunk from the prepared batch (no second read, no map kept); colours span
+    # 0..2x threshold, or 0..each map's max when the artifact has no threshold.
+    with atomic_dir(out) if out is not None else contextlib.nullcontext() as tmp:
+        for i in range(0, len(files), batch):
+            chunk = files[i : i + batch]
+            prepared = load_batch(chunk, runner.spec)
+            p = runner.predict(prepared)
+            for j, f in enumerate(chunk):
+                label = None if p.labels is None else ("anomalous" if p.labels[j] else "normal")
+                row = {"image": str(f), "score": float(p.scores[j]), "label": label}
+                if tmp is not None:
+                    name = f"{i + j:04d}_{f.stem}.png"
+                    vmax = float(2.0 * thr) if thr else float(p.maps[j].max())
+                    save_panel(tmp / name, prepared[j], p.maps[j], 0.0, vmax, row["score"], thr)
+                    row["heatmap"] = str(out / name)
+                rows.append(row)
     if json_out:
         emit_json({"target": str(target), "engine": runner.engine, "threshold": thr, "results": rows})
         return
