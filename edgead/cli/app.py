@@ -11,7 +11,7 @@ import sys
 import typer
 
 from edgead import __version__
-from edgead.cli import deploy, importing, run, train
+from edgead.cli import deploy, importing, run, score, train
 from edgead.errors import EdgeadError
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command("build-c")(deploy.build_c)
 app.command("predict")(run.predict)
 app.command("bench")(run.bench)
 app.command("demo")(run.demo)
+app.command("score")(score.score)
 
 
 @app.command("version")
