@@ -52,6 +52,7 @@ class ScoreSummary:
     artifact: str
     artifact_sha256: str
     output: str
+    per_node: dict[str, int] | None = None  # Ray: images scored by each node's actors in this run
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -290,12 +291,13 @@ def score_archive(
     try:
         todo = writer.pending(paths)
         t0 = time.perf_counter()
+        per_node = None
         if not todo:
             added = 0
         elif use_ray:
             from edgead.scale.ray_data import score_on_ray
 
-            added = score_on_ray(artifact, writer, todo, engine=engine, batch=batch, address=ray_address,
+            added, per_node = score_on_ray(artifact, writer, todo, engine=engine, batch=batch, address=ray_address,
                                  actors=ray_actors, cpus_per_actor=ray_cpus, heatmaps=heatmaps, progress=progress)
         else:
             with rt.load(artifact, engine) as runner:
@@ -315,7 +317,7 @@ def score_archive(
         total=len(paths), scored=added, skipped=len(paths) - len(todo), anomalous=anomalous,
         anomaly_rate=(anomalous / labelled) if labelled else None, seconds=seconds,
         images_per_s=(added / seconds) if added and seconds > 0 else 0.0, backend="ray" if use_ray else "embedded",
-        artifact=str(artifact), artifact_sha256=sha, output=str(out),
+        artifact=str(artifact), artifact_sha256=sha, output=str(out), per_node=per_node,
     )
     write_text_atomic(Path(out) / SUMMARY, json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
     return summary

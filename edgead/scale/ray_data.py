@@ -53,6 +53,7 @@ class ArtifactScorer:
             (self.folder / name).write_bytes(data)
         self.runner = rt.load(self.folder, engine, **({"threads": threads} if threads else {}))
         self.want_maps = want_maps
+        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
@@ -61,7 +62,7 @@ class ArtifactScorer:
         n = len(paths)
         labels = np.full(n, -1, dtype=np.int8) if p.labels is None else p.labels.astype(np.int8)
         out: dict[str, np.ndarray] = {"path": np.asarray(paths, dtype=object), "score": p.scores.astype(np.float32),
-                                      "label": labels}
+                                      "label": labels, "node": np.asarray([self.node] * n, dtype=object)}
         if self.want_maps:  # maps travel back (as .npy bytes) only for anomalous images, for their heatmap panels
             out["map"] = np.asarray([_npy(p.maps[i]) if labels[i] == 1 else b"" for i in range(n)], dtype=object)
         return out
@@ -88,8 +89,11 @@ def connect(address: str | None) -> Any:
 
 def score_on_ray(artifact: str | Path, writer: ScoreWriter, todo: Sequence[Path], *, engine: str | None = None,
                  batch: int = 8, address: str | None = None, actors: int = 2, cpus_per_actor: float = 1.0,
-                 heatmaps: bool = False, progress: Progress | None = None) -> int:
-    """Score ``todo`` with a pool of ``actors`` runner actors on the Ray cluster; return the rows added."""
+                 heatmaps: bool = False, progress: Progress | None = None) -> tuple[int, dict[str, int]]:
+    """Score ``todo`` with a pool of ``actors`` runner actors on the Ray cluster.
+
+    Returns the rows added and, per Ray node id, how many of them that node's actors scored.
+    """
     if actors < 1:
         raise InputError(f"expected --ray-actors of at least 1, found {actors}")
     ray = connect(address)
@@ -111,9 +115,13 @@ def score_on_ray(artifact: str | Path, writer: ScoreWriter, todo: Sequence[Path]
         compute=rd.ActorPoolStrategy(size=actors),
     )
     added = done = 0
+    per_node: dict[str, int] = {}
     for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
         paths = [str(p) for p in out["path"]]
         labels = None if (out["label"] < 0).all() else out["label"] == 1
+        for path, node in zip(paths, out["node"], strict=True):
+            if path not in writer.rows:
+                per_node[str(node)] = per_node.get(str(node), 0) + 1
         added += writer.add(paths, out["score"], labels, thr)
         if heatmaps and labels is not None and labels.any():
             idx = [i for i in np.flatnonzero(labels) if len(out["map"][i])]
@@ -124,4 +132,4 @@ def score_on_ray(artifact: str | Path, writer: ScoreWriter, todo: Sequence[Path]
         done += len(paths)
         if progress:
             progress(min(done, len(todo)), len(todo))
-    return added
+    return added, per_node
