@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from edgead import registry
 from edgead.errors import EdgeadError
 from edgead.runtimes.base import Runner
 from edgead.runtimes.compare import check_batch
@@ -262,34 +263,9 @@ def bench_runner(
 
 
 # -- targets: a checkpoint or an export folder ---------------------------------------------------------------
-ENGINE_PRECISIONS: dict[str, tuple[str, ...]] = {
-    "torch": ("fp32",),
-    "onnxruntime": ("fp32", "int8"),
-    "openvino": ("fp32", "bf16", "int8"),
-    "trt": ("fp16", "int8"),
-}
-_BUILD_HINT = {
-    ("onnxruntime", "int8"): "edgead calibrate OUT --calib DIR",
-    ("openvino", "fp32"): "edgead compile OUT --engine openvino --precision fp32",
-    ("openvino", "bf16"): "edgead compile OUT --engine openvino --precision bf16",
-    ("openvino", "int8"): "edgead compile OUT --engine openvino --precision int8 --calib DIR",
-    ("trt", "fp16"): "edgead compile OUT --engine trt --precision fp16",
-    ("trt", "int8"): "edgead compile OUT --engine trt --precision int8 --calib DIR",
-}
-def artifact_folder(target: Path, engine: str, precision: str) -> Path:
-    """Where an export folder keeps the artifact for ``engine`` and ``precision``."""
-    if engine == "onnxruntime":
-        return target if precision == "fp32" else target / "onnx-int8"
-    if engine == "openvino":
-        return target / f"openvino-{precision}"
-    if engine == "trt":
-        return target / f"trt-{precision}"
-    return target
-
-
-def _torch_source(target: Path) -> Path | None:
+def _reference_source(target: Path) -> Path | None:
     """The checkpoint behind ``target``: itself, or the one an export's manifest names."""
-    if (target / "spec.json").is_file() and not (target / "manifest.json").is_file():
+    if registry.is_checkpoint(target):
         return target
     try:
         from edgead.runtimes.manifest import read_manifest
@@ -303,23 +279,23 @@ def _torch_source(target: Path) -> Path | None:
 def _load(target: Path, engine: str, precision: str) -> tuple[Runner | None, str, str]:
     """(runner or None, artifact path, reason when None)."""
     from edgead import runtimes
-    from edgead.runtimes.loader import missing_engine
 
-    missing = missing_engine(engine)
+    eng = registry.get(engine)
+    missing = eng.missing()
     if missing:
         return None, "", missing
-    if engine == "torch":
-        src = _torch_source(target)
+    if eng.checkpoint:
+        src = _reference_source(target)
         if src is None:
             return (
                 None,
                 "",
                 "no checkpoint: the export's manifest names none (export with a checkpoint source)",
             )
-        return runtimes.load(src, engine="torch"), str(src), ""
-    folder = artifact_folder(target, engine, precision)
-    if not (folder / "manifest.json").is_file():
-        hint = _BUILD_HINT.get((engine, precision), "")
+        return runtimes.load(src, engine=eng.name), str(src), ""
+    folder = registry.artifact_folder(target, eng.name, precision)
+    if not (folder / registry.MANIFEST).is_file():
+        hint = eng.build_hint(precision)
         return None, str(folder), f"no {folder.name}/ artifact" + (f" (build it: {hint})" if hint else "")
     try:
         return runtimes.load(folder, engine=engine), str(folder), ""
@@ -341,35 +317,35 @@ def bench_target(
     ``engine`` None means every engine; ``precisions`` None means every precision of each engine. Combinations
     that cannot run here come back as skipped results with a one-line reason.
     """
-    from edgead.runtimes.loader import engine_name
-
     target = Path(target)
     if not target.exists():
         raise EdgeadError(f"expected a checkpoint or export folder, found nothing at {target}")
-    is_checkpoint = (target / "spec.json").is_file() and not (target / "manifest.json").is_file()
-    if engine is None:
-        engines = ["torch"] if is_checkpoint else list(ENGINE_PRECISIONS)
+    is_checkpoint = registry.is_checkpoint(target)
+    ref = registry.reference()
+    if engine is None:  # every engine, the reference first
+        rows = [ref] if is_checkpoint else sorted(registry.ENGINES.values(), key=lambda e: not e.checkpoint)
     else:
-        engines = [engine_name(e) for e in ([engine] if isinstance(engine, str) else engine)]
+        rows = [registry.get(e) for e in ([engine] if isinstance(engine, str) else engine)]
     results: list[BenchResult] = []
-    for eng in engines:
-        for prec in precisions or ENGINE_PRECISIONS[eng]:
+    for row in rows:
+        eng = row.name
+        for prec in precisions or row.precisions:
             label = f"{eng} {prec}"
-            if prec not in ENGINE_PRECISIONS[eng]:
+            if prec not in row.precisions:
                 results += [
                     BenchResult.skip(
                         eng,
                         prec,
                         b,
-                        f"{eng} has no {prec} path (it runs {', '.join(ENGINE_PRECISIONS[eng])})",
+                        f"{eng} has no {prec} path (it runs {', '.join(row.precisions)})",
                         label,
                     )
                     for b in batches
                 ]
                 continue
-            if is_checkpoint and eng != "torch":
+            if is_checkpoint and not row.checkpoint:
                 results += [
-                    BenchResult.skip(eng, prec, b, "a checkpoint runs on torch only; export it first", label)
+                    BenchResult.skip(eng, prec, b, f"a checkpoint runs on {ref.name} only; export it first", label)
                     for b in batches
                 ]
                 continue

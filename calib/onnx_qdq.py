@@ -15,6 +15,7 @@ import onnx
 from edgead.calib.dataset import CalibrationSet
 from edgead.errors import EdgeadError, require
 from edgead.fsutil import atomic_dir
+from edgead.registry import INPUT, ONNX, artifact_folder
 from edgead.runtimes.manifest import read_manifest, write_manifest
 
 MODEL = "model.onnx"
@@ -27,8 +28,9 @@ def _post_nodes(model: onnx.ModelProto) -> list[str]:
 
 def quantize_qdq(artifact_dir: str | Path, calib_dir: str | Path, out: str | Path | None = None,
                  method: str = "percentile", limit: int = 300) -> Path:
-    """Write ``OUT/onnx-int8/`` (a calibrated Q/DQ model.onnx and its manifest) from the FP32 export in ``OUT``."""
-    from edgead.export.openvino import source_onnx
+    """The ONNX Runtime int8 artifact folder in ``OUT`` (a calibrated Q/DQ model.onnx and its manifest), made
+    from the FP32 export in ``OUT``."""
+    from edgead.export.onnx import set_metadata, source_onnx
 
     if method not in METHODS:
         raise EdgeadError(f"calibration method must be one of {', '.join(METHODS)}, found '{method}'")
@@ -44,12 +46,12 @@ def quantize_qdq(artifact_dir: str | Path, calib_dir: str | Path, out: str | Pat
 
         def get_next(self):
             b = next(self._it, None)
-            return None if b is None else {"images": b}
+            return None if b is None else {INPUT: b}
 
     calibrate = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile,
                  "entropy": q.CalibrationMethod.Entropy}[method]
     model = onnx.load(str(onnx_path))
-    out = Path(out) if out else artifact_dir / "onnx-int8"
+    out = Path(out) if out else artifact_folder(artifact_dir, ONNX.name, "int8")
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
         pre = Path(work) / "pre.onnx"
         q.quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
@@ -66,14 +68,12 @@ def quantize_qdq(artifact_dir: str | Path, calib_dir: str | Path, out: str | Pat
                            "CalibPercentile": 99.999, "CalibTensorRangeSymmetric": True},
         )
         qm = onnx.load(str(tmp / MODEL))
-        from edgead.export.onnx import set_metadata
-
         set_metadata(qm, {p.key: p.value for p in model.metadata_props})
         onnx.save(qm, str(tmp / MODEL))
         extra = {"calibration": {"images": len(data), "method": method, "folder": str(calib_dir),
                                  "skipped": [str(p) for p in data.skipped]},
                  "quantized_ops": ["MatMul", "Gemm"], "symmetric": True, "source": onnx_path.name}
-        write_manifest(tmp, "onnxruntime", "int8", MODEL, src.spec, {"onnxruntime": ort.__version__}, src.batch,
+        write_manifest(tmp, ONNX.manifest_name, "int8", MODEL, src.spec, {"onnxruntime": ort.__version__}, src.batch,
                        extra)
     read_manifest(out)
     return out

@@ -18,14 +18,13 @@ import numpy as np
 import onnx
 
 from edgead import __version__
-from edgead.errors import ArtifactError, EdgeadError, require
+from edgead.errors import ArtifactError, EdgeadError, InputError, require
 from edgead.fsutil import atomic_dir, sha256_file
+from edgead.registry import INPUT, ONNX, OUTPUTS
 from edgead.runtimes.compare import Difference, check_batch, difference
-from edgead.runtimes.manifest import write_manifest
+from edgead.runtimes.manifest import Manifest, read_manifest, write_manifest
 
 MODEL = "model.onnx"
-INPUT = "images"
-OUTPUTS = ("scores", "maps")
 PARITY_ATOL = 1e-4
 
 
@@ -67,6 +66,15 @@ def _simplify(model: onnx.ModelProto, simplifier: str) -> onnx.ModelProto:
             raise EdgeadError("onnxsim could not validate its simplified graph")
         return simplified
     raise EdgeadError(f"simplifier must be 'onnxslim', 'onnxsim' or 'none', found '{simplifier}'")
+
+
+def source_onnx(artifact_dir: str | Path) -> tuple[Path, Manifest]:
+    """The FP32 ONNX export in ``artifact_dir`` and its verified manifest (what every compiler starts from)."""
+    m = read_manifest(artifact_dir)
+    if m.engine != ONNX.manifest_name or m.precision != "fp32":
+        raise InputError(f"expected the FP32 ONNX export folder (edgead export ... -o OUT), found a "
+                         f"{m.engine} {m.precision} artifact in {artifact_dir}")
+    return Path(artifact_dir) / m.model, m
 
 
 def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
@@ -182,5 +190,5 @@ def export_onnx(
             extra["checkpoint"] = str(Path(source).resolve())
             extra["checkpoint_sha256"] = sha256_file(Path(source) / "detector.safetensors")
         versions = {"torch": torch.__version__, "onnx": onnx.__version__}
-        write_manifest(tmp, "onnxruntime", "fp32", MODEL, spec, versions, (1, None), extra)
+        write_manifest(tmp, ONNX.manifest_name, "fp32", MODEL, spec, versions, (1, None), extra)
     return ExportReport(out, simplifier, simplifier in applied, nodes_raw, nodes_final, diff, notes, applied)

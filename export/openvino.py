@@ -1,4 +1,5 @@
-"""``edgead compile OUT --engine openvino --precision fp32|bf16|int8``: OpenVINO IR beside the ONNX export.
+"""``edgead compile OUT --engine openvino --precision fp32|bf16|int8``: OpenVINO IR beside the ONNX export
+(in the sub-folder the registry names).
 
 FP32 and BF16 share one IR with FP32 weights; the precision the CPU plugin executes in is written into the
 manifest (``inference_precision``) and set by the runner explicitly, since some CPUs otherwise default to bf16.
@@ -10,33 +11,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgead.errors import EdgeadError, InputError, require
+from edgead.export.onnx import source_onnx
 from edgead.fsutil import atomic_dir
-from edgead.runtimes.manifest import Manifest, read_manifest, write_manifest
+from edgead.registry import OPENVINO, artifact_folder
+from edgead.runtimes.manifest import write_manifest
 
 XML = "model.xml"
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = OPENVINO.compiles
 #: manifest precision -> OpenVINO INFERENCE_PRECISION_HINT for the CPU plugin
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
-def source_onnx(artifact_dir: Path) -> tuple[Path, Manifest]:
-    """The FP32 ONNX export in ``artifact_dir`` and its verified manifest."""
-    m = read_manifest(artifact_dir)
-    if m.engine != "onnxruntime" or m.precision != "fp32":
-        raise InputError(f"expected the FP32 ONNX export folder (edgead export ... -o OUT), found a "
-                         f"{m.engine} {m.precision} artifact in {artifact_dir}")
-    return Path(artifact_dir) / m.model, m
-
-
 def compile_openvino(artifact_dir: str | Path, precision: str = "fp32", calib_dir: str | Path | None = None,
                      out: str | Path | None = None, subset_size: int = 300) -> Path:
-    """Write ``OUT/openvino-<precision>/`` (model.xml, model.bin, manifest.json) and return its path."""
+    """Write the OpenVINO ``precision`` artifact folder in ``OUT`` (model.xml, model.bin, manifest.json); its path."""
     if precision not in PRECISIONS:
         raise EdgeadError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, found '{precision}'")
     ov = require("openvino", "openvino", "compiling for OpenVINO")
     artifact_dir = Path(artifact_dir)
     onnx_path, src = source_onnx(artifact_dir)
-    out = Path(out) if out else artifact_dir / f"openvino-{precision}"
+    out = Path(out) if out else artifact_folder(artifact_dir, OPENVINO.name, precision)
     model = ov.convert_model(str(onnx_path))
     extra: dict = {"inference_precision": INFERENCE_PRECISION[precision], "source": onnx_path.name}
     versions = {"openvino": ov.__version__}
@@ -52,5 +46,5 @@ def compile_openvino(artifact_dir: str | Path, precision: str = "fp32", calib_di
     model.set_rt_info(precision, ["edgead", "precision"])
     with atomic_dir(out) as tmp:
         ov.save_model(model, str(tmp / XML), compress_to_fp16=False)
-        write_manifest(tmp, "openvino", precision, XML, src.spec, versions, src.batch, extra)
+        write_manifest(tmp, OPENVINO.manifest_name, precision, XML, src.spec, versions, src.batch, extra)
     return out

@@ -26,13 +26,13 @@ from onnx import numpy_helper
 
 from edgead.errors import ArtifactError, EdgeadError, InputError, require
 from edgead.fsutil import atomic_dir, sha256_file
+from edgead.registry import MANIFEST, ONNX, TENSORRT, artifact_folder
 from edgead.runtimes.manifest import read_manifest, write_manifest
 
 ENGINE = "model.engine"
 TIMING_CACHE = "timing.cache"
-PRECISIONS = ("fp16", "int8")
+PRECISIONS = TENSORRT.compiles
 INT8_MODES = ("qdq", "entropy")
-QDQ_FOLDER = "onnx-int8"
 
 
 # -- the optimization profile --------------------------------------------------------------------------------
@@ -211,8 +211,8 @@ def check_qdq_for_tensorrt(model: onnx.ModelProto, where: str | Path = "Q/DQ mod
 
 def _qdq_onnx(artifact_dir: Path, calib_dir: Path | None, spec: Any) -> Path:
     """``OUT/onnx-int8/model.onnx``, made first from ``calib_dir`` when missing, and checked for TensorRT."""
-    folder = artifact_dir / QDQ_FOLDER
-    if not (folder / "manifest.json").is_file():
+    folder = artifact_folder(artifact_dir, ONNX.name, "int8")
+    if not (folder / MANIFEST).is_file():
         if calib_dir is None:
             raise InputError(f"INT8 (qdq) builds from the calibrated Q/DQ ONNX in {folder}, found none; pass "
                              f"--calib DIR (normal images), or run: edgead compile {artifact_dir} --engine "
@@ -345,7 +345,7 @@ def compile_trt(
     if not str(trt.__version__).startswith("10."):
         raise EdgeadError(f"edgead builds engines with TensorRT 10 (FP16/INT8 builder flags, entropy "
                           f"calibrator), found TensorRT {trt.__version__}; install tensorrt 10.x")
-    from edgead.export.openvino import source_onnx
+    from edgead.export.onnx import source_onnx
     from edgead.runtimes.trt_runner import device_info, open_cuda
 
     artifact_dir = Path(artifact_dir)
@@ -358,7 +358,7 @@ def compile_trt(
     cuda = open_cuda()  # one line and no traceback on a machine without an NVIDIA GPU or driver
     try:
         gpu = device_info(cuda, trt.__version__)
-        target = Path(out) if out else artifact_dir / f"trt-{precision}"
+        target = Path(out) if out else artifact_folder(artifact_dir, TENSORRT.name, precision)
         with atomic_dir(target) as tmp:
             _carry(target, tmp, TIMING_CACHE)
             calibrator, calibration = None, None
@@ -377,8 +377,8 @@ def compile_trt(
                 "source": str(onnx_path.relative_to(artifact_dir)), "source_sha256": sha256_file(onnx_path),
             }
             versions = {"tensorrt": trt.__version__, "onnx": onnx.__version__, "cuda": cuda.name}
-            write_manifest(tmp, "tensorrt", precision, ENGINE, src.spec, versions, (profile.min, profile.max),
-                           extra)
+            write_manifest(tmp, TENSORRT.manifest_name, precision, ENGINE, src.spec, versions,
+                           (profile.min, profile.max), extra)
     finally:
         cuda.close()
     return target

@@ -14,15 +14,15 @@ from typing import Any
 from edgead import __version__
 from edgead.errors import ArtifactError
 from edgead.fsutil import sha256_file, write_text_atomic
+from edgead.registry import MANIFEST
 from edgead.spec import DetectorSpec, check_compatible
 
-MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 
 
 @dataclass(frozen=True)
 class Manifest:
-    engine: str  # "onnxruntime" (ONNX, runs on onnxruntime or openvino), "openvino", "tensorrt"
+    engine: str  # the engine's manifest name in edgead.registry (which engines run it: Engine.runs)
     precision: str  # "fp32", "bf16", "fp16", "int8"
     model: str  # main file, relative to the folder
     spec: DetectorSpec

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgead.errors import require
+from edgead.registry import OUTPUTS
 from edgead.runtimes.base import Predictions, Runner
 from edgead.runtimes.manifest import Manifest
 
@@ -40,7 +41,7 @@ class OpenVINORunner(Runner):
         self.compiled = core.compile_model(model, device, config)
         self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self._local = threading.local()
-        self._outputs = [self.compiled.output(name) for name in ("scores", "maps")]
+        self._outputs = [self.compiled.output(name) for name in OUTPUTS]
 
     def _request(self):
         req = getattr(self._local, "request", None)

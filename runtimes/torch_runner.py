@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from edgead.errors import require
+from edgead.registry import TORCH
 from edgead.runtimes.base import Runner
 from edgead.runtimes.manifest import Manifest
 
@@ -27,7 +28,7 @@ class TorchRunner(Runner):
 
     @classmethod
     def from_detector(cls, detector: Any, folder: str | Path = ".") -> TorchRunner:
-        m = Manifest("torch", "fp32", "detector.safetensors", detector.spec, {})
+        m = Manifest(TORCH.manifest_name, "fp32", "detector.safetensors", detector.spec, {})
         return cls(Path(folder), m, detector=detector)
 
     @classmethod

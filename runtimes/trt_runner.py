@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgead.errors import ArtifactError, EdgeadError, MissingDependencyError, require
+from edgead.registry import OUTPUTS
 from edgead.runtimes.base import Runner
 from edgead.runtimes.manifest import Manifest
 
@@ -381,7 +382,8 @@ class TensorRTRunner(Runner):
             dt, shape = self._out_dtypes[o], self._out_shapes[o]
             raw = self._host[o].array[: self._nbytes(o, n)]
             outs[o] = raw.view(dt).reshape(n, *shape).astype(np.float32)  # astype copies out of pinned memory
-        return outs.get("scores", outs[self._outputs[0]]), outs.get("maps", outs[self._outputs[-1]])
+        scores, maps = OUTPUTS
+        return outs.get(scores, outs[self._outputs[0]]), outs.get(maps, outs[self._outputs[-1]])
 
     def close(self) -> None:
         cuda = self._cuda

@@ -4,22 +4,68 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.models import OptionInfo
 
+from edgead import registry
 from edgead.term import make_console
 
 # People read stderr; stdout stays clean for --json. Tables keep their columns when piped into a log.
 console = make_console(stderr=True)
 
+
+
+class _LiveHelpInfo(OptionInfo):
+    """A typer option whose help text is computed each time typer builds the command (it reads ``help`` then), so
+    options that list engines or precisions show what the registry holds now, without a CLI edit."""
+
+    describe: Callable[[], str]
+
+    @property  # type: ignore[override]
+    def help(self) -> str:
+        return self.describe()
+
+    @help.setter
+    def help(self, value: str | None) -> None:  # OptionInfo.__init__ assigns it; ``describe`` replaces it
+        pass
+
+
+def live_option(*decls: str, describe: Callable[[], str]) -> Any:
+    info = typer.Option(*decls)
+    info.__class__ = _LiveHelpInfo
+    info.describe = describe
+    return info
+
+
+def _engines(text: str, compiling: bool = False, extra: tuple[str, ...] = ()) -> Callable[[], str]:
+    def describe() -> str:
+        engines = registry.compilable() if compiling else registry.ENGINES.values()
+        return f"{text} One of: {', '.join([e.name for e in engines] + list(extra))}."
+
+    return describe
+
+
+def _compile_precisions() -> str:
+    return "Per engine: " + "; ".join(f"{e.name}: {', '.join(e.compiles)}" for e in registry.compilable()) + "."
+
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]
-Engine = Annotated[str, typer.Option("--engine", "-e", help="trt | openvino | onnxruntime | torch")]
+#: the engine that runs an artifact; None: the one its manifest names
+RunEngine = Annotated[str | None, live_option("--engine", "-e", describe=_engines(
+    "Runner engine (default: the artifact's)."))]
+#: the engine ``compile`` builds for
+CompileEngine = Annotated[str, live_option("--engine", "-e", describe=_engines("Engine to compile for.", True))]
+CompilePrecision = Annotated[str, live_option("--precision", "-p", describe=_compile_precisions)]
+#: engines to benchmark: a comma list, or all
+BenchEngines = Annotated[str, live_option("--engine", "-e", describe=_engines(
+    "Engines to measure: a comma list, or all.", extra=("all",)))]
 
 
 def emit_json(obj: Any) -> None:

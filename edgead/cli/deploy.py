@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgead.cli.common import JsonFlag, console, emit_json
+from edgead.cli.common import CompileEngine, CompilePrecision, JsonFlag, console, emit_json
 from edgead.errors import require
 
 
@@ -42,8 +42,8 @@ def export(
 
 def compile_cmd(
     out: Annotated[Path, typer.Argument(help="Export folder (holds model.onnx).")],
-    engine: Annotated[str, typer.Option("--engine", "-e", help="openvino | onnxruntime | trt")] = "openvino",
-    precision: Annotated[str, typer.Option("--precision", "-p", help="fp32 | bf16 | fp16 | int8")] = "fp32",
+    engine: CompileEngine = "openvino",
+    precision: CompilePrecision = "fp32",
     calib: Annotated[Path | None, typer.Option(help="Calibration images (INT8): a folder or MVTec category.")]
     = None,
     batch: Annotated[str, typer.Option(help="TensorRT profile MIN:OPT:MAX.")] = "1:1:8",

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgead.cli.common import JsonFlag, console, emit_json
+from edgead.cli.common import BenchEngines, JsonFlag, RunEngine, console, emit_json
 from edgead.errors import InputError
 from edgead.imageio import IMAGE_SUFFIXES, list_images, load_batch
 
@@ -31,8 +31,7 @@ def predict(
     target: Annotated[Path, typer.Argument(help="Checkpoint or artifact folder.")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for heatmap overlay PNGs.")] = None,
-    engine: Annotated[str | None, typer.Option("--engine", "-e", help="Runner engine (default: the artifact's).")]
-    = None,
+    engine: RunEngine = None,
     batch: Annotated[int, typer.Option(help="Images per inference call.")] = 8,
     json_out: JsonFlag = False,
 ) -> None:
@@ -78,8 +77,7 @@ def predict(
 
 def bench(
     target: Annotated[str, typer.Argument(help="Checkpoint or export folder; 'norms': the DyT vs LayerNorm study.")],
-    engine: Annotated[str, typer.Option("--engine", "-e", help="trt|openvino|onnxruntime|torch|all, or a list")]
-    = "all",
+    engine: BenchEngines = "all",
     precision: Annotated[str, typer.Option("--precision", "-p", help="Comma list, e.g. fp32,int8 (default all).")]
     = "",
     batch: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,8",

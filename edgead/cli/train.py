@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgead.cli.common import JsonFlag, console, emit_json, progress_bar
+from edgead.cli.common import JsonFlag, RunEngine, console, emit_json, progress_bar
 from edgead.errors import EdgeadError, require
 
 
@@ -61,8 +61,7 @@ def fit(
 def eval_cmd(
     target: Annotated[Path, typer.Argument(help="Checkpoint or artifact folder.")],
     data: Annotated[Path, typer.Argument(help="Labelled MVTec-layout category (test/, ground_truth/).")],
-    engine: Annotated[str | None, typer.Option("--engine", "-e", help="Runner engine (default: the artifact's).")]
-    = None,
+    engine: RunEngine = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Image AUROC, F1-max, pixel AUROC and AUPRO (to 30 % FPR) on a labelled set."""

@@ -11,10 +11,10 @@ from edgead.errors import ArtifactError
 from edgead.fsutil import atomic_dir
 from edgead.models.build import build_detector
 from edgead.models.detector import Detector
+from edgead.registry import CHECKPOINT_SPEC as SPEC
 from edgead.spec import DetectorSpec
 
 WEIGHTS = "detector.safetensors"
-SPEC = "spec.json"
 
 
 def save_checkpoint(detector: Detector, out: str | Path, extra: dict | None = None) -> Path:
