@@ -27,6 +27,7 @@ import numpy as np
 from edgead.errors import InputError
 from edgead.fsutil import sha256_file, write_text_atomic
 from edgead.imageio import IMAGE_SUFFIXES, prepare, read_image
+from edgead.registry import MANIFEST
 
 SCORES = "scores.csv"
 SUMMARY = "summary.json"
@@ -101,7 +102,7 @@ def artifact_digest(folder: str | Path) -> str:
     """sha256 of the artifact's ``manifest.json``: it lists the sha256 of every file, so it names the artifact."""
     p = Path(folder)
     p = p.parent if p.is_file() else p
-    m = p / "manifest.json"
+    m = p / MANIFEST
     if not m.is_file():
         raise InputError(f"expected a compiled artifact folder with manifest.json, found none in {p}")
     return sha256_file(m)

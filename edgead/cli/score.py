@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgead.cli.common import JsonFlag, console, emit_json, progress_bar
+from edgead.cli.common import JsonFlag, RunEngine, console, emit_json, progress_bar
 
 
 def score(
@@ -15,8 +15,7 @@ def score(
     artifact: Annotated[Path, typer.Option("--artifact", "-a", help="Compiled artifact folder (with manifest.json).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: scores.csv, summary.json, heatmaps/. "
                                       "Rerunning into the same folder scores only the images without a row.")],
-    engine: Annotated[str | None, typer.Option("--engine", "-e", help="Runner engine (default: the artifact's).")]
-    = None,
+    engine: RunEngine = None,
     batch: Annotated[int, typer.Option(help="Images per inference call.")] = 8,
     workers: Annotated[int, typer.Option(help="Decoding threads (embedded path).")] = 2,
     heatmaps: Annotated[bool, typer.Option("--heatmaps", help="Heatmap panels of the anomalous images.")] = False,
