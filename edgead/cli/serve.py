@@ -1,0 +1,76 @@
+"""``edgead serve``: run an artifact as a KServe v2 service with an inspection page (uvicorn over FastAPI)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgead.cli.common import console
+from edgead.errors import InputError, require
+
+_ENV = "EDGEAD_SERVE_CONFIG"
+
+
+def serve(
+    artifact: Annotated[Path, typer.Argument(help="Artifact (or checkpoint) folder to serve.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes, each with its own runner.")] = 1,
+    engine: Annotated[str | None, typer.Option("--engine", "-e", help="Runner engine (default: the artifact's).")]
+    = None,
+    name: Annotated[str, typer.Option(help="Model name in the v2 protocol.")] = "edgead",
+    max_batch: Annotated[int, typer.Option(help="Most images per engine call (within the artifact's range).")] = 8,
+    batch_delay_ms: Annotated[float, typer.Option(help="How long to gather requests into a batch; 0: no batching.")]
+    = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Images allowed to wait; more are answered 503.")] = 64,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger ones are answered 413.")] = 64.0,
+    folder: Annotated[Path | None, typer.Option(help="Image folder on this machine the page may score.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Override the artifact's threshold for the labels.")]
+    = None,
+) -> None:
+    """Serve an artifact: KServe v2 (/v2/...), POST /predict, /metrics and the inspection page at /."""
+    uvicorn = require("uvicorn", "serve", "edgead serve")
+    require("fastapi", "serve", "edgead serve")
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, found {workers}")
+    if max_batch < 1 or batch_delay_ms < 0 or max_queue < 1 or max_body_mb <= 0:
+        raise InputError("expected --max-batch >= 1, --batch-delay-ms >= 0, --max-queue >= 1 and --max-body-mb > 0")
+    if folder is not None and not folder.is_dir():
+        raise InputError(f"expected --folder to be a folder of images, found no folder at {folder}")
+    settings = {"artifact": str(artifact), "engine": engine, "threshold": threshold,
+                "config": {"name": name, "max_batch": max_batch, "max_delay_ms": batch_delay_ms,
+                           "max_queue": max_queue, "max_body_mb": max_body_mb,
+                           "folder": str(folder) if folder else None}}
+    app = build_app(settings)  # load once here, so a bad artifact is one clear line before anything listens
+    console.print(f"serving [bold]{artifact}[/] as model '{name}' on http://{host}:{port}/ "
+                  f"(max batch {app.state.service.batcher.max_batch}, batching delay {batch_delay_ms} ms, "
+                  f"{workers} worker{'s' if workers > 1 else ''})")
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        return
+    app.state.service.batcher.close()
+    os.environ[_ENV] = json.dumps(settings)
+    uvicorn.run("edgead.cli.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", timeout_graceful_shutdown=5)
+
+
+def build_app(settings: dict):
+    import edgead.runtimes as rt
+    from edgead.serve import ServeConfig, app_for_runner
+
+    cfg = dict(settings["config"])
+    cfg["folder"] = Path(cfg["folder"]) if cfg.get("folder") else None
+    runner = rt.load(settings["artifact"], settings.get("engine"))
+    return app_for_runner(runner, ServeConfig(**cfg), threshold=settings.get("threshold"))
+
+
+def app_from_env():
+    """The app factory each uvicorn worker process calls (settings travel in an environment variable)."""
+    return build_app(json.loads(os.environ[_ENV]))
+
+
+__all__ = ["app_from_env", "build_app", "serve"]

@@ -1,0 +1,353 @@
+"""The ``edgead serve`` application: one FastAPI app over a predict callable, a dynamic batcher and a spec.
+
+``create_app`` takes the pieces, not a file: any ``predict(uint8 (N, H, W, 3)) -> Predictions`` (a ``Runner``'s, or
+a remote one), the ``DetectorSpec`` that describes its input and threshold, and a ``ServeConfig``. ``app_for_runner``
+wires a loaded runner; a Ray Serve deployment builds the same app inside its replica. Routes:
+
+- KServe v2 / Open Inference Protocol: ``/v2``, ``/v2/health/{live,ready}``, ``/v2/models/{name}[/versions/{v}]``,
+  ``.../ready``, ``POST .../infer`` (JSON tensors and the binary tensor extension);
+- ``POST /predict``: image files (multipart ``files``), any size, fitted by the shared ``prepare``;
+- ``/metrics`` (Prometheus), ``/`` the inspection page and its small JSON API under ``/api``.
+
+Every refused request gets the v2 error body ``{"error": "..."}`` with a 4xx status (503 when the queue is full);
+an engine failure is a 500 with the same one-line body. No traceback ever leaves the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from edgead.errors import EdgeadError, InputError
+from edgead.imageio import IMAGE_SUFFIXES, list_images, prepare, read_image, to_rgb8
+from edgead.runtimes.base import Predictions, Runner
+from edgead.serve.batcher import DynamicBatcher, PredictFn, QueueFullError
+from edgead.serve.limits import BodyLimitMiddleware, BodyTooLarge
+from edgead.serve.metrics import ServeMetrics
+from edgead.serve.protocol import HEADER_LENGTH, ModelInfo, ProtocolError, decode_infer, encode_infer, server_metadata
+from edgead.spec import DetectorSpec
+from edgead.viz import heatmap_overlay, render_panel
+
+log = logging.getLogger("edgead.serve")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the service batches and what it accepts. ``max_delay_ms=0`` turns dynamic batching off."""
+
+    name: str = "edgead"
+    max_batch: int = 8
+    max_delay_ms: float = 5.0
+    max_queue: int = 64  # images waiting for the engine; more is answered 503
+    max_body_mb: float = 64.0  # request bodies above this are answered 413
+    max_files: int = 64  # images per /predict request
+    folder: Path | None = None  # a server-side image folder the page may score
+    recent: int = 50  # verdicts kept for the page's live list
+    info: dict[str, Any] = field(default_factory=dict)  # shown on the page and in the model metadata
+
+
+def _encode_png(rgb: np.ndarray) -> str:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
+    if not ok:
+        raise EdgeadError("could not encode a PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
+
+
+def _decode_upload(name: str, data: bytes, spec: DetectorSpec) -> np.ndarray:
+    if not data:
+        raise InputError(f"expected an image in upload '{name}', found an empty file")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise InputError(f"expected an image (png, jpg, bmp, tif, webp) in upload '{name}', found "
+                         f"{len(data)} bytes that are not a readable image")
+    return prepare(to_rgb8(img, name, bgr=True), spec)
+
+
+class Service:
+    """The state behind the routes: model description, batcher, metrics and the recent verdicts."""
+
+    def __init__(
+        self, predict: PredictFn, spec: DetectorSpec, config: ServeConfig, batch_range: tuple[int, int | None]
+    ) -> None:
+        self.config = config
+        self.model = ModelInfo(config.name, spec, extra={k: v for k, v in config.info.items() if k != "name"})
+        self.metrics = ServeMetrics()
+        max_batch = config.max_batch if batch_range[1] is None else min(config.max_batch, batch_range[1])
+        self.batcher = DynamicBatcher(predict, max_batch=max_batch, max_delay_s=config.max_delay_ms / 1000.0,
+                                      max_queue=config.max_queue, on_batch=self.metrics.observe_batch)
+        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.recent)
+        self.started = time.time()
+
+    @property
+    def threshold(self) -> float | None:
+        return self.model.spec.threshold
+
+    def labels(self, scores: np.ndarray) -> np.ndarray | None:
+        thr = self.threshold
+        return None if thr is None else scores > thr
+
+    async def run(self, images: np.ndarray) -> Predictions:
+        self.metrics.queued.set(self.batcher.queued_images + images.shape[0])
+        fut = self.batcher.submit(images)
+        try:
+            p = await asyncio.wrap_future(fut)
+        finally:
+            self.metrics.queued.set(self.batcher.queued_images)
+        return Predictions(p.scores, p.maps, self.labels(p.scores), p.seconds)
+
+    def remember(self, source: str, names: list[str], scores: np.ndarray) -> None:
+        now = time.time()
+        for n, s in zip(names, scores, strict=True):
+            lab = None if self.threshold is None else bool(s > self.threshold)
+            self.recent.appendleft({"time": now, "source": source, "name": n, "score": float(s), "anomalous": lab})
+
+    def image_rows(self, names: list[str], images: np.ndarray, p: Predictions, panel: bool, overlay: bool):
+        thr = self.threshold
+        vmax_default = float(2.0 * thr) if thr else None
+        rows = []
+        for i, name in enumerate(names):
+            s = float(p.scores[i])
+            row: dict[str, Any] = {"name": name, "score": s,
+                                   "label": None if thr is None else ("anomalous" if s > thr else "normal")}
+            vmax = vmax_default or max(float(p.maps[i].max()), 1e-6)
+            if panel:
+                row["heatmap"] = _encode_png(render_panel(images[i], p.maps[i], 0.0, vmax, s, thr))
+            if overlay:
+                row["image"] = _encode_png(images[i])
+                row["overlay"] = _encode_png(heatmap_overlay(images[i], p.maps[i], 0.0, vmax))
+            rows.append(row)
+        return rows
+
+
+def _internal_message(exc: BaseException) -> str:
+    if os.environ.get("EDGEAD_DEBUG") == "1":
+        log.exception("request failed")
+    else:
+        log.error("request failed: %s: %s", type(exc).__name__, exc)
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return f"internal error: {type(exc).__name__}: {first}" if first else f"internal error: {type(exc).__name__}"
+
+
+def _route_of(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "unmatched")
+
+
+def create_app(
+    predict: PredictFn,
+    spec: DetectorSpec,
+    config: ServeConfig | None = None,
+    batch_range: tuple[int, int | None] = (1, None),
+) -> FastAPI:
+    """The service over ``predict`` for a model described by ``spec`` (see the module docstring)."""
+    config = config or ServeConfig()
+    svc = Service(predict, spec, config, batch_range)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        svc.batcher.close()
+
+    app = FastAPI(title="edgead serve", version=svc.model.version, docs_url=None, redoc_url=None,
+                  openapi_url=None, lifespan=lifespan)
+    app.state.service = svc
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(config.max_body_mb * 1024 * 1024))
+
+    def err(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(ProtocolError)
+    async def _protocol(_: Request, exc: ProtocolError) -> JSONResponse:
+        return err(exc.status, str(exc))
+
+    @app.exception_handler(QueueFullError)
+    async def _queue(_: Request, exc: QueueFullError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        return err(413, str(exc))
+
+    @app.exception_handler(InputError)
+    async def _input(_: Request, exc: InputError) -> JSONResponse:
+        return err(400, str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        return err(400, "expected a complete request body, found the connection closed before its end")
+
+    @app.exception_handler(EdgeadError)
+    async def _edgead(_: Request, exc: EdgeadError) -> JSONResponse:
+        log.error("engine error: %s", exc)
+        return err(500, f"inference failed: {exc}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return err(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        return err(400, f"expected a valid request, found: {first.get('msg', 'invalid input')} at "
+                        f"{'.'.join(str(x) for x in first.get('loc', ()))}")
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        t0 = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure is one 500 line, and the server goes on
+            response = err(500, _internal_message(exc))
+        if request.url.path != "/metrics":
+            svc.metrics.observe_request(_route_of(request), response.status_code, time.perf_counter() - t0)
+        return response
+
+    def check_model(name: str, version: str | None = None) -> None:
+        if name != svc.model.name:
+            raise ProtocolError(f"expected model '{svc.model.name}', found unknown model '{name}'", status=404)
+        if version is not None and version != svc.model.version:
+            raise ProtocolError(f"expected version {svc.model.version} of model '{name}', found '{version}'",
+                                status=404)
+
+    # -- Open Inference Protocol ------------------------------------------------------------------------
+    @app.get("/v2")
+    async def v2_server() -> dict[str, Any]:
+        return server_metadata()
+
+    @app.get("/v2/health/live")
+    async def v2_live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def v2_model(name: str, version: str | None = None) -> dict[str, Any]:
+        check_model(name, version)
+        return svc.model.metadata()
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def v2_model_ready(name: str, version: str | None = None) -> dict[str, Any]:
+        check_model(name, version)
+        return {"name": name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def v2_infer(name: str, request: Request, version: str | None = None) -> Response:
+        check_model(name, version)
+        body = await request.body()
+        req = await run_in_threadpool(decode_infer, body, request.headers.get(HEADER_LENGTH), svc.model)
+        p = await svc.run(req.images)
+        svc.remember("v2", [f"{req.id or 'infer'}[{i}]" for i in range(len(p))], p.scores)
+        payload, header_len = await run_in_threadpool(encode_infer, svc.model, req, p.scores, p.maps, p.labels)
+        if header_len is None:
+            return Response(payload, media_type="application/json")
+        return Response(payload, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(header_len)})
+
+    # -- convenience API and page -----------------------------------------------------------------------
+    @app.post("/predict")
+    async def predict_files(request: Request, heatmap: bool = False, overlay: bool = False) -> dict[str, Any]:
+        form = await request.form(max_files=config.max_files, max_fields=16)
+        uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not uploads:
+            raise InputError("expected image files in a multipart form field 'files', found none")
+        names, frames = [], []
+        for up in uploads:
+            data = await up.read()
+            names.append(up.filename or f"upload{len(names)}")
+            frames.append(data)
+        images = await run_in_threadpool(
+            lambda: np.stack([_decode_upload(n, d, svc.model.spec) for n, d in zip(names, frames, strict=True)]))
+        p = await svc.run(images)
+        svc.remember("predict", names, p.scores)
+        rows = await run_in_threadpool(svc.image_rows, names, images, p, heatmap, overlay)
+        return {"model": svc.model.name, "threshold": svc.threshold, "results": rows}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("edgead.serve").joinpath("static/index.html").read_text())
+
+    @app.get("/api/info")
+    async def info() -> dict[str, Any]:
+        spec = svc.model.spec
+        return {"model": svc.model.name, "threshold": svc.threshold, "input_size": list(spec.input_size),
+                "family": f"{spec.family} {spec.backbone} {spec.norm}", "max_batch": svc.batcher.max_batch,
+                "max_delay_ms": config.max_delay_ms, "folder": str(config.folder) if config.folder else None,
+                **config.info}
+
+    @app.get("/api/recent")
+    async def recent() -> dict[str, Any]:
+        return {"threshold": svc.threshold, "recent": list(svc.recent)}
+
+    def folder_files() -> dict[str, Path]:
+        if config.folder is None:
+            raise ProtocolError("expected the server to be started with --folder, found no folder", status=404)
+        return {p.name: p for p in list_images(config.folder)}
+
+    @app.get("/api/folder")
+    async def folder_list() -> dict[str, Any]:
+        files = await run_in_threadpool(folder_files)
+        return {"folder": str(config.folder), "images": sorted(files)}
+
+    @app.post("/api/folder/predict")
+    async def folder_predict(request: Request) -> dict[str, Any]:
+        try:
+            wanted = (await request.json()).get("names")
+        except (ValueError, AttributeError):
+            wanted = None
+        if not isinstance(wanted, list) or not wanted or not all(isinstance(n, str) for n in wanted):
+            raise InputError('expected a JSON body {"names": [image names from /api/folder]}, found none')
+        if len(wanted) > config.max_files:
+            raise InputError(f"expected at most {config.max_files} names per request, found {len(wanted)}")
+        files = await run_in_threadpool(folder_files)
+        unknown = [n for n in wanted if n not in files]
+        if unknown:
+            raise ProtocolError(f"expected names of images in the served folder, found unknown {unknown[:3]}", 404)
+        images = await run_in_threadpool(
+            lambda: np.stack([prepare(read_image(files[n]), svc.model.spec) for n in wanted]))
+        p = await svc.run(images)
+        svc.remember("folder", wanted, p.scores)
+        rows = await run_in_threadpool(svc.image_rows, wanted, images, p, False, True)
+        return {"model": svc.model.name, "threshold": svc.threshold, "results": rows}
+
+    return app
+
+
+def app_for_runner(runner: Runner, config: ServeConfig | None = None, threshold: float | None = None) -> FastAPI:
+    """The service over a loaded runner; ``threshold`` overrides the artifact's for the labels."""
+    config = config or ServeConfig()
+    spec = runner.spec if threshold is None else runner.spec.with_threshold(threshold)
+    info = {"engine": runner.engine, "precision": runner.manifest.precision, "artifact": str(runner.folder),
+            **config.info}
+    from dataclasses import replace
+
+    return create_app(runner.predict, spec, replace(config, info=info), (runner.min_batch, runner.max_batch))
+
+
+__all__ = ["IMAGE_SUFFIXES", "ServeConfig", "app_for_runner", "create_app"]

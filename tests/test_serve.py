@@ -1,0 +1,346 @@
+"""``edgead serve``: the KServe v2 protocol against NVIDIA's own client, bad input over the network, /predict,
+/metrics and the dynamic batcher. The inspection page's browser test is in test_serve_page.py."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from edgead.runtimes.base import Predictions  # noqa: E402
+from edgead.serve import DynamicBatcher, QueueFullError, ServeConfig, app_for_runner, create_app  # noqa: E402
+from edgead.serve.server import background_server  # noqa: E402
+from edgead.spec import DetectorSpec  # noqa: E402
+
+H = W = 56
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_export):
+    import edgead.runtimes as rt
+
+    return rt.load(tiny_export("fbft") / "export")
+
+
+@pytest.fixture(scope="module")
+def threshold(runner) -> float:
+    """A threshold inside the score range of the test images, so both labels occur."""
+    s = runner.predict(_images(6, seed=3)).scores
+    return float(np.median(s))
+
+
+@pytest.fixture(scope="module")
+def server(runner, threshold):
+    app = app_for_runner(runner, ServeConfig(name="tiny", max_body_mb=1.0, max_delay_ms=2.0), threshold=threshold)
+    with background_server(app) as url:
+        yield url
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, H, W, 3), dtype=np.uint8)
+
+
+def _request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def _infer_json(url: str, payload: dict, model: str = "tiny"):
+    status, body, _ = _request(f"{url}/v2/models/{model}/infer", "POST", json.dumps(payload).encode(),
+                               {"content-type": "application/json"})
+    return status, json.loads(body)
+
+
+# -- the protocol, driven by tritonclient -------------------------------------------------------------------
+def test_tritonclient_gets_the_runners_scores_exactly(server, runner, threshold):
+    th = pytest.importorskip("tritonclient.http")
+    client = th.InferenceServerClient(server.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
+    meta = client.get_model_metadata("tiny")
+    assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, H, W, 3]}]
+    assert [o["name"] for o in meta["outputs"]] == ["scores", "maps", "labels"]
+    assert meta["parameters"]["threshold"] == pytest.approx(threshold)
+
+    x = _images(3, seed=1)
+    ref = runner.predict(x)
+    for binary in (True, False):  # the binary tensor extension and the JSON encoding
+        inp = th.InferInput("images", list(x.shape), "UINT8")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        outs = [th.InferRequestedOutput(n, binary_data=binary) for n in ("scores", "maps", "labels")]
+        res = client.infer("tiny", [inp], outputs=outs, request_id="r1")
+        assert res.get_response()["id"] == "r1"
+        np.testing.assert_array_equal(res.as_numpy("scores"), ref.scores)
+        np.testing.assert_array_equal(res.as_numpy("maps"), ref.maps)
+        np.testing.assert_array_equal(res.as_numpy("labels"), ref.scores > threshold)
+    assert res.as_numpy("maps").shape == (3, H, W)
+
+
+def test_concurrent_tritonclient_requests_are_batched_and_each_gets_its_own_answer(runner, threshold):
+    th = pytest.importorskip("tritonclient.http")
+    app = app_for_runner(runner, ServeConfig(name="tiny", max_batch=8, max_delay_ms=200.0), threshold=threshold)
+    xs = [_images(1, seed=10 + i) for i in range(6)]
+    ref = runner.predict(np.concatenate(xs)).scores
+    got: dict[int, np.ndarray] = {}
+    with background_server(app) as url:
+        client = th.InferenceServerClient(url.removeprefix("http://"), concurrency=6)
+        pending = []
+        for i, x in enumerate(xs):
+            inp = th.InferInput("images", list(x.shape), "UINT8")
+            inp.set_data_from_numpy(x)
+            pending.append((i, client.async_infer("tiny", [inp])))
+        for i, p in pending:
+            got[i] = p.get_result().as_numpy("scores")
+        batches = app.state.service.metrics.batch_size.collect()[0].samples
+    np.testing.assert_allclose(np.concatenate([got[i] for i in range(6)]), ref, atol=1e-5)
+    count = next(s.value for s in batches if s.name.endswith("_count"))
+    assert count < 6, f"6 concurrent requests within 200 ms should share engine calls, found {count} calls"
+
+
+# -- bad input over the network ----------------------------------------------------------------------------
+def _v2(name="images", shape=(1, H, W, 3), datatype="UINT8", data=None):
+    return {"inputs": [{"name": name, "shape": list(shape), "datatype": datatype,
+                        "data": data if data is not None else [0] * int(np.prod(shape))}]}
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (_v2(datatype="FP32"), "expected input 'images' of datatype UINT8, found 'FP32'"),
+        (_v2(shape=(1, H, W + 1, 3)), f"expected input 'images' of shape [N, {H}, {W}, 3] with N >= 1, found [1, {H}, "
+                                      f"{W + 1}, 3]"),
+        (_v2(shape=(1, H, W, 3), data=[1, 2, 3]), "expected 9408 values for input 'images' of shape"),
+        (_v2(name="pixels"), "expected exactly one input named 'images', found ['pixels']"),
+        (_v2(shape=(1, 2, 2, 3), data=[300] * 12), "expected input 'images' data of integers in 0..255"),
+        ({"inputs": []}, "expected 'inputs' to be a non-empty list"),
+        ({**_v2(), "outputs": [{"name": "heat"}]},
+         "expected outputs among ['scores', 'maps', 'labels'], found ['heat']"),
+    ],
+)
+def test_bad_v2_requests_get_400_with_the_v2_error_body(server, payload, message):
+    status, body = _infer_json(server, payload)
+    assert status == 400
+    assert set(body) == {"error"} and body["error"].startswith(message), body
+
+
+def test_unknown_model_is_404_and_bad_json_is_400(server):
+    status, body = _infer_json(server, _v2(), model="nope")
+    assert (status, body) == (404, {"error": "expected model 'tiny', found unknown model 'nope'"})
+    status, body, _ = _request(f"{server}/v2/models/tiny/infer", "POST", b'{"inputs": [', {})
+    assert status == 400 and json.loads(body)["error"].startswith("expected a JSON inference request, found invalid")
+    status, body, _ = _request(f"{server}/v2/models/nope")
+    assert status == 404 and "unknown model 'nope'" in json.loads(body)["error"]
+
+
+def test_binary_request_shorter_than_declared_is_refused(server):
+    header = json.dumps({"inputs": [{"name": "images", "shape": [1, H, W, 3], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": H * W * 3}}]}).encode()
+    body = header + bytes(100)  # the tensor is cut short
+    status, out, _ = _request(f"{server}/v2/models/tiny/infer", "POST", body,
+                              {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 400
+    assert json.loads(out)["error"] == f"expected {H * W * 3} bytes of binary data for input 'images', found 100 " \
+                                       f"(truncated body)"
+    status, out, _ = _request(f"{server}/v2/models/tiny/infer", "POST", body,
+                              {"Inference-Header-Content-Length": str(len(body) + 5)})
+    assert status == 400 and "within the" in json.loads(out)["error"]
+
+
+def test_connection_closed_mid_body_and_huge_uploads_leave_the_server_serving(server, runner, threshold):
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:  # declares 5000 bytes, sends 10, hangs up
+        s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n0123456789")
+    status, body, _ = _request(f"{server}/predict", "POST", bytes(2 * 1024 * 1024),
+                               {"content-type": "multipart/form-data; boundary=x"})
+    assert status == 413 and json.loads(body)["error"].startswith("expected a request body of at most 1048576 bytes")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)  # chunked: no Content-Length to check up front
+    conn.putrequest("POST", "/v2/models/tiny/infer")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    chunk = bytes(256 * 1024)
+    for _ in range(5):
+        conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+    conn.send(b"0\r\n\r\n")
+    r = conn.getresponse()
+    assert r.status == 413 and "streamed body" in json.loads(r.read())["error"]
+    conn.close()
+    x = _images(1, seed=5)
+    status, body = _infer_json(server, {"inputs": [{"name": "images", "shape": [1, H, W, 3], "datatype": "UINT8",
+                                                    "data": x.reshape(-1).tolist()}]})
+    assert status == 200
+    assert body["outputs"][0]["data"] == pytest.approx(runner.predict(x).scores.tolist(), abs=0)
+
+
+def test_queue_limit_answers_503_and_an_engine_error_500_without_traceback():
+    release = threading.Event()
+
+    def slow_predict(images: np.ndarray) -> Predictions:  # test harness: an engine that waits to be released
+        release.wait(10)
+        if images[0, 0, 0, 0] == 7:
+            raise RuntimeError("boom in the engine")
+        n = images.shape[0]
+        return Predictions(np.full(n, 0.5, np.float32), np.zeros((n, H, W), np.float32), None)
+
+    spec = DetectorSpec("fbft", "vit_tiny_test_patch14", "layernorm", (8,), (H, W))
+    app = create_app(slow_predict, spec, ServeConfig(name="m", max_queue=2, max_delay_ms=0.0))
+    with background_server(app) as url:
+        results: list[tuple[int, dict]] = []
+
+        def call(n: int, fill: int = 0) -> None:
+            x = np.full((n, H, W, 3), fill, np.uint8)
+            results.append(_infer_json(url, {"inputs": [{"name": "images", "shape": list(x.shape),
+                                                        "datatype": "UINT8", "data": x.reshape(-1).tolist()}]},
+                                       model="m"))
+
+        first = threading.Thread(target=call, args=(1,))
+        first.start()  # taken by the worker, which blocks in the engine
+        time.sleep(0.5)
+        waiting = threading.Thread(target=call, args=(2,))
+        waiting.start()  # fills the queue (2 images)
+        time.sleep(0.5)
+        call(1)  # one image too many
+        assert results[-1] == (503, {"error": "expected at most 2 queued images, found 2 waiting and 1 more "
+                                              "arriving; retry later"})
+        release.set()
+        first.join()
+        waiting.join()
+        assert sorted(r[0] for r in results) == [200, 200, 503]
+        call(1, fill=7)
+        assert results[-1] == (500, {"error": "internal error: RuntimeError: boom in the engine"})
+        call(1)
+        assert results[-1][0] == 200 and results[-1][1]["outputs"][0]["data"] == [0.5]
+        _, metrics, _ = _request(f"{url}/metrics")
+    text = metrics.decode()
+    assert 'edgead_request_errors_total{code="503",route="/v2/models/{name}/infer"} 1.0' in text
+    assert 'edgead_request_errors_total{code="500",route="/v2/models/{name}/infer"} 1.0' in text
+
+
+# -- /predict and /metrics --------------------------------------------------------------------------------
+def _multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = "edgeadtestboundary"
+    parts = []
+    for name, data in files:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_predict_takes_image_files_of_any_size_and_returns_panels(server, runner, threshold, tmp_path):
+    from edgead.imageio import prepare, read_image
+
+    big = np.random.default_rng(2).integers(0, 256, (120, 90, 3), dtype=np.uint8)  # not the input size
+    gray = np.random.default_rng(3).integers(0, 256, (40, 70), dtype=np.uint8)
+    files = []
+    for name, img in (("big.png", big), ("gray.jpg", gray)):
+        ok, buf = cv2.imencode(Path(name).suffix, img)
+        assert ok
+        files.append((name, buf.tobytes()))
+        (tmp_path / name).write_bytes(buf.tobytes())
+    body, ctype = _multipart(files)
+    status, out, _ = _request(f"{server}/predict?heatmap=true", "POST", body, {"content-type": ctype})
+    assert status == 200, out
+    res = json.loads(out)
+    expected = runner.predict(np.stack([prepare(read_image(tmp_path / n), runner.spec) for n, _ in files])).scores
+    assert [r["name"] for r in res["results"]] == ["big.png", "gray.jpg"]
+    assert [r["score"] for r in res["results"]] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert [r["label"] for r in res["results"]] == ["anomalous" if s > threshold else "normal" for s in expected]
+    import base64
+
+    png = base64.b64decode(res["results"][0]["heatmap"].split(",", 1)[1])
+    panel = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert panel.shape[1] == 2 * W and panel.shape[0] > H  # [image | overlay] above the verdict line
+
+    body, ctype = _multipart([("notes.txt", b"this is not an image at all")])
+    status, out, _ = _request(f"{server}/predict", "POST", body, {"content-type": ctype})
+    assert status == 400 and json.loads(out)["error"] == (
+        "expected an image (png, jpg, bmp, tif, webp) in upload 'notes.txt', found 27 bytes that are not a readable "
+        "image")
+    status, out, _ = _request(f"{server}/predict", "POST", b"", {"content-type": ctype})
+    assert status == 400 and "found none" in json.loads(out)["error"]
+
+
+def test_metrics_are_prometheus_text(server):
+    th = pytest.importorskip("tritonclient.http")
+    client = th.InferenceServerClient(server.removeprefix("http://"))
+    x = _images(2)
+    inp = th.InferInput("images", list(x.shape), "UINT8")
+    inp.set_data_from_numpy(x)
+    before = _metric(server, "edgead_images_total")
+    client.infer("tiny", [inp])
+    _infer_json(server, _v2(datatype="FP32"))
+    status, body, headers = _request(f"{server}/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert _metric(server, "edgead_images_total") == before + 2
+    text = body.decode()
+    assert "# TYPE edgead_request_duration_seconds histogram" in text
+    assert 'edgead_request_errors_total{code="400",route="/v2/models/{name}/infer"}' in text
+    assert "edgead_batch_size_bucket{le=" in text
+
+
+def _metric(url: str, name: str) -> float:
+    _, body, _ = _request(f"{url}/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+# -- the batcher on its own --------------------------------------------------------------------------------
+def _recording_predict(calls: list[int], delay: float = 0.0):
+    def predict(images: np.ndarray) -> Predictions:  # test harness: score = first pixel, records batch sizes
+        calls.append(images.shape[0])
+        time.sleep(delay)
+        s = images[:, 0, 0, 0].astype(np.float32)
+        return Predictions(s, np.repeat(s[:, None, None], 2, 1).repeat(2, 2), s > 100)
+
+    return predict
+
+
+def test_batcher_merges_concurrent_requests_up_to_max_batch():
+    calls: list[int] = []
+    b = DynamicBatcher(_recording_predict(calls, delay=0.05), max_batch=4, max_delay_s=0.2, max_queue=32)
+    blocks = [np.full((n, 2, 2, 3), v, np.uint8) for n, v in ((1, 10), (2, 200), (1, 30), (3, 40), (1, 250))]
+    futs = [b.submit(x) for x in blocks]
+    res = [f.result(5) for f in futs]
+    b.close()
+    assert calls == [4, 4]  # [1+2+1] then [3+1]: a block is never split, a batch never exceeds 4
+    for x, r in zip(blocks, res, strict=True):
+        np.testing.assert_array_equal(r.scores, x[:, 0, 0, 0].astype(np.float32))
+        np.testing.assert_array_equal(r.labels, x[:, 0, 0, 0] > 100)
+        assert r.maps.shape == (x.shape[0], 2, 2)
+
+
+def test_batcher_off_runs_each_request_alone_and_errors_reach_every_caller():
+    calls: list[int] = []
+    b = DynamicBatcher(_recording_predict(calls), max_batch=8, max_delay_s=0.0)
+    futs = [b.submit(np.full((1, 2, 2, 3), i, np.uint8)) for i in range(5)]
+    assert [float(f.result(5).scores[0]) for f in futs] == [0, 1, 2, 3, 4]
+    assert calls == [1, 1, 1, 1, 1]
+    b.close()
+
+    def broken(images: np.ndarray) -> Predictions:
+        raise ValueError("engine broke")
+
+    b = DynamicBatcher(broken, max_batch=8, max_delay_s=0.05, max_queue=2)
+    futs = [b.submit(np.zeros((1, 2, 2, 3), np.uint8)) for _ in range(2)]
+    with pytest.raises(QueueFullError, match="expected at most 2 queued images, found 2 waiting and 1 more"):
+        b.submit(np.zeros((1, 2, 2, 3), np.uint8))
+    for f in futs:
+        with pytest.raises(ValueError, match="engine broke"):
+            f.result(5)
+    b.close()
