@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/edgead demo
 
+# The inspection page's browser test needs Debian's chromium; root on a Debian machine (CI) installs it here.
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium could not be installed: tests/test_serve_page.py will skip"
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

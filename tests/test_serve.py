@@ -344,3 +344,57 @@ def test_batcher_off_runs_each_request_alone_and_errors_reach_every_caller():
         with pytest.raises(ValueError, match="engine broke"):
             f.result(5)
     b.close()
+
+
+# -- the command ---------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serves_with_two_worker_processes(tiny_export):
+    import subprocess
+    import sys
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "edgead.cli.app", "serve", str(tiny_export("fbft") / "export"),
+                             "--port", str(port), "--workers", "2", "--name", "cli"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        status = None
+        while time.time() < deadline and status != 200:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                status, body, _ = _request(f"http://127.0.0.1:{port}/v2/models/cli/ready")
+            except OSError:
+                time.sleep(0.3)
+        assert json.loads(body) == {"name": "cli", "ready": True}
+        x = _images(1)
+        status, out = _infer_json(f"http://127.0.0.1:{port}", _v2(data=x.reshape(-1).tolist()), model="cli")
+        assert status == 200 and [o["name"] for o in out["outputs"]] == ["scores", "maps"]  # no threshold: no labels
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("sys.argv = ['edgead', 'serve', '/nonexistent/artifact']",
+         "expected an artifact folder, found no folder at /nonexistent/artifact"),
+        ("sys.modules['uvicorn'] = None; sys.argv = ['edgead', 'serve', '.']",
+         "Python package 'uvicorn' is not installed (needed for edgead serve); install it with: pip install "
+         "'edgead[serve]'"),
+    ],
+)
+def test_cli_errors_are_one_line(code, message):
+    import subprocess
+    import sys
+
+    script = f"import sys\n{code}\nfrom edgead.cli.app import main\nmain()\n"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert message in lines[0]

@@ -59,13 +59,11 @@ def serve(
 
 
 def build_app(settings: dict):
-    import edgead.runtimes as rt
-    from edgead.serve import ServeConfig, app_for_runner
+    from edgead.serve import ServeConfig, app_for_artifact
 
     cfg = dict(settings["config"])
     cfg["folder"] = Path(cfg["folder"]) if cfg.get("folder") else None
-    runner = rt.load(settings["artifact"], settings.get("engine"))
-    return app_for_runner(runner, ServeConfig(**cfg), threshold=settings.get("threshold"))
+    return app_for_artifact(settings["artifact"], settings.get("engine"), ServeConfig(**cfg), settings.get("threshold"))
 
 
 def app_from_env():

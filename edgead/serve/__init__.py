@@ -5,9 +5,10 @@
 Needs the ``serve`` extra (FastAPI, uvicorn, python-multipart, prometheus_client).
 """
 
-from edgead.serve.app import ServeConfig, app_for_runner, create_app
+from edgead.serve.app import ServeConfig, app_for_artifact, app_for_runner, create_app
 from edgead.serve.batcher import DynamicBatcher, QueueFullError
 from edgead.serve.protocol import ModelInfo, ProtocolError
 
-__all__ = ["DynamicBatcher", "ModelInfo", "ProtocolError", "QueueFullError", "ServeConfig", "app_for_runner",
+__all__ = ["DynamicBatcher", "ModelInfo", "ProtocolError", "QueueFullError", "ServeConfig", "app_for_artifact",
+           "app_for_runner",
            "create_app"]

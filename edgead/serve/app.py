@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,7 @@ def create_app(
     """The service over ``predict`` for a model described by ``spec`` (see the module docstring)."""
     config = config or ServeConfig()
     svc = Service(predict, spec, config, batch_range)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
@@ -345,9 +346,19 @@ def app_for_runner(runner: Runner, config: ServeConfig | None = None, threshold:
     spec = runner.spec if threshold is None else runner.spec.with_threshold(threshold)
     info = {"engine": runner.engine, "precision": runner.manifest.precision, "artifact": str(runner.folder),
             **config.info}
-    from dataclasses import replace
-
     return create_app(runner.predict, spec, replace(config, info=info), (runner.min_batch, runner.max_batch))
 
 
-__all__ = ["IMAGE_SUFFIXES", "ServeConfig", "app_for_runner", "create_app"]
+def app_for_artifact(
+    path: str | Path, engine: str | None = None, config: ServeConfig | None = None, threshold: float | None = None
+) -> FastAPI:
+    """Load an artifact through ``edgead.runtimes.load`` and build the service over it.
+
+    A zero-argument closure over this is an app builder for ``ray.serve.ingress``: each replica loads its own runner.
+    """
+    import edgead.runtimes as rt
+
+    return app_for_runner(rt.load(path, engine), config, threshold)
+
+
+__all__ = ["IMAGE_SUFFIXES", "ServeConfig", "app_for_artifact", "app_for_runner", "create_app"]
