@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edgead.cli.common import console
+from edgead.cli.common import RunEngine, console
 from edgead.errors import InputError, require
 
 _ENV = "EDGEAD_SERVE_CONFIG"
@@ -20,8 +20,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Server processes, each with its own runner.")] = 1,
-    engine: Annotated[str | None, typer.Option("--engine", "-e", help="Runner engine (default: the artifact's).")]
-    = None,
+    engine: RunEngine = None,
     name: Annotated[str, typer.Option(help="Model name in the v2 protocol.")] = "edgead",
     max_batch: Annotated[int, typer.Option(help="Most images per engine call (within the artifact's range).")] = 8,
     batch_delay_ms: Annotated[float, typer.Option(help="How long to gather requests into a batch; 0: no batching.")]
