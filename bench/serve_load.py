@@ -1,6 +1,6 @@
 """Load test of ``edgead serve`` on loopback: N concurrent clients, a fixed number of KServe v2 requests each.
 
-``python -m edgead.bench.serve_load ARTIFACT [--clients 8] [--requests 25] [--delays 0,5] [--images 1]``
+``python -m edgead.bench.serve_load ARTIFACT [--clients 8] [--requests 25] [--delays 0,5] [--images 1] [--rounds 2]``
 
 For each batching delay the server is started as its own ``edgead serve`` process (so its RSS is its own and the
 clients do not share its interpreter), warmed up, then each client thread sends its requests back to back over one
@@ -151,9 +151,29 @@ def run_load(artifact: str, delay_ms: float, clients: int, requests: int, images
         "requests_per_s": round(len(latencies) / wall, 2), "images_per_s": round(len(latencies) * images / wall, 2),
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
         "latency_ms_p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
-        "engine_calls": int(calls), "mean_batch": round(imgs / calls, 2) if calls else None,
+        "engine_calls": int(calls), "mean_batch": round(imgs / calls, 2) if calls else 0.0,
         "server_rss_mb_before": round(rss_before, 1), "server_rss_mb_after": round(rss_after, 1),
+        "_latencies_ms": lat,
     }
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Pool the rounds of each delay: throughput over their summed wall time, percentiles over all latencies."""
+    out = []
+    for delay in dict.fromkeys(r["batch_delay_ms"] for r in runs):
+        rs = [r for r in runs if r["batch_delay_ms"] == delay]
+        lat = np.concatenate([r["_latencies_ms"] for r in rs])
+        wall = sum(r["wall_s"] for r in rs)
+        ok = sum(r["ok"] for r in rs)
+        out.append({"batch_delay_ms": delay, "rounds": len(rs), "ok": ok, "errors": sum(r["errors"] for r in rs),
+                    "images_per_s": round(ok * rs[0]["images_per_request"] / wall, 3),
+                    "latency_ms_p50": round(float(np.percentile(lat, 50)), 1) if lat.size else None,
+                    "latency_ms_p99": round(float(np.percentile(lat, 99)), 1) if lat.size else None,
+                    "mean_batch": round(sum(r["mean_batch"] * r["engine_calls"] for r in rs)
+                                        / max(1, sum(r["engine_calls"] for r in rs)), 2),
+                    "server_rss_mb_before": min(r["server_rss_mb_before"] for r in rs),
+                    "server_rss_mb_after": max(r["server_rss_mb_after"] for r in rs)})
+    return out
 
 
 def cpu_flags() -> str:
@@ -174,14 +194,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=1, help="images per request")
     ap.add_argument("--delays", default="0,5", help="batching delays in ms to compare (0: batching off)")
     ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=1, help="alternate the delays this many times (ABBA order)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per run at most")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
     if a.clients * a.requests > 5000:
         raise SystemExit("at most 5000 requests per run")
-    runs = [run_load(a.artifact, float(d), a.clients, a.requests, a.images, a.max_batch, a.timeout)
-            for d in a.delays.split(",")]
-    result = {"artifact": a.artifact, "cpu": cpu_flags(), "cores": os.cpu_count(), "runs": runs}
+    delays = [float(d) for d in a.delays.split(",")]
+    runs = []
+    for r in range(a.rounds):  # alternate the order so a machine that drifts in speed favours neither setting
+        for d in delays if r % 2 == 0 else delays[::-1]:
+            runs.append(run_load(a.artifact, d, a.clients, a.requests, a.images, a.max_batch, a.timeout))
+    summary = summarise(runs)
+    for r in runs:
+        r.pop("_latencies_ms")
+    result = {"artifact": a.artifact, "cpu": cpu_flags(), "cores": os.cpu_count(), "summary": summary, "runs": runs}
     text = json.dumps(result, indent=2)
     if a.json:
         a.json.write_text(text + "\n")

@@ -165,9 +165,16 @@ def test_connection_closed_mid_body_and_huge_uploads_leave_the_server_serving(se
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:  # declares 5000 bytes, sends 10, hangs up
         s.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n0123456789")
-    status, body, _ = _request(f"{server}/predict", "POST", bytes(2 * 1024 * 1024),
-                               {"content-type": "multipart/form-data; boundary=x"})
-    assert status == 413 and json.loads(body)["error"].startswith("expected a request body of at most 1048576 bytes")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)  # refused from its headers, before any body
+    conn.putrequest("POST", "/predict")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(2 * 1024 * 1024))
+    conn.endheaders()
+    r = conn.getresponse()
+    assert r.status == 413
+    assert json.loads(r.read())["error"] == ("expected a request body of at most 1048576 bytes (--max-body-mb), found "
+                                             "Content-Length 2097152")
+    conn.close()
     conn = http.client.HTTPConnection(host, int(port), timeout=10)  # chunked: no Content-Length to check up front
     conn.putrequest("POST", "/v2/models/tiny/infer")
     conn.putheader("Transfer-Encoding", "chunked")
