@@ -138,72 +138,6 @@ class RssSampler:
         self.peak_mb = max(self.peak_mb, rss_mb())
 
 
-# -- precision actually executed -----------------------------------------------------------------------------
-def executed_precision(runner: Runner) -> str:
-    """The precision the engine computes its products in, asked from the engine rather than the manifest.
-
-    OpenVINO: the runtime precision of the compiled model's matrix-product nodes (``bf16`` requested on a CPU
-    without bf16 runs ``f32``; INT8 IR runs ``u8``/``i8`` products); other engines report their own attribute
-    ``inference_precision`` or the artifact's precision. Mixed models read like ``int8 79/93`` (79 of 93
-    products).
-    """
-    compiled = getattr(runner, "compiled", None)
-    if compiled is not None and hasattr(compiled, "get_runtime_model"):
-        found = _openvino_product_precisions(compiled)
-        if found:
-            return found
-    attr = getattr(runner, "inference_precision", None)
-    if attr:
-        return str(attr)
-    return {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "int8"}.get(
-        runner.manifest.precision, runner.manifest.precision
-    )
-
-
-def _type_name(value: Any) -> str:
-    """``<Type: 'float32'>``, ``f32`` or an ``OVAny`` -> ``float32`` / ``f32``."""
-    text = (value.astype(str) if hasattr(value, "astype") else str(value)).lower()
-    if "'" in text:
-        text = text.split("'")[1]
-    return text.strip()
-
-
-def _openvino_product_precisions(compiled: Any) -> str:
-    counts: dict[str, int] = {}
-    try:
-        for op in compiled.get_runtime_model().get_ops():
-            info = op.get_rt_info()
-            if "layerType" not in info or "runtimePrecision" not in info:
-                continue
-            if _type_name(info["layerType"]) in ("fullyconnected", "matmul", "convolution"):
-                p = _type_name(info["runtimePrecision"])
-                counts[p] = counts.get(p, 0) + 1
-    except Exception:  # an older OpenVINO without runtime rt_info: fall back to the hint
-        return ""
-    if not counts:
-        return ""
-    norm = {
-        "u8": "int8",
-        "uint8_t": "int8",
-        "i8": "int8",
-        "int8_t": "int8",
-        "f32": "f32",
-        "float32": "f32",
-        "bf16": "bf16",
-        "bfloat16": "bf16",
-        "f16": "f16",
-        "float16": "f16",
-    }
-    merged: dict[str, int] = {}
-    for p, n in counts.items():
-        merged[norm.get(p, p)] = merged.get(norm.get(p, p), 0) + n
-    ranked = sorted(merged.items(), key=lambda kv: -kv[1])
-    if len(ranked) == 1:
-        return ranked[0][0]
-    # e.g. "int8 79/93": 79 of the 93 products run in int8, the rest in the next precision
-    return f"{ranked[0][0]} {ranked[0][1]}/{sum(merged.values())}"
-
-
 # -- timing --------------------------------------------------------------------------------------------------
 def _percentiles(seconds: Sequence[float]) -> tuple[float, float, float]:
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
@@ -223,7 +157,7 @@ def bench_runner(
     if iters < 1 or warmup < 0:
         raise EdgeadError(f"expected iters >= 1 and warmup >= 0, found iters={iters}, warmup={warmup}")
     size = runner.spec.input_size
-    executed = executed_precision(runner)
+    executed = runner.executed_precision()
     out = []
     for batch in batch_sizes:
         images = check_batch(seed, int(batch), size)

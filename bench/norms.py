@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edgead.bench.latency import BenchResult, bench_document, bench_runner, executed_precision
+from edgead.bench.latency import BenchResult, bench_document, bench_runner
 from edgead.bench.roofline import Achieved, Peak, achieved_rates, measure_peaks, render_achieved, render_peaks
 from edgead.errors import EdgeadError
 
@@ -231,7 +231,7 @@ def _measure(
                 results += [BenchResult.skip(engine, precision, b, str(art), label) for b in batches]
                 continue
             runner = runtimes.load(art, engine=engine)
-        log(f"bench {label} ({executed_precision(runner)})")
+        log(f"bench {label} ({runner.executed_precision()})")
         with runner:
             results += bench_runner(runner, batches, iters, warmup, label)
     return results

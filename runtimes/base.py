@@ -69,6 +69,16 @@ class Runner(ABC):
     def min_batch(self) -> int:
         return int(self.manifest.batch[0])
 
+    def executed_precision(self) -> str:
+        """The precision the engine computes its matrix products in, as the engine reports it.
+
+        The default is the artifact's precision in the engine's spelling (``fp32`` -> ``f32``); an engine that
+        can ask its compiled model (OpenVINO runs a bf16 request in f32 on a CPU without bf16) overrides this.
+        Mixed models read like ``int8 79/93`` (79 of 93 products in int8).
+        """
+        p = self.manifest.precision
+        return {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "int8"}.get(p, p)
+
     def close(self) -> None:  # noqa: B027 - optional hook: most engines free everything on garbage collection
         """Release engine resources (sessions, device buffers)."""
 

@@ -92,8 +92,45 @@ class OpenVINORunner(Runner):
             for slot in busy:  # never leave requests running on buffers the caller may free
                 requests[slot].wait()
 
+    def executed_precision(self) -> str:
+        """The runtime precision of the compiled model's matrix-product nodes (``bf16`` requested on a CPU without
+        bf16 runs ``f32``; an INT8 IR runs ``u8``/``i8`` products), else the inference precision hint."""
+        return _product_precisions(self.compiled) or self.inference_precision
+
     def close(self) -> None:
         self.compiled = None
+
+
+_PRODUCTS = ("fullyconnected", "matmul", "convolution")
+_SPELLING = {"u8": "int8", "uint8_t": "int8", "i8": "int8", "int8_t": "int8", "f32": "f32", "float32": "f32",
+             "bf16": "bf16", "bfloat16": "bf16", "f16": "f16", "float16": "f16"}
+
+
+def _type_name(value: object) -> str:
+    """``<Type: 'float32'>``, ``f32`` or an ``OVAny`` -> ``float32`` / ``f32``."""
+    text = (value.astype(str) if hasattr(value, "astype") else str(value)).lower()
+    if "'" in text:
+        text = text.split("'")[1]
+    return text.strip()
+
+
+def _product_precisions(compiled: object) -> str:
+    """``int8``, ``f32`` ... or ``int8 79/93`` for a mixed model; "" when the runtime model does not say."""
+    counts: dict[str, int] = {}
+    try:
+        for op in compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if "layerType" in info and "runtimePrecision" in info and _type_name(info["layerType"]) in _PRODUCTS:
+                p = _type_name(info["runtimePrecision"])
+                counts[_SPELLING.get(p, p)] = counts.get(_SPELLING.get(p, p), 0) + 1
+    except Exception:  # an older OpenVINO without runtime rt_info: the caller falls back to the hint
+        return ""
+    if not counts:
+        return ""
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    if len(ranked) == 1:
+        return ranked[0][0]
+    return f"{ranked[0][0]} {ranked[0][1]}/{sum(counts.values())}"
 
 
 RUNNER = OpenVINORunner

@@ -13,7 +13,6 @@ from edgead.bench.latency import (
     BenchResult,
     bench_runner,
     bench_target,
-    executed_precision,
     render_table,
     run_bench,
 )
@@ -109,6 +108,6 @@ def test_bench_runner_on_a_torch_detector(tiny) -> None:
     runner = TorchRunner.from_detector(det)
     (r,) = bench_runner(runner, (3,), iters=2, warmup=0, label="tiny")
     assert (r.engine, r.batch, r.iters, r.label) == ("torch", 3, 2, "tiny")
-    assert executed_precision(runner) == "f32"
+    assert runner.executed_precision() == "f32"
     assert r.throughput_ips > 0 and set(r.to_dict()) == set(RESULT_KEYS) | {"skipped"}
     assert BenchResult.skip("trt", "fp16", 1, "no GPU").to_dict()["skipped"] == "no GPU"

@@ -67,12 +67,15 @@ def test_chunking_respects_max_batch(export_dir, monkeypatch):
 def test_thread_safety_same_results(export_dir):
     r = rt.load(export_dir, engine="openvino")
     x = check_batch(2, 6, (56, 56))
-    expected = r.predict(x).scores
+    assert r.executed_precision() == "f32"
+    single = r.predict(x)
+    expected = single.scores
     results, errors = [], []
 
     def work(i):
         try:
-            results.append(r.predict(x[i % 3 : i % 3 + 3]).scores)
+            p = r.predict(x[i % 3 : i % 3 + 3])
+            results.append((i % 3, p.scores, p.maps))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -82,8 +85,9 @@ def test_thread_safety_same_results(export_dir):
     for t in threads:
         t.join()
     assert not errors and len(results) == 8
-    for s in results:
-        assert s.shape == (3,)
+    for start, scores, maps in results:  # each thread's answer equals the single-thread one for its images
+        np.testing.assert_allclose(scores, single.scores[start : start + 3], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(maps, single.maps[start : start + 3], rtol=0, atol=1e-5)
     for workers in (0, 2, 5):  # 5: more requests than batches
         stream = list(r.predict_stream([x[:2], x[2:4], x[4:]], workers=workers))
         np.testing.assert_allclose(np.concatenate([p.scores for p in stream]), expected, atol=1e-5)
