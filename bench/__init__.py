@@ -1,4 +1,5 @@
-"""Benchmarks: end-to-end latency of runners (``latency``), FLOPs vs the machine's peak (``roofline``) and the
+"""Benchmarks: end-to-end latency of runners (``latency``, over ``schema``, ``machine``, ``timing``, ``discovery``
+and ``report``), FLOPs vs the machine's peak (``roofline``) and the
 DyT vs LayerNorm study (``norms``). A benchmark measures built artifacts; it never builds one itself except in
 the study, which exports and compiles its own pair of detectors."""
 

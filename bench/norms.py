@@ -1,16 +1,16 @@
 """The DyT vs LayerNorm study: the same detector with each norm, FLOPs counted two ways, latency on every engine.
 
-``python -m edgead.bench.norms [--backbone vit_small_patch14_dinov2] [--size 224] [--family fbft] [--out DIR]``
-(or ``run_norm_study(...)``, or ``edgead bench norms``) does, for each norm:
+``edgead bench norms [--backbone vit_small_patch14_dinov2] [--size 224] [--family fbft] [--json-out DIR/norms.json]``
+(or ``run_norm_study(...)``) does, for each norm:
 
 1. builds the detector from a seed and gives every parameter that is initialised to a constant (biases, norm
    weights, DyT alpha, LayerScale) a random value around it, as training would; otherwise the ONNX simplifier
    deletes zero-bias adds and unit-weight multiplies and the graph is not the one a trained model exports;
 2. counts FLOPs with ``torch_flops`` and ``onnx_flops`` (``edgead.export.flops``), which must agree within 1 %;
-3. exports the ONNX graph (parity-checked against PyTorch), a copy with the norm affines folded into the
-   following linear layers (``edgead.export.fold_norms``, parity-checked against the unfolded graph), OpenVINO
-   fp32 / bf16 / int8 (NNCF, calibrated on generated texture images), and an ONNX Q/DQ int8 model and TensorRT
-   engines where those builders and engines exist here;
+3. exports the ONNX graph and a copy with the norm affines folded into the following linear layers (both through
+   ``export_onnx``, parity-checked against PyTorch), and compiles each configuration of ``CONFIGS`` through
+   ``edgead.export.compile`` (OpenVINO fp32 / bf16 / int8 and ONNX Q/DQ int8 calibrated on generated texture
+   images, TensorRT where it is installed); an engine missing here is a skipped row with its reason;
 4. measures end-to-end latency (``edgead.bench.latency``) at each batch size, and each result's share of this
    machine's peak matrix rate (``edgead.bench.roofline``).
 
@@ -20,8 +20,6 @@ It prints the study's table (FLOPs, GPU ms, CPU ms; DyT, LayerNorm, difference, 
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,13 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from edgead.bench.latency import BenchResult, bench_document, bench_runner
+from edgead import registry
 from edgead.bench.roofline import Achieved, Peak, achieved_rates, measure_peaks, render_achieved, render_peaks
+from edgead.bench.schema import BenchResult, bench_document
+from edgead.bench.timing import bench_runner
 from edgead.errors import EdgeadError
 
 NORMS = ("dyt", "layernorm")
 FLOP_TOLERANCE = 0.01
-FOLD_ATOL = 1e-4
 #: (engine, precision, variant) measured, in table order; variant "folded" = norm affines folded
 CONFIGS: tuple[tuple[str, str, str], ...] = (
     ("torch", "fp32", ""),
@@ -111,101 +110,44 @@ def build_study_detector(family: str, backbone: str, norm: str, size: int, seed:
     return perturb_constant_params(detector, seed)
 
 
-def write_folded(export_dir: Path, out: Path) -> dict[str, Any]:
-    """``out/``: the export with norm affines folded, its manifest, and its parity against the unfolded
-    graph."""
-    import onnx
-    import onnxruntime as ort
-
-    from edgead.export.fold_norms import fold_norm_affine
-    from edgead.fsutil import atomic_dir
-    from edgead.runtimes.compare import check_batch
-    from edgead.runtimes.manifest import read_manifest, write_manifest
-
-    src = read_manifest(export_dir)
-    model, n = fold_norm_affine(onnx.load(str(export_dir / src.model)))
-    images = check_batch(1, 2, src.spec.input_size)
-    outs = []
-    for m in (onnx.load(str(export_dir / src.model)), model):
-        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        outs.append(sess.run(["scores", "maps"], {"images": images}))
-    parity = {
-        "folded": n,
-        "max_abs_scores": float(np.abs(outs[0][0] - outs[1][0]).max()),
-        "max_abs_maps": float(np.abs(outs[0][1] - outs[1][1]).max()),
-    }
-    if max(parity["max_abs_scores"], parity["max_abs_maps"]) > FOLD_ATOL:
-        raise EdgeadError(f"folded graph differs from the unfolded one by {parity}, expected <= {FOLD_ATOL}")
-    with atomic_dir(out) as tmp:
-        onnx.save(model, str(tmp / "model.onnx"))
-        write_manifest(
-            tmp,
-            "onnxruntime",
-            "fp32",
-            "model.onnx",
-            src.spec,
-            src.versions,
-            src.batch,
-            {**src.extra, "folded_norms": n, "fold_parity": parity},
-        )
-    return parity
-
-
 def _build_artifacts(
     detector: Any, root: Path, calib: Path, log: Any
 ) -> tuple[dict[tuple[str, str, str], Path | str], dict[str, Any]]:
-    """Export and compile everything one norm needs; (config -> artifact folder or skip reason, fold
-    parity)."""
+    """Export (plain and with norm affines folded) and compile every configuration of ``CONFIGS`` through the
+    export and compile API; (config -> artifact folder or the reason it is missing, folding figures)."""
+    from edgead.export.compile import compile_artifact
     from edgead.export.onnx import export_onnx
+    from edgead.runtimes.manifest import read_manifest
 
-    export = root / "export"
-    folded = root / "export-folded"
+    export, folded = root / "export", root / "export-folded"
     log(f"export {root.name}")
-    export_onnx(detector, export, fold_norms=False)  # the baseline; the folded copy is made below
-    parity = write_folded(export, folded)
-    arts: dict[tuple[str, str, str], Path | str] = {
-        ("onnxruntime", "fp32", ""): export,
-        ("onnxruntime", "fp32", "folded"): folded,
-    }
-    if importlib.util.find_spec("openvino") is None:
-        for p in ("fp32", "bf16", "int8"):
-            arts[("openvino", p, "")] = "openvino is not installed: pip install 'edgead[openvino]'"
-        arts[("openvino", "fp32", "folded")] = arts[("openvino", "fp32", "")]
-    else:
-        from edgead.export.openvino import compile_openvino
-
-        for p in ("fp32", "bf16", "int8"):
-            log(f"compile openvino {p} ({root.name})")
-            arts[("openvino", p, "")] = compile_openvino(export, p, calib if p == "int8" else None)
-        arts[("openvino", "fp32", "folded")] = compile_openvino(folded, "fp32")
-    if importlib.util.find_spec("edgead.calib.onnx_qdq") is None:
-        arts[("onnxruntime", "int8", "")] = "no ONNX Q/DQ int8 builder (edgead.calib.onnx_qdq) in this edgead"
-    else:
-        from edgead.calib.onnx_qdq import quantize_qdq
-
-        log(f"quantize onnx q/dq int8 ({root.name})")
-        arts[("onnxruntime", "int8", "")] = Path(quantize_qdq(export, calib))
-    trt_reason = _trt_unavailable()
-    for p in ("fp16", "int8"):
-        arts[("trt", p, "")] = trt_reason or _build_trt(export, p, calib, log)
+    export_onnx(detector, export, fold_norms=False)  # the baseline
+    report = export_onnx(detector, folded, fold_norms=True)  # the folding pass is parity-checked against PyTorch
+    if "fold-norms" not in report.passes:
+        raise EdgeadError(f"{root.name}: norm folding was dropped by the export ({'; '.join(report.notes)})")
+    parity = {"folded": read_manifest(folded).extra["norms_folded"],
+              "max_abs_scores": report.parity.max_abs_scores, "max_abs_maps": report.parity.max_abs_maps}
+    arts: dict[tuple[str, str, str], Path | str] = {}
+    for engine, precision, variant in CONFIGS:
+        eng = registry.get(engine)
+        if eng.checkpoint:
+            continue
+        source = folded if variant == "folded" else export
+        folder = registry.artifact_folder(source, engine, precision)
+        if folder == source:  # the export itself is this engine's artifact
+            arts[(engine, precision, variant)] = source
+            continue
+        missing = eng.missing()
+        if missing:
+            arts[(engine, precision, variant)] = missing
+            continue
+        log(f"compile {engine} {precision} ({root.name}{' folded' if variant else ''})")
+        try:
+            arts[(engine, precision, variant)] = compile_artifact(source, engine, precision,
+                                                                  calib if precision == "int8" else None)
+        except EdgeadError as exc:  # e.g. TensorRT installed on a machine without a GPU: a skip with its reason
+            arts[(engine, precision, variant)] = str(exc).splitlines()[0]
     return arts, parity
-
-
-def _trt_unavailable() -> str:
-    if importlib.util.find_spec("tensorrt") is None:
-        return "tensorrt is not installed here (needs an NVIDIA GPU): no GPU latency"
-    if importlib.util.find_spec("edgead.runtimes.trt_runner") is None:
-        return "no TensorRT runner (edgead.runtimes.trt_runner) in this edgead"
-    return ""
-
-
-def _build_trt(export: Path, precision: str, calib: Path, log: Any) -> Path | str:
-    if importlib.util.find_spec("edgead.export.tensorrt") is None:
-        return "no TensorRT builder (edgead.export.tensorrt) in this edgead"
-    from edgead.export.tensorrt import compile_trt
-
-    log(f"build tensorrt {precision}")
-    return Path(compile_trt(export, precision, calib_dir=calib if precision == "int8" else None))
 
 
 def _measure(
@@ -223,7 +165,7 @@ def _measure(
     results = []
     for engine, precision, variant in CONFIGS:
         label = _label(norm, engine, precision, variant)
-        if engine == "torch":
+        if registry.get(engine).checkpoint:
             runner = TorchRunner.from_detector(detector)
         else:
             art = arts.get((engine, precision, variant), "not built")
@@ -383,7 +325,7 @@ def render_study(study: NormStudy, batches: Sequence[int]) -> Any:
         t.add_row(*[escape(c) for c in row])
     agree = ", ".join(f"{n}: {100 * study.flops[n]['agreement']:.4f} %" for n in NORMS)
     fold = ", ".join(
-        f"{n}: {study.folding[n]['folded']} norms folded, max |diff| maps "
+        f"{n}: {study.folding[n]['folded']} norms folded, vs PyTorch max |diff| maps "
         f"{study.folding[n]['max_abs_maps']:.1e}"
         for n in NORMS
     )
@@ -440,22 +382,3 @@ def draw_chart(study: NormStudy, batches: Sequence[int], path: Path) -> Path:
     if not cv2.imwrite(str(path), img):
         raise EdgeadError(f"could not write the chart {path}")
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m edgead.bench.norms", description=__doc__.split("\n")[0])
-    ap.add_argument("--backbone", default="vit_small_patch14_dinov2")
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--family", default="fbft")
-    ap.add_argument("--out", default="bench-norms")
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    batches = tuple(int(b) for b in a.batch.split(",") if b.strip())
-    run_norm_study(a.backbone, a.size, a.family, a.out, a.iters, batches, a.warmup, a.seed)
-
-
-if __name__ == "__main__":
-    main()

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from edgead.bench.latency import BenchResult, machine_info
+from edgead.bench.machine import machine_info
+from edgead.bench.schema import BenchResult
 
 SHAPE = (1024, 1024, 1024)  # M, K, N
 

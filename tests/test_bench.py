@@ -111,3 +111,18 @@ def test_bench_runner_on_a_torch_detector(tiny) -> None:
     assert runner.executed_precision() == "f32"
     assert r.throughput_ips > 0 and set(r.to_dict()) == set(RESULT_KEYS) | {"skipped"}
     assert BenchResult.skip("trt", "fp16", 1, "no GPU").to_dict()["skipped"] == "no GPU"
+
+
+def test_cli_json_is_a_flag_and_json_out_a_file(tiny, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgead.cli.app import app
+
+    _, export = tiny
+    args = ["bench", str(export), "-e", "onnxruntime", "-p", "fp32", "--batch", "1", "--iters", "1"]
+    res = CliRunner().invoke(app, [*args, "--json", "--json-out", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)  # stdout holds the JSON document and nothing else
+    assert doc["kind"] == "edgead.bench" and [(r["engine"], r["batch"]) for r in doc["results"]] == [
+        ("onnxruntime", 1)]
+    assert json.loads((tmp_path / "b.json").read_text())["results"][0]["skipped"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -82,9 +83,12 @@ def bench(
     = "",
     batch: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,8",
     iters: Annotated[int, typer.Option(help="Timed iterations per configuration.")] = 20,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write results as JSON to this file.")] = None,
+    json_file: Annotated[Path | None, typer.Option("--json-out", help="Also write the results as JSON to this file "
+                                                   "(the norms study: its folder).")] = None,
     backbone: Annotated[str, typer.Option(help="Backbone for the norms study.")] = "vit_small_patch14_dinov2",
     size: Annotated[int, typer.Option(help="Input size for the norms study.")] = 224,
+    family: Annotated[str, typer.Option(help="Detector family for the norms study.")] = "fbft",
+    json_out: JsonFlag = False,
 ) -> None:
     """Latency p50/p90/p99, throughput and memory per engine, precision and batch size."""
     try:
@@ -95,13 +99,20 @@ def bench(
     if target == "norms":
         from edgead.bench.norms import run_norm_study
 
-        run_norm_study(backbone=backbone, size=size, iters=iters, batches=batches,
-                       out=json_path.parent if json_path else Path("runs/norms"), console=console)
+        folder = json_file.parent if json_file else Path("runs/norms")
+        run_norm_study(backbone=backbone, size=size, family=family, iters=iters, batches=batches, out=folder,
+                       console=console)
+        if json_out:
+            emit_json(json.loads((folder / "norms.json").read_text()))
         return
     from edgead.bench import run_bench
+    from edgead.bench.schema import bench_document
 
     engines = None if engine == "all" else [e for e in engine.split(",") if e]
-    run_bench(Path(target), engines, precisions or None, batches, iters, json_path=json_path, console=console)
+    results = run_bench(Path(target), engines, precisions or None, batches, iters, json_path=json_file,
+                        console=console, table=not json_out)
+    if json_out:
+        emit_json(bench_document(results, target))
 
 
 def demo(
@@ -139,5 +150,5 @@ def demo(
     deploy.compile_cmd(art, engine="openvino", precision="int8", calib=cat)
     deploy.verify(art, data=cat)
     step("7/7 bench")
-    bench(str(art), engine="all", batch="1", iters=iters, json_path=out / "bench.json")
+    bench(str(art), engine="all", batch="1", iters=iters, json_file=out / "bench.json")
     console.rule(f"[bold green]demo done in {time.perf_counter() - t0:.0f} s[/]; everything is in {out}")

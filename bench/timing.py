@@ -1,0 +1,119 @@
+"""The timing loop: ``Runner.predict`` on uint8 batches, timed call by call, with peak memory sampled alongside.
+
+Each measurement feeds uint8 images (``edgead.runtimes.compare.check_batch``) and gets scores and maps back,
+so preprocessing, the network, postprocessing and the copies out are all inside the time. After ``warmup``
+calls, ``iters`` calls are timed one by one; p50/p90/p99 come from those. Peak memory is the largest resident
+set size sampled (every 2 ms, from ``/proc/self/statm``) while the runner was being loaded and timed;
+Python-level tracing would miss the engines' native buffers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from edgead.bench.schema import BenchResult
+from edgead.errors import EdgeadError
+from edgead.runtimes.base import Runner
+from edgead.runtimes.compare import check_batch
+
+DEFAULT_BATCHES = (1, 8)
+
+
+# -- memory --------------------------------------------------------------------------------------------------
+def rss_mb() -> float:
+    """Current resident set size of this process in MB."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB; the lifetime peak
+
+
+class RssSampler:
+    """Samples RSS on a background thread; ``peak_mb`` is the largest value seen since ``start``."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s = interval_s
+        self.peak_mb = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, rss_mb())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, rss_mb())
+
+
+# -- timing --------------------------------------------------------------------------------------------------
+def _percentiles(seconds: Sequence[float]) -> tuple[float, float, float]:
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return float(p50), float(p90), float(p99)
+
+
+def bench_runner(
+    runner: Runner,
+    batch_sizes: Iterable[int] = DEFAULT_BATCHES,
+    iters: int = 20,
+    warmup: int = 3,
+    label: str = "",
+    seed: int = 0,
+) -> list[BenchResult]:
+    """Time ``runner.predict`` on uint8 batches of each size; one ``BenchResult`` per batch size."""
+    if iters < 1 or warmup < 0:
+        raise EdgeadError(f"expected iters >= 1 and warmup >= 0, found iters={iters}, warmup={warmup}")
+    size = runner.spec.input_size
+    executed = runner.executed_precision()
+    out = []
+    for batch in batch_sizes:
+        images = check_batch(seed, int(batch), size)
+        with RssSampler() as mem:
+            for _ in range(warmup):
+                runner.predict(images)
+            times = []
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                preds = runner.predict(images)
+                times.append(time.perf_counter() - t0)
+        if preds.maps.shape[0] != batch:
+            raise EdgeadError(
+                f"{runner.describe()} returned {preds.maps.shape[0]} maps for a batch of {batch}"
+            )
+        p50, p90, p99 = _percentiles(times)
+        out.append(
+            BenchResult(
+                engine=runner.engine,
+                precision=runner.manifest.precision,
+                executed_precision=executed,
+                batch=int(batch),
+                iters=iters,
+                p50_ms=p50,
+                p90_ms=p90,
+                p99_ms=p99,
+                p50_ms_per_image=p50 / batch,
+                p90_ms_per_image=p90 / batch,
+                p99_ms_per_image=p99 / batch,
+                throughput_ips=batch * iters / float(np.sum(times)),
+                peak_rss_mb=mem.peak_mb,
+                label=label,
+                artifact=str(runner.folder),
+            )
+        )
+    return out
