@@ -61,3 +61,28 @@ def test_fit_export_predict_json(tmp_path, tiny_synthetic):
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     assert rep["reference"] == "torch" and rep["artifacts"][0]["diff"]["max_abs_maps"] <= 1e-4
+
+
+def test_shared_options_mean_one_thing_everywhere():
+    """--json is a flag, --out one folder option and --engine lists the registry's engines, in every command."""
+    import typer
+
+    from edgead import registry
+    from edgead.cli.app import app
+
+    seen: dict[str, set] = {"--json": set(), "--out": set(), "--engine": set()}
+    for name, cmd in typer.main.get_command(app).commands.items():
+        for p in cmd.params:
+            for opt in set(p.opts) & set(seen):
+                seen[opt].add(name)
+                if opt == "--json":
+                    assert p.is_flag and p.help == "Print machine-readable JSON on stdout.", name
+                elif opt == "--out":
+                    assert p.help == "Output folder (what goes there: see above).", name
+                else:
+                    assert p.help.endswith(".") and "One of: onnxruntime, openvino, trt" in p.help, (name, p.help)
+                    assert "torch" in p.help or name == "compile", name
+    assert {"export", "fit", "bench", "predict", "eval", "verify"} <= seen["--json"]
+    assert {"export", "fit", "import", "predict", "demo"} <= seen["--out"]
+    assert {"compile", "predict", "eval", "bench"} <= seen["--engine"]
+    assert registry.ENGINES.keys() >= {"onnxruntime", "openvino", "trt", "torch"}

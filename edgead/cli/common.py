@@ -56,7 +56,9 @@ def _compile_precisions() -> str:
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]
+#: the folder a command writes its results into; each command's description says what goes there
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder (what goes there: see above).")]
+MaybeOutDir = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (what goes there: see above).")]
 #: the engine that runs an artifact; None: the one its manifest names
 RunEngine = Annotated[str | None, live_option("--engine", "-e", describe=_engines(
     "Runner engine (default: the artifact's)."))]

@@ -8,19 +8,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgead.cli.common import CompileEngine, CompilePrecision, JsonFlag, console, emit_json
+from edgead.cli.common import CompileEngine, CompilePrecision, JsonFlag, OutDir, console, emit_json
 from edgead.errors import require
 
 
 def export(
     ckpt: Annotated[Path, typer.Argument(help="Checkpoint folder written by edgead fit or import.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Export folder (replaced atomically).")],
+    out: OutDir,
     simplifier: Annotated[str, typer.Option(help="onnxslim | onnxsim | none")] = "onnxslim",
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
     fold_norms: Annotated[bool, typer.Option(help="Fold each norm's affine into the next linear layer.")] = True,
     json_out: JsonFlag = False,
 ) -> None:
-    """Export one end-to-end ONNX graph (uint8 images in; scores and maps out), checked against PyTorch."""
+    """Export one end-to-end ONNX graph (uint8 images in; scores and maps out), checked against PyTorch.
+
+    OUT: the export folder (model.onnx and its manifest), replaced atomically."""
     require("torch", "torch", "edgead export")
     from edgead.export.onnx import export_onnx
     from edgead.models.checkpoint import load_checkpoint

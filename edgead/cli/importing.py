@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgead.cli.common import JsonFlag, console, emit_json
+from edgead.cli.common import JsonFlag, OutDir, console, emit_json
 from edgead.errors import EdgeadError, require
 
 
@@ -24,7 +24,7 @@ def _frame(text: str | None) -> tuple[int, int] | None:
 def import_cmd(
     file: Annotated[Path, typer.Argument(help="Checkpoint written by the original implementation.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="dinomaly | anomalib-dinomaly | l2bt | timm")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="edgead checkpoint folder to write.")],
+    out: OutDir,
     backbone: Annotated[str | None, typer.Option(help="edgead backbone name (default: matched to the weights).")]
     = None,
     size: Annotated[int | None, typer.Option(help="Input (crop) side: Dinomaly 392, L2BT 1036, timm per family.")]
@@ -38,7 +38,9 @@ def import_cmd(
     = "fbft",
     json_out: JsonFlag = False,
 ) -> None:
-    """Import an original Dinomaly, anomalib Dinomaly, L2BT/FBFT or timm/DINOv2 checkpoint (see docs/import.md)."""
+    """Import an original Dinomaly, anomalib Dinomaly, L2BT/FBFT or timm/DINOv2 checkpoint (see docs/import.md).
+
+    OUT: the edgead checkpoint folder, written atomically."""
     require("torch", "torch", "edgead import")
     from edgead.importers import import_checkpoint
     from edgead.models.checkpoint import read_spec

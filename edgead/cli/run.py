@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgead.cli.common import BenchEngines, JsonFlag, RunEngine, console, emit_json
+from edgead.cli.common import BenchEngines, JsonFlag, MaybeOutDir, OutDir, RunEngine, console, emit_json
 from edgead.errors import InputError
 from edgead.imageio import IMAGE_SUFFIXES, list_images, load_batch
 
@@ -31,12 +31,14 @@ def _expand(paths: list[Path]) -> list[Path]:
 def predict(
     target: Annotated[Path, typer.Argument(help="Checkpoint or artifact folder.")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for heatmap overlay PNGs.")] = None,
+    out: MaybeOutDir = None,
     engine: RunEngine = None,
     batch: Annotated[int, typer.Option(help="Images per inference call.")] = 8,
     json_out: JsonFlag = False,
 ) -> None:
-    """Score images: score, label against the artifact's threshold, and heatmap overlays with --out."""
+    """Score images: score, label against the artifact's threshold, and heatmap overlays with --out.
+
+    OUT: heatmap overlay PNGs, one per image, written atomically."""
     import edgead.runtimes as rt
     from edgead.fsutil import atomic_dir
     from edgead.viz import save_panel
@@ -116,14 +118,16 @@ def bench(
 
 
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Working folder for the demo.")] = Path("runs/demo"),
+    out: OutDir = Path("runs/demo"),
     backbone: Annotated[str, typer.Option(help="Backbone (random init: no weights are downloaded).")]
     = "vit_small_patch14_dinov2",
     category: Annotated[str, typer.Option(help="Synthetic category to fit: texture | object.")] = "texture",
     epochs: Annotated[int, typer.Option(help="FBFT training epochs.")] = 40,
     iters: Annotated[int, typer.Option(help="Benchmark iterations.")] = 10,
 ) -> None:
-    """The built-in default: synthetic data, fit FBFT, evaluate, heatmaps, export, compile, verify, bench."""
+    """The built-in default: synthetic data, fit FBFT, evaluate, heatmaps, export, compile, verify, bench.
+
+    OUT: the demo's working folder (synthetic/, detector/, heatmaps/, export/, bench.json)."""
     from edgead.cli import deploy, train
 
     t0 = time.perf_counter()

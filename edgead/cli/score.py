@@ -7,14 +7,13 @@ from typing import Annotated
 
 import typer
 
-from edgead.cli.common import JsonFlag, RunEngine, console, emit_json, progress_bar
+from edgead.cli.common import JsonFlag, OutDir, RunEngine, console, emit_json, progress_bar
 
 
 def score(
     archive: Annotated[Path, typer.Argument(help="Folder tree of images, or a text file with one image path a line.")],
     artifact: Annotated[Path, typer.Option("--artifact", "-a", help="Compiled artifact folder (with manifest.json).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: scores.csv, summary.json, heatmaps/. "
-                                      "Rerunning into the same folder scores only the images without a row.")],
+    out: OutDir,
     engine: RunEngine = None,
     batch: Annotated[int, typer.Option(help="Images per inference call.")] = 8,
     workers: Annotated[int, typer.Option(help="Decoding threads (embedded path).")] = 2,
@@ -28,7 +27,9 @@ def score(
     ray_cpus: Annotated[float, typer.Option(help="CPUs reserved per runner actor.")] = 1.0,
     json_out: JsonFlag = False,
 ) -> None:
-    """Score every image of an archive with one artifact: one row per image, resumable, embedded or on Ray."""
+    """Score every image of an archive with one artifact: one row per image, resumable, embedded or on Ray.
+
+    OUT: scores.csv, summary.json, heatmaps/. Rerunning into the same folder scores only the images without a row."""
     from edgead.score import score_archive
 
     with progress_bar(quiet=json_out) as update:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgead.cli.common import JsonFlag, RunEngine, console, emit_json, progress_bar
+from edgead.cli.common import JsonFlag, OutDir, RunEngine, console, emit_json, progress_bar
 from edgead.errors import EdgeadError, require
 
 
@@ -35,11 +35,13 @@ def fit(
     convert_dyt: Annotated[bool, typer.Option(help="Load LayerNorm weights, convert the norms to DyT.")] = False,
     size: Annotated[int, typer.Option(help="Input side in pixels (a multiple of the patch size).")] = 224,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default per family).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint folder.")] = Path("runs/detector"),
+    out: OutDir = Path("runs/detector"),
     seed: int = 0,
     json_out: JsonFlag = False,
 ) -> None:
-    """Train the head on normal images (CPU), set the threshold from held-out normals, write a checkpoint."""
+    """Train the head on normal images (CPU), set the threshold from held-out normals, write a checkpoint.
+
+    OUT: the checkpoint folder (detector.safetensors, spec.json), written atomically."""
     require("torch", "torch", "edgead fit")
     from edgead.fit import fit as fit_detector
 
