@@ -17,20 +17,16 @@ import numpy as np
 
 from edgead.errors import EdgeadError
 
-#: edgead_status values, fixed for ABI major 1 (edgead.h)
-STATUS = {
-    0: "EDGEAD_OK", 1: "EDGEAD_ERR_INVALID_ARGUMENT", 2: "EDGEAD_ERR_SHAPE_MISMATCH", 3: "EDGEAD_ERR_BUFFER_TOO_SMALL",
-    4: "EDGEAD_ERR_NOT_FOUND", 5: "EDGEAD_ERR_CORRUPT_ARTIFACT", 6: "EDGEAD_ERR_UNSUPPORTED", 7: "EDGEAD_ERR_BACKEND",
-    8: "EDGEAD_ERR_OUT_OF_MEMORY", 9: "EDGEAD_ERR_IO",
-}
 API_VERSION = 1
 
 
 class CAPIError(EdgeadError):
-    """A libedgead call returned an error status."""
+    """A libedgead call returned an error status; ``status`` is its name as the library spells it
+    (``edgead_status_string``), ``code`` its number."""
 
-    def __init__(self, status: int, message: str) -> None:
-        self.status = STATUS.get(status, f"status {status}")
+    def __init__(self, status: str, message: str, code: int | None = None) -> None:
+        self.status = status
+        self.code = code
         super().__init__(f"{self.status}: {message}")
 
 
@@ -81,9 +77,13 @@ class CLibrary:
     def last_error(self, handle: int | None = None) -> str:
         return (self.raw.edgead_last_error(handle) or b"").decode(errors="replace")
 
+    def status_name(self, status: int) -> str:
+        """The library's own name for a status code (``EDGEAD_ERR_NOT_FOUND``...)."""
+        return (self.raw.edgead_status_string(status) or b"").decode(errors="replace") or f"status {status}"
+
     def check(self, status: int, handle: int | None = None) -> None:
         if status != 0:
-            raise CAPIError(status, self.last_error(handle))
+            raise CAPIError(self.status_name(status), self.last_error(handle), status)
 
     def open(self, artifact_dir: str | Path, device: str | None = None, threads: int = 0) -> CHandle:
         opts = _Options()

@@ -45,12 +45,21 @@ def test_shapes_pairing_and_score():
     torch.testing.assert_close(scores, F.avg_pool2d(maps[:, None], 16, stride=1).flatten(1).amax(1))
 
 
-def test_identical_student_gives_zero_map():
+def test_identical_student_gives_zero_map(monkeypatch):
+    """The project's map function: zero where the student reproduces the teacher, positive where it does not."""
+    torch.manual_seed(0)
     det = build_detector(detector_spec("vitad", TINY, input_size=64))
-    a = torch.randn(2, 17, 32)
-    m = sum(1 - F.cosine_similarity(a[:, 1:], a[:, 1:], dim=-1) for _ in range(3))
-    assert float(m.abs().max()) < 1e-6
-    assert det.head.anomaly_map([a, a, a, a]).shape == (2, 4, 4)
+    taps = [torch.randn(2, 17, 32) for _ in range(4)]
+    teacher, _ = det.head.pairs(taps)
+    monkeypatch.setattr(det.head, "pairs", lambda t: (teacher, [x.clone() for x in teacher]))
+    m = det.head.anomaly_map(taps)
+    assert m.shape == (2, 4, 4) and float(m.abs().max()) < 1e-6
+    student = [x.clone() for x in teacher]
+    student[1][0, 5] = -student[1][0, 5]  # one patch of one image points the other way: cosine distance 2
+    monkeypatch.setattr(det.head, "pairs", lambda t: (teacher, student))
+    m = det.head.anomaly_map(taps)
+    assert float(m[0].flatten()[5]) == pytest.approx(2.0, abs=1e-5)
+    assert float(m[0].flatten()[:5].abs().max()) < 1e-6 and float(m[1].abs().max()) < 1e-6
 
 
 def test_fit_vitad(tiny_synthetic, tmp_path):

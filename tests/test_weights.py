@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from edgead.errors import ArtifactError, InputError
@@ -42,13 +44,29 @@ def test_original_dinov2_layout_with_registers(tmp_path):
     torch.testing.assert_close(dst(x), src(x), atol=1e-5, rtol=1e-5)
 
 
-def test_layernorm_weights_load_into_dyt_and_pos_embed_resampled(tmp_path):
+def _pil_bicubic(grid: np.ndarray, side: int) -> np.ndarray:
+    """Resample an (h, w, C) grid to (side, side, C) channel by channel with Pillow's bicubic filter: an
+    independent implementation of the antialiased bicubic resampling the weight loader relies on."""
+    return np.stack([np.asarray(Image.fromarray(grid[..., c], mode="F").resize((side, side), Image.BICUBIC))
+                     for c in range(grid.shape[-1])], -1)
+
+
+@pytest.mark.parametrize("size", [28, 98])  # 4x4 grid down to 2x2, and up to 7x7
+def test_layernorm_weights_load_into_dyt_and_pos_embed_resampled(tmp_path, size):
+    torch.manual_seed(0)
     src = create_vit("vit_tiny_test_patch14", "layernorm", (56, 56))
+    with torch.no_grad():
+        src.pos_embed.normal_()  # a position table with structure at every scale
     save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
-    dst = create_vit("vit_tiny_test_patch14", "dyt", (28, 28))  # other grid: 2x2 instead of 4x4
+    dst = create_vit("vit_tiny_test_patch14", "dyt", (size, size))
     load_backbone_weights(dst, tmp_path / "w.safetensors")
     torch.testing.assert_close(dst.blocks[0].norm1.weight, src.blocks[0].norm1.weight)
-    assert dst.pos_embed.shape == (1, 5, 32)
+    side = size // 14
+    pos, got = src.pos_embed[0].detach().numpy(), dst.pos_embed[0].detach().numpy()
+    assert got.shape == (1 + side * side, 32)
+    np.testing.assert_array_equal(got[0], pos[0])  # the class token's position is kept as it is
+    expected = _pil_bicubic(pos[1:].reshape(4, 4, 32), side)
+    np.testing.assert_allclose(got[1:].reshape(side, side, 32), expected, rtol=0, atol=1e-5)
 
 
 def test_other_architecture_names_the_tensor(tmp_path):
