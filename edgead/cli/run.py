@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -102,8 +103,9 @@ def bench(
         from edgead.bench.norms import run_norm_study
 
         folder = json_file.parent if json_file else Path("runs/norms")
-        run_norm_study(backbone=backbone, size=size, family=family, iters=iters, batches=batches, out=folder,
-                       console=console)
+        with contextlib.redirect_stdout(sys.stderr):  # calibration libraries print; stdout is kept for --json
+            run_norm_study(backbone=backbone, size=size, family=family, iters=iters, batches=batches, out=folder,
+                           console=console)
         if json_out:
             emit_json(json.loads((folder / "norms.json").read_text()))
         return
