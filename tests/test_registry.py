@@ -179,6 +179,15 @@ def test_c_core_engine_names_match_the_registry() -> None:
     assert set(registry.get("openvino").runs_artifacts) | {registry.get("trt").manifest_name} <= compared
 
 
+def test_c_backends_use_the_registry_tensor_names() -> None:
+    c = REPO / "runtimes" / "c"
+    ov, trt = (c / "edgead_openvino.c").read_text(), (c / "edgead_tensorrt.cpp").read_text()
+    for name in registry.OUTPUTS:
+        assert re.search(rf'output_by_name\([^;]*"{name}"', ov), name
+    found = dict(re.findall(r'constexpr const char\* k(\w+) = "(\w+)";', trt))
+    assert (found["Images"], found["Scores"], found["Maps"]) == (registry.INPUT, *registry.OUTPUTS)
+
+
 def test_git_grep_finds_folder_and_manifest_names_only_in_the_registry() -> None:
     """The literal spellings of folder patterns and manifest names live in edgead/registry.py (and tests, docs)."""
     if shutil.which("git") is None or not (REPO / ".git").exists():
