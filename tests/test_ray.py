@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import threading
 
+import numpy as np
 import pytest
 
 from tests.test_score import make_images, scored_artifact  # noqa: F401 - the shared fixture
@@ -90,3 +91,89 @@ def _embedded(archive, artifact, tmp_path):
     out = tmp_path / "embedded"
     score_archive(archive, artifact, out, batch=8)
     return out
+
+
+# -- the service on Ray Serve ---------------------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(cluster, scored_artifact):  # noqa: F811
+    """The ``edgead serve`` app on Ray Serve: two replicas of one CPU, so one on each worker node."""
+    pytest.importorskip("fastapi")
+    from ray import serve
+
+    from edgead.scale.ray_serve import APP_NAME, run_on_ray
+    from edgead.serve import ServeConfig
+
+    artifact, _ = scored_artifact
+    port = _free_port()
+    run_on_ray(artifact, address=cluster.address, port=port, blocking=False, config=ServeConfig(name="tiny"),
+               replicas=2, cpus_per_replica=1.0)
+    yield f"127.0.0.1:{port}"
+    serve.delete(APP_NAME)
+    serve.shutdown()
+
+
+def _infer(client, th, x):
+    inp = th.InferInput("images", list(x.shape), "UINT8")
+    inp.set_data_from_numpy(x, binary_data=True)
+    return client.infer("tiny", [inp], outputs=[th.InferRequestedOutput("scores", binary_data=True)])
+
+
+def test_ray_serve_answers_the_v2_protocol_from_replicas_on_both_nodes(served, scored_artifact):  # noqa: F811
+    import edgead.runtimes as rt
+    from edgead.score import list_archive, read_prepared
+
+    th = pytest.importorskip("tritonclient.http")
+    artifact, images = scored_artifact
+    client = th.InferenceServerClient(served)
+    assert client.is_server_ready() and client.is_model_ready("tiny")
+    nodes = {client.get_model_metadata("tiny")["parameters"]["node"] for _ in range(30)}
+    workers = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0}
+    assert nodes == workers and len(nodes) == 2  # two replicas, one per worker node, both answering
+    with rt.load(artifact) as runner:
+        x = read_prepared(list_archive(images)[:3], runner.spec)
+        ref = runner.predict(x)
+    np.testing.assert_array_equal(_infer(client, th, x).as_numpy("scores"), ref.scores)
+
+
+def test_ray_serve_keeps_answering_when_a_worker_node_goes(served, cluster, scored_artifact):  # noqa: F811
+    """Fault: clients keep calling while a worker node (and the replica on it) goes; a request may be retried, none
+    is lost, every answer is exact, and afterwards replicas run on the nodes that are alive."""
+    import time
+
+    import edgead.runtimes as rt
+    from edgead.score import list_archive, read_prepared
+
+    th = pytest.importorskip("tritonclient.http")
+    artifact, images = scored_artifact
+    with rt.load(artifact) as runner:
+        x = read_prepared(list_archive(images)[:2], runner.spec)
+        ref = runner.predict(x).scores
+    client = th.InferenceServerClient(served, network_timeout=30.0)
+    answers, retries, deadline = [], 0, time.monotonic() + 120
+    for i in range(40):
+        if i == 8:  # the node holding one replica goes, a fresh node joins (as an autoscaler would add one)
+            cluster.remove_node(cluster.workers[1])
+            cluster.workers[1] = cluster.add_node(num_cpus=1)
+        for _attempt in range(20):
+            try:
+                answers.append(_infer(client, th, x).as_numpy("scores"))
+                break
+            except Exception:  # noqa: BLE001 - the replica on the removed node: retry, as a line client would
+                retries += 1
+                time.sleep(0.5)
+        assert time.monotonic() < deadline, "the service stopped answering"
+    assert len(answers) == 40
+    for a in answers:
+        np.testing.assert_array_equal(a, ref)
+    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    nodes = {client.get_model_metadata("tiny")["parameters"]["node"] for _ in range(20)}
+    assert nodes <= alive
+    print(f"ray serve fault: 40 requests answered exactly, {retries} retried")

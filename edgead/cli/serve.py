@@ -30,6 +30,13 @@ def serve(
     folder: Annotated[Path | None, typer.Option(help="Image folder on this machine the page may score.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Override the artifact's threshold for the labels.")]
     = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Deploy the same app on Ray Serve (a local Ray instance unless "
+                                      "--address).")] = False,
+    address: Annotated[str | None, typer.Option("--address", help="Ray cluster to join; implies --ray.")] = None,
+    replicas: Annotated[int, typer.Option(help="Ray Serve replicas, each holding one runner.")] = 2,
+    ray_cpus: Annotated[float, typer.Option(help="CPUs reserved per Ray Serve replica.")] = 1.0,
+    min_replicas: Annotated[int | None, typer.Option(help="Autoscaling lower bound (with --max-replicas).")] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="Autoscaling upper bound (with --min-replicas).")] = None,
 ) -> None:
     """Serve an artifact: KServe v2 (/v2/...), POST /predict, /metrics and the inspection page at /."""
     uvicorn = require("uvicorn", "serve", "edgead serve")
@@ -44,6 +51,9 @@ def serve(
                 "config": {"name": name, "max_batch": max_batch, "max_delay_ms": batch_delay_ms,
                            "max_queue": max_queue, "max_body_mb": max_body_mb,
                            "folder": str(folder) if folder else None}}
+    if ray or address is not None:
+        _serve_on_ray(settings, host, port, address, replicas, ray_cpus, min_replicas, max_replicas)
+        return
     app = build_app(settings)  # load once here, so a bad artifact is one clear line before anything listens
     console.print(f"serving [bold]{artifact}[/] as model '{name}' on http://{host}:{port}/ "
                   f"(max batch {app.state.service.batcher.max_batch}, batching delay {batch_delay_ms} ms, "
@@ -55,6 +65,22 @@ def serve(
     os.environ[_ENV] = json.dumps(settings)
     uvicorn.run("edgead.cli.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", timeout_graceful_shutdown=5)
+
+
+def _serve_on_ray(settings: dict, host: str, port: int, address: str | None, replicas: int, cpus: float,
+                  min_replicas: int | None, max_replicas: int | None) -> None:
+    """The same application on Ray Serve: deploy, then keep the driver alive until interrupted."""
+    from edgead.scale.ray_serve import run_on_ray
+    from edgead.serve import ServeConfig
+
+    cfg = dict(settings["config"])
+    cfg["folder"] = Path(cfg["folder"]) if cfg.get("folder") else None
+    build_app(settings).state.service.batcher.close()  # a bad artifact is one clear line before Ray starts
+    console.print(f"serving [bold]{settings['artifact']}[/] on Ray Serve at http://{host}:{port}/ "
+                  f"({replicas} replica{'s' if replicas > 1 else ''}, {cpus:g} CPU each)")
+    run_on_ray(settings["artifact"], address=address, host=host, port=port, blocking=True,
+               engine=settings.get("engine"), config=ServeConfig(**cfg), threshold=settings.get("threshold"),
+               replicas=replicas, cpus_per_replica=cpus, min_replicas=min_replicas, max_replicas=max_replicas)
 
 
 def build_app(settings: dict):

@@ -74,6 +74,15 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+ACTOR_START_TIMEOUT_S = 300
+
+
+def _chain(first: Any, rest: Any) -> Any:
+    if first is not None:
+        yield first
+    yield from rest
+
+
 def connect(address: str | None) -> Any:
     """Join the Ray cluster at ``address`` or, without one, start a local Ray instance."""
     ray = require("ray", "ray", "scale-out on Ray")
@@ -106,6 +115,7 @@ def score_on_ray(artifact: str | Path, writer: ScoreWriter, todo: Sequence[Path]
     files_ref = ray.put(artifact_files(artifact))
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = False
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S  # start the whole pool before the first batch, or fail clearly
     ds = rd.from_items([{"path": str(p)} for p in todo], override_num_blocks=max(1, min(len(todo) // batch, 200)))
     ds = ds.map_batches(
         ArtifactScorer,
@@ -116,7 +126,14 @@ def score_on_ray(artifact: str | Path, writer: ScoreWriter, todo: Sequence[Path]
     )
     added = done = 0
     per_node: dict[str, int] = {}
-    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    try:
+        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        first = next(batches, None)
+    except ray.exceptions.GetTimeoutError:
+        raise InputError(f"expected room for {actors} runner actors of {cpus_per_actor:g} CPU on the Ray cluster, "
+                         f"found none free within {ACTOR_START_TIMEOUT_S} s; lower --ray-actors or --ray-cpus") \
+            from None
+    for out in _chain(first, batches):
         paths = [str(p) for p in out["path"]]
         labels = None if (out["label"] < 0).all() else out["label"] == 1
         for path, node in zip(paths, out["node"], strict=True):
