@@ -25,9 +25,9 @@ from edgead.term import make_console
 
 
 def _machine() -> dict[str, Any]:
-    from edgead.bench import latency
+    from edgead.bench.machine import machine_info
 
-    return latency.machine_info()
+    return machine_info()
 
 
 def run_scale_bench(artifact: Path, archive: Path, repeats: int = 2, node_cpus: int = 1, batch: int = 8,
