@@ -14,6 +14,7 @@ import onnx
 
 from edgead.calib.dataset import CalibrationSet
 from edgead.errors import EdgeadError, require
+from edgead.export.qdq_check import restore_island_inputs
 from edgead.fsutil import atomic_dir
 from edgead.registry import INPUT, ONNX, artifact_folder
 from edgead.runtimes.manifest import read_manifest, write_manifest
@@ -68,6 +69,7 @@ def quantize_qdq(artifact_dir: str | Path, calib_dir: str | Path, out: str | Pat
                            "CalibPercentile": 99.999, "CalibTensorRangeSymmetric": True},
         )
         qm = onnx.load(str(tmp / MODEL))
+        restore_island_inputs(qm)  # FP32 islands read float tensors, not a dequantized copy (TensorRT builds this)
         set_metadata(qm, {p.key: p.value for p in model.metadata_props})
         onnx.save(qm, str(tmp / MODEL))
         extra = {"calibration": {"images": len(data), "method": method, "folder": str(calib_dir),

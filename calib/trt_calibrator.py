@@ -1,4 +1,9 @@
-"""TensorRT INT8 entropy calibration: the batch feeder, the cache file, and the ``IInt8EntropyCalibrator2``.
+"""Legacy TensorRT 10 INT8 entropy calibration: the batch feeder, the cache file, the ``IInt8EntropyCalibrator2``.
+
+Only ``--int8-mode entropy`` uses this, on TensorRT 10 (11 removed implicit INT8); the default INT8 path
+builds strongly typed from the Q/DQ graph. Every TensorRT 11-removed name the build needs for it
+(``BuilderFlag.INT8``/``FP16``, ``int8_calibrator``, ``set_calibration_profile``) lives in
+``configure_legacy_int8`` here and nowhere else.
 
 The feeder and the cache helpers are pure Python (tested without a GPU). ``make_entropy_calibrator``
 defines the TensorRT subclass only when ``tensorrt`` imports; it copies each batch into one device buffer
@@ -96,17 +101,18 @@ def make_entropy_calibrator(feeder: CalibrationFeeder, cache_path: str | Path, c
     Call ``close()`` on the result after the build to free its buffers.
     """
     trt = require("tensorrt", "trt", "INT8 entropy calibration")
-    from edgead.runtimes.trt_runner import open_cuda
+    from edgead.runtimes.cuda import open_cuda
 
     backend = cuda if cuda is not None else open_cuda()
     cache_path = Path(cache_path)
 
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # deprecated in TensorRT 10.1, still in every 10.x
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # deprecated in TensorRT 10.1, removed in 11
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.feeder = feeder
             self.batches_fed = 0
-            self.error: BaseException | None = None
+            self.error: Exception | None = None
+            self.cache_reads = 0  # a reused cache is read and no batch is fed
             self._device = backend.alloc_device(feeder.nbytes)
             self._host = backend.alloc_host(feeder.nbytes)
             self._batches = iter(feeder)
@@ -126,17 +132,19 @@ def make_entropy_calibrator(feeder: CalibrationFeeder, cache_path: str | Path, c
                 backend.synchronize()
                 self.batches_fed += 1
                 return [self._device.ptr]
-            except BaseException as exc:  # TensorRT would only print it; keep it for compile_trt to raise
+            except Exception as exc:  # TensorRT would only print it; keep it for compile_trt to raise
                 self.error = self.error or exc
                 return None
 
         def read_calibration_cache(self) -> bytes | None:
-            return read_cache(cache_path)
+            data = read_cache(cache_path)
+            self.cache_reads += data is not None
+            return data
 
         def write_calibration_cache(self, cache: memoryview) -> None:
             try:
                 write_cache(cache_path, cache)
-            except BaseException as exc:
+            except Exception as exc:
                 self.error = self.error or exc
 
         def close(self) -> None:
@@ -144,3 +152,18 @@ def make_entropy_calibrator(feeder: CalibrationFeeder, cache_path: str | Path, c
             backend.free(self._host)
 
     return EntropyCalibrator()
+
+
+def configure_legacy_int8(trt: Any, config: Any, profile: Any, calibrator: Any, network: Any,
+                          onnx_path: Path) -> None:
+    """TensorRT 10 weak typing for the legacy entropy path: FP16 and INT8 flags, the calibrator and its profile.
+
+    Nothing else in edgead uses these names; TensorRT 11 removed all of them.
+    """
+    if np.dtype(trt.nptype(network.get_input(0).dtype)) != calibrator.feeder.dtype:
+        raise EdgeadError(f"the calibrator feeds {calibrator.feeder.dtype} batches but {onnx_path} takes "
+                          f"{trt.nptype(network.get_input(0).dtype).__name__} images")
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.int8_calibrator = calibrator
+    config.set_calibration_profile(profile)  # calibration runs at the profile's OPT shape

@@ -179,7 +179,8 @@ def artifact_folder(export_dir: str | Path, engine: str, precision: str) -> Path
 ONNX = register(Engine(
     name="onnxruntime", manifest_name="onnxruntime", aliases=("ort",),
     runner="edgead.runtimes.ort_runner", package="onnxruntime", extra="onnxruntime",
-    precisions=("fp32", "int8"), compiler="edgead.export.compile:build_onnxruntime", compiles=("int8",),
+    precisions=("fp32", "fp16", "int8"), compiler="edgead.export.compile:build_onnxruntime",
+    compiles=("fp16", "int8"),
     folder="onnx-{precision}", root_precisions=("fp32",),
     hints=(("int8", "edgead calibrate OUT --calib DIR"),),
 ))

@@ -17,10 +17,14 @@ def build_openvino(out: Path, precision: str, calib: Path | None, **_: Any) -> P
     return compile_openvino(out, precision, calib)
 
 
-def build_onnxruntime(out: Path, precision: str, calib: Path | None, **_: Any) -> Path:
+def build_onnxruntime(out: Path, precision: str, calib: Path | None, data: Path | None = None, **_: Any) -> Path:
+    if precision == "fp16":  # the mixed FP16 graph TensorRT also builds from, verified on the CPU
+        from edgead.export.precision import precision_graph
+
+        return precision_graph(out, "fp16", calib, data)[0]
     if precision != "int8":
-        raise EdgeadError(f"ONNX Runtime runs the FP32 export (OUT/model.onnx) as it is; compile makes int8 only, "
-                          f"found --precision {precision}")
+        raise EdgeadError(f"ONNX Runtime runs the FP32 export (OUT/model.onnx) as it is; compile makes fp16 and "
+                          f"int8, found --precision {precision}")
     if calib is None:
         raise InputError("INT8 needs calibration images: pass --calib DIR (normal images of the part)")
     from edgead.calib.onnx_qdq import quantize_qdq
@@ -29,10 +33,10 @@ def build_onnxruntime(out: Path, precision: str, calib: Path | None, **_: Any) -
 
 
 def build_tensorrt(out: Path, precision: str, calib: Path | None, batch: str = "1:1:8", workspace: float = 4.0,
-                   int8_mode: str = "qdq", **_: Any) -> Path:
+                   int8_mode: str = "qdq", data: Path | None = None, **_: Any) -> Path:
     from edgead.export.tensorrt import compile_trt, parse_batch
 
-    return compile_trt(out, precision, parse_batch(batch), workspace, calib, int8_mode)
+    return compile_trt(out, precision, parse_batch(batch), workspace, calib, int8_mode, data=data)
 
 
 def compile_artifact(out: str | Path, engine: str, precision: str, calib: str | Path | None = None,

@@ -1,30 +1,31 @@
 """TensorRT runner: a serialized engine on one NVIDIA GPU behind the common ``Runner`` interface.
 
-Device memory, pinned host memory and the one CUDA stream come from cuda-python (the ``trt`` extra) or,
-where cuda-python is missing, from PyTorch's CUDA allocator when torch has CUDA. Each call copies the batch
-from pinned memory, sets the input shape, runs ``execute_async_v3`` and copies the outputs back on that
-stream. With ``cuda_graph=True`` each batch size is captured once (copy in, enqueue, copy out) into a CUDA
-graph, on an execution context of its own, and replayed. An engine built for another TensorRT version or GPU
-model is refused before TensorRT tries to deserialize it. Imports neither tensorrt nor torch at module level.
+Device memory, pinned host memory and the one CUDA stream come from ``edgead.runtimes.cuda`` (cuda-python).
+Each call selects the GPU on the calling thread, copies the batch from pinned memory, sets the input shape,
+runs ``execute_async_v3`` and copies the outputs back on that stream. Every execution context is created
+without device memory of its own (``USER_MANAGED``) and gets the one scratch block the runner allocates for
+the engine: calls are serialised, so one block serves the plain context and every CUDA-graph context. With
+``cuda_graph=True`` each batch size is captured once (copy in, enqueue, copy out) into a CUDA graph on an
+execution context of its own, and replayed. An engine built for another TensorRT version or GPU model is
+refused before TensorRT tries to deserialize it. Imports neither tensorrt nor torch at module level.
 """
 
 from __future__ import annotations
 
-import ctypes
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgead.errors import ArtifactError, EdgeadError, MissingDependencyError, require
+from edgead.errors import ArtifactError, EdgeadError, require
 from edgead.registry import OUTPUTS
 from edgead.runtimes.base import Runner
+from edgead.runtimes.cuda import NO_GPU, CudaPythonBackend, open_cuda
 from edgead.runtimes.manifest import Manifest
 
-NO_GPU = ("TensorRT engines need an NVIDIA GPU with its driver installed (nvidia-smi must list it); "
-          "run this artifact on a GPU machine or use the onnxruntime / openvino artifacts here")
+__all__ = ["NO_GPU", "DeviceInfo", "TensorRTRunner", "check_engine_compatible", "device_info", "open_cuda"]
 
 
 @dataclass(frozen=True)
@@ -63,214 +64,7 @@ def check_engine_compatible(extra: Mapping[str, Any], running: DeviceInfo, folde
         )
 
 
-# -- CUDA backends -------------------------------------------------------------------------------------------
-@dataclass
-class DeviceBuffer:
-    ptr: int
-    nbytes: int
-    handle: Any = None  # the owning object (a torch tensor) where the backend needs one
-
-
-@dataclass
-class HostBuffer:
-    """Pinned (page-locked) host memory; ``array`` is a uint8 view of it."""
-
-    ptr: int
-    nbytes: int
-    array: np.ndarray
-    handle: Any = None
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart  # older cuda-python
-        except ImportError as exc:
-            raise MissingDependencyError("cuda-python", "trt", "CUDA memory for TensorRT") from exc
-    return cudart
-
-
-class CudaPythonBackend:
-    """Device memory, pinned memory, one non-blocking stream and CUDA graphs through cuda-python."""
-
-    name = "cuda-python"
-
-    def __init__(self, device: int = 0) -> None:
-        self._rt = rt = _cudart()
-        err, count = rt.cudaGetDeviceCount()
-        if err != rt.cudaError_t.cudaSuccess or not count:
-            _, driver = rt.cudaDriverGetVersion()
-            if err == rt.cudaError_t.cudaErrorInsufficientDriver and driver:
-                _, runtime = rt.cudaRuntimeGetVersion()
-                raise EdgeadError(f"NVIDIA driver (CUDA {driver // 1000}.{driver % 1000 // 10}) is older "
-                                  f"than the CUDA runtime {runtime // 1000}.{runtime % 1000 // 10} of "
-                                  f"cuda-python; update the driver or install a cuda-python matching it")
-            found = "no NVIDIA driver" if not driver else "no NVIDIA GPU"
-            raise EdgeadError(f"found {found} on this machine ({self._name(err)}); {NO_GPU}")
-        if not 0 <= device < count:
-            raise EdgeadError(f"CUDA device {device} does not exist; this machine has {count} "
-                              f"(0..{count - 1})")
-        self.device = device
-        self._check(rt.cudaSetDevice(device), "cudaSetDevice")
-        self._stream = self._check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreate")
-        self.stream_handle = int(self._stream)
-
-    def _name(self, err: Any) -> str:
-        return self._rt.cudaGetErrorName(err)[1].decode()
-
-    def _check(self, result: tuple, what: str) -> Any:
-        err, rest = result[0], result[1:]
-        if err != self._rt.cudaError_t.cudaSuccess:
-            raise EdgeadError(f"CUDA call {what} failed with {self._name(err)}")
-        return rest[0] if len(rest) == 1 else (rest or None)
-
-    def device_info(self) -> tuple[str, str]:
-        props = self._check(self._rt.cudaGetDeviceProperties(self.device), "cudaGetDeviceProperties")
-        name = props.name
-        if isinstance(name, bytes):
-            name = name.split(b"\0", 1)[0].decode(errors="replace")
-        return str(name).strip(), f"{props.major}.{props.minor}"
-
-    def alloc_device(self, nbytes: int) -> DeviceBuffer:
-        return DeviceBuffer(int(self._check(self._rt.cudaMalloc(nbytes), "cudaMalloc")), nbytes)
-
-    def alloc_host(self, nbytes: int) -> HostBuffer:
-        ptr = int(self._check(self._rt.cudaMallocHost(nbytes), "cudaMallocHost"))
-        array = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr))
-        return HostBuffer(ptr, nbytes, array)
-
-    def free(self, buf: DeviceBuffer | HostBuffer) -> None:
-        if buf.ptr:
-            fn = self._rt.cudaFreeHost if isinstance(buf, HostBuffer) else self._rt.cudaFree
-            fn(buf.ptr)
-            buf.ptr = 0
-
-    def copy_h2d(self, dst: DeviceBuffer, src: HostBuffer, nbytes: int) -> None:
-        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._check(self._rt.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, kind, self._stream), "cudaMemcpyAsync")
-
-    def copy_d2h(self, dst: HostBuffer, src: DeviceBuffer, nbytes: int) -> None:
-        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._check(self._rt.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, kind, self._stream), "cudaMemcpyAsync")
-
-    def synchronize(self) -> None:
-        self._check(self._rt.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-
-    def capture(self, work: Callable[[], bool]) -> Any:
-        """Record ``work`` (which enqueues on this stream) into an instantiated CUDA graph."""
-        rt = self._rt
-        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        self._check(rt.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
-        try:
-            ok = work()
-        finally:
-            err, graph = rt.cudaStreamEndCapture(self._stream)
-        if not ok or err != rt.cudaError_t.cudaSuccess:
-            if graph is not None and int(graph):
-                rt.cudaGraphDestroy(graph)
-            raise EdgeadError("this engine cannot be captured in a CUDA graph (TensorRT refused to enqueue "
-                              "during capture); run it with cuda_graph=False")
-        exe = self._check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-        return graph, exe
-
-    def launch(self, graph: Any) -> None:
-        self._check(self._rt.cudaGraphLaunch(graph[1], self._stream), "cudaGraphLaunch")
-
-    def destroy_graph(self, graph: Any) -> None:
-        self._rt.cudaGraphExecDestroy(graph[1])
-        self._rt.cudaGraphDestroy(graph[0])
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._rt.cudaStreamDestroy(self._stream)
-            self._stream = None
-
-
-class TorchCudaBackend:
-    """The same operations on PyTorch CUDA tensors, for machines with a CUDA torch but no cuda-python."""
-
-    name = "torch"
-
-    def __init__(self, device: int = 0) -> None:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise EdgeadError(f"torch sees no CUDA device; {NO_GPU}")
-        self._torch = torch
-        self.device = device
-        self._dev = torch.device("cuda", device)
-        self._stream = torch.cuda.Stream(self._dev)
-        self.stream_handle = int(self._stream.cuda_stream)
-
-    def device_info(self) -> tuple[str, str]:
-        major, minor = self._torch.cuda.get_device_capability(self._dev)
-        return self._torch.cuda.get_device_name(self._dev), f"{major}.{minor}"
-
-    def alloc_device(self, nbytes: int) -> DeviceBuffer:
-        t = self._torch.empty(nbytes, dtype=self._torch.uint8, device=self._dev)
-        return DeviceBuffer(int(t.data_ptr()), nbytes, t)
-
-    def alloc_host(self, nbytes: int) -> HostBuffer:
-        t = self._torch.empty(nbytes, dtype=self._torch.uint8, pin_memory=True)
-        return HostBuffer(int(t.data_ptr()), nbytes, t.numpy(), t)
-
-    def free(self, buf: DeviceBuffer | HostBuffer) -> None:
-        buf.handle, buf.ptr = None, 0
-
-    def copy_h2d(self, dst: DeviceBuffer, src: HostBuffer, nbytes: int) -> None:
-        with self._torch.cuda.stream(self._stream):
-            dst.handle[:nbytes].copy_(src.handle[:nbytes], non_blocking=True)
-
-    def copy_d2h(self, dst: HostBuffer, src: DeviceBuffer, nbytes: int) -> None:
-        with self._torch.cuda.stream(self._stream):
-            dst.handle[:nbytes].copy_(src.handle[:nbytes], non_blocking=True)
-
-    def synchronize(self) -> None:
-        self._stream.synchronize()
-
-    def capture(self, work: Callable[[], bool]) -> Any:
-        graph = self._torch.cuda.CUDAGraph()
-        with self._torch.cuda.graph(graph, stream=self._stream):
-            ok = work()
-        if not ok:
-            raise EdgeadError("this engine cannot be captured in a CUDA graph; run it with cuda_graph=False")
-        return graph
-
-    def launch(self, graph: Any) -> None:
-        with self._torch.cuda.stream(self._stream):
-            graph.replay()
-
-    def destroy_graph(self, graph: Any) -> None:
-        graph.reset()
-
-    def close(self) -> None:
-        self._stream = None
-
-
-def open_cuda(device: int = 0, backend: str = "auto") -> CudaPythonBackend | TorchCudaBackend:
-    """A CUDA backend: cuda-python when installed, else torch when it has CUDA; one clear line if neither."""
-    if backend not in ("auto", "cuda-python", "torch"):
-        raise EdgeadError(f"CUDA backend must be 'auto', 'cuda-python' or 'torch', found '{backend}'")
-    if backend == "torch":
-        return TorchCudaBackend(device)
-    try:
-        return CudaPythonBackend(device)
-    except MissingDependencyError:
-        if backend == "cuda-python":
-            raise
-        import importlib.util
-
-        if importlib.util.find_spec("torch") is not None:
-            import torch
-
-            if torch.cuda.is_available():
-                return TorchCudaBackend(device)
-        raise
-
-
-def device_info(cuda: CudaPythonBackend | TorchCudaBackend, tensorrt_version: str) -> DeviceInfo:
+def device_info(cuda: CudaPythonBackend, tensorrt_version: str) -> DeviceInfo:
     name, cc = cuda.device_info()
     return DeviceInfo(tensorrt_version, name, cc)
 
@@ -282,14 +76,14 @@ class TensorRTRunner(Runner):
     engine = "trt"
     thread_safe = False
 
-    def __init__(self, folder: Path, manifest: Manifest, cuda_graph: bool = False, device: int = 0,
-                 cuda_backend: str = "auto") -> None:
+    def __init__(self, folder: Path, manifest: Manifest, cuda_graph: bool = False, device: int = 0) -> None:
         super().__init__(folder, manifest)
         self._cuda: Any = None
         self._graphs: dict[int, tuple[Any, Any]] = {}  # batch size -> (context, graph)
+        self.captures = 0  # CUDA graphs recorded: one per batch size, never one per call
         trt = require("tensorrt", "trt", "running TensorRT engines")
         self._trt = trt
-        self._cuda = open_cuda(device, cuda_backend)
+        self._cuda = open_cuda(device)
         check_engine_compatible(manifest.extra, device_info(self._cuda, trt.__version__), self.folder,
                                 manifest.precision)
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -300,9 +94,19 @@ class TensorRTRunner(Runner):
             raise ArtifactError(f"TensorRT {trt.__version__} could not deserialize "
                                 f"{self.folder / manifest.model}; rebuild it with edgead compile "
                                 f"{self.folder.parent} --engine trt")
-        self._context = self._engine.create_execution_context()
+        # one scratch block for every context: the most any profile needs
+        self._scratch = self._cuda.alloc_device(max(int(self._engine.device_memory_size_v2), 1))
+        self._context = self._new_context()
         self.cuda_graph = bool(cuda_graph)
         self._setup_io()
+
+    def _new_context(self) -> Any:
+        """An execution context on the runner's shared scratch block (no device memory of its own)."""
+        context = self._engine.create_execution_context(self._trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if context is None:
+            raise EdgeadError("TensorRT could not create an execution context (is the GPU out of memory?)")
+        context.set_device_memory(self._scratch.ptr, self._scratch.nbytes)
+        return context
 
     def _setup_io(self) -> None:
         trt, eng = self._trt, self._engine
@@ -352,7 +156,7 @@ class TensorRTRunner(Runner):
     def _graph_for(self, n: int) -> tuple[Any, Any]:
         if n not in self._graphs:
             # A graph freezes shapes and addresses, so each batch size gets its own execution context.
-            context = self._engine.create_execution_context()
+            context = self._new_context()
             context.set_input_shape(self._input, (n, *self._in_shape))
             self._bind(context)
             # Enqueue once outside capture so TensorRT's lazy, shape-dependent setup is not recorded.
@@ -360,10 +164,12 @@ class TensorRTRunner(Runner):
                 raise EdgeadError(f"TensorRT failed to run the engine for batch {n}")
             self._cuda.synchronize()
             self._graphs[n] = (context, self._cuda.capture(lambda: self._enqueue(context, n)))
+            self.captures += 1
         return self._graphs[n]
 
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = images.shape[0]
+        self._cuda.use()  # the caller's thread may not be the one that opened the runner
         batch = images if self._in_dtype == np.uint8 else images.astype(self._in_dtype)
         self._host[self._input].array[: batch.nbytes] = batch.reshape(-1).view(np.uint8)
         if self.cuda_graph:
@@ -392,9 +198,12 @@ class TensorRTRunner(Runner):
         for _context, graph in self._graphs.values():
             cuda.destroy_graph(graph)
         self._graphs = {}
-        for buf in [*getattr(self, "_dev", {}).values(), *getattr(self, "_host", {}).values()]:
-            cuda.free(buf)
-        self._context = self._engine = None
+        self._context = None
+        for buf in [*getattr(self, "_dev", {}).values(), *getattr(self, "_host", {}).values(),
+                    getattr(self, "_scratch", None)]:
+            if buf is not None:
+                cuda.free(buf)
+        self._engine = None
         cuda.close()
         self._cuda = None
 
