@@ -110,11 +110,12 @@ def _check_io(src: onnx.ModelProto, dst: onnx.ModelProto) -> None:
 
 
 def write_fp16(artifact_dir: str | Path, out: str | Path | None = None,
-               verify: Callable[[Path], object] | None = None) -> tuple[Path, Manifest]:
+               verify: Callable[[Path], dict | None] | None = None) -> tuple[Path, Manifest]:
     """Write ``OUT/onnx-fp16/`` from the FP32 export in ``artifact_dir``; returns the folder and its manifest.
 
     ``verify(folder)`` runs on the finished folder before it replaces ``out``: when it raises, nothing is
-    written (``edgead.export.precision.precision_graph`` passes its CPU check here).
+    written; a dict it returns is recorded in the manifest as ``cpu_check``
+    (``edgead.export.precision.precision_graph`` passes its CPU check here).
     """
     from edgead.export.onnx import set_metadata, source_onnx
 
@@ -132,5 +133,8 @@ def write_fp16(artifact_dir: str | Path, out: str | Path | None = None,
         m = write_manifest(tmp, ONNX.manifest_name, "fp16", MODEL, src.spec, {"onnx": onnx.__version__}, src.batch,
                            extra)
         if verify is not None:
-            verify(tmp)
+            figures = verify(tmp)
+            if figures:
+                m = write_manifest(tmp, "onnxruntime", "fp16", MODEL, src.spec, {"onnx": onnx.__version__},
+                                   src.batch, {**extra, "cpu_check": figures})
     return out, m
