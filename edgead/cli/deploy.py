@@ -50,12 +50,15 @@ def compile_cmd(
     = None,
     batch: Annotated[str, typer.Option(help="TensorRT profile MIN:OPT:MAX.")] = "1:1:8",
     workspace: Annotated[float, typer.Option(help="TensorRT workspace in GB.")] = 4.0,
-    int8_mode: Annotated[str, typer.Option(help="TensorRT INT8: qdq | entropy.")] = "qdq",
+    int8_mode: Annotated[str, typer.Option(help="TensorRT INT8: qdq | entropy (legacy, TensorRT 10 only).")] = "qdq",
+    data: Annotated[Path | None, typer.Option(help="Labelled MVTec-layout category: the FP16/INT8 graph's "
+                                                   "AUROC/AUPRO change is checked on it.")] = None,
 ) -> None:
     """Compile the export for an engine and precision into OUT/<engine>-<precision>/."""
     from edgead.export.compile import compile_artifact
 
-    path = compile_artifact(out, engine, precision, calib, batch=batch, workspace=workspace, int8_mode=int8_mode)
+    path = compile_artifact(out, engine, precision, calib, batch=batch, workspace=workspace, int8_mode=int8_mode,
+                            data=data)
     console.print(f"compiled [bold]{path}[/]")
 
 

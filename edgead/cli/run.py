@@ -14,6 +14,7 @@ from rich.table import Table
 
 from edgead.cli.common import BenchEngines, JsonFlag, MaybeOutDir, OutDir, RunEngine, console, emit_json
 from edgead.errors import InputError
+from edgead.fsutil import write_text_atomic
 from edgead.imageio import IMAGE_SUFFIXES, list_images, load_batch
 
 
@@ -92,6 +93,8 @@ def bench(
     size: Annotated[int, typer.Option(help="Input size for the norms study.")] = 224,
     family: Annotated[str, typer.Option(help="Detector family for the norms study.")] = "fbft",
     json_out: JsonFlag = False,
+    device: Annotated[str, typer.Option(help="cpu | cuda (torch on the GPU: eager, CUDA graph, torch.compile).")]
+    = "cpu",
 ) -> None:
     """Latency p50/p90/p99, throughput and memory per engine, precision and batch size."""
     try:
@@ -99,6 +102,11 @@ def bench(
     except ValueError:
         raise InputError(f"--batch must be a comma list of integers such as 1,8, found '{batch}'") from None
     precisions = tuple(p for p in precision.split(",") if p)
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"--device must be cpu or cuda, found '{device}'")
+    if device == "cuda":
+        _bench_cuda(target, engine, batches, iters, json_file, json_out, backbone, size, family)
+        return
     if target == "norms":
         from edgead.bench.norms import run_norm_study
 
@@ -117,6 +125,41 @@ def bench(
                         console=console, table=not json_out)
     if json_out:
         emit_json(bench_document(results, target))
+
+
+def _bench_cuda(target: str, engine: str, batches: tuple[int, ...], iters: int, json_path: Path | None,
+                json_out: bool, backbone: str, size: int, family: str) -> None:
+    from edgead.bench.gpu import bench_detector, cuda_unavailable, norms_study_gpu
+
+    if engine not in ("torch", "all"):
+        raise InputError(f"--device cuda benchmarks the torch engine (TensorRT engines always run on the GPU), "
+                         f"found --engine {engine}")
+    why = cuda_unavailable()
+    if why:
+        if json_out:
+            emit_json({"skipped": why, "results": []})
+        else:
+            console.print(why)
+        return
+    if target == "norms":
+        results = norms_study_gpu(backbone, size, family, batches=batches, iters=iters)
+    else:
+        from edgead.models.checkpoint import load_checkpoint
+
+        results = bench_detector(load_checkpoint(Path(target)), target, batches, iters)
+    doc = [r.to_dict() for r in results]
+    if json_path:
+        write_text_atomic(json_path, json.dumps(doc, indent=2) + "\n")
+    if json_out:
+        emit_json({"skipped": None, "results": doc})
+        return
+    table = Table(title=f"torch on {results[0].device if results else 'cuda'}")
+    for col in ("detector", "mode", "batch", "ms p50", "ms p90", "ms/img"):
+        table.add_column(col)
+    for r in results:
+        cells = [f"{v:.3f}" if v is not None else "-" for v in (r.ms_p50, r.ms_p90, r.ms_per_image)]
+        table.add_row(r.name, r.mode, str(r.batch), *(cells if not r.skipped else [f"skipped: {r.skipped}", "", ""]))
+    console.print(table)
 
 
 def demo(

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -143,6 +144,61 @@ bool check_tensor(const nvinfer1::ICudaEngine& engine, const char* name, nvinfer
     return false;
 }
 
+/* The string value of "key" in the manifest beside the engine ("" when absent). The manifest was verified by the
+ * core (sha256 of every file) and is written by edgead's json.dumps, where these three keys occur only in
+ * "extra" and hold plain strings without escapes. */
+std::string manifest_string(const std::string& text, const char* key) {
+    std::string needle = std::string("\"") + key + "\"";
+    size_t at = text.find(needle);
+    if (at == std::string::npos) return "";
+    at = text.find(':', at + needle.size());
+    if (at == std::string::npos) return "";
+    size_t open = text.find('"', at + 1);
+    size_t close = open == std::string::npos ? open : text.find('"', open + 1);
+    if (close == std::string::npos) return "";
+    return text.substr(open + 1, close - open - 1);
+}
+
+/* "10.8.0.43" -> "10.8.0": the Python bindings report a fourth (build) component the C library does not. */
+std::string three_parts(const std::string& v) {
+    size_t dots = 0, i = 0;
+    for (; i < v.size(); ++i)
+        if (v[i] == '.' && ++dots == 3) break;
+    return v.substr(0, i);
+}
+
+/* Refuse, before TensorRT tries to deserialise it, an engine whose manifest names another TensorRT version, GPU
+ * model or compute capability than this machine's (what the Python runner checks too). */
+edgead_status check_build_facts(const char* model_path, int device, char* err) {
+    std::string folder(model_path);
+    size_t slash = folder.find_last_of('/');
+    folder = slash == std::string::npos ? std::string(".") : folder.substr(0, slash);
+    std::ifstream f(folder + "/manifest.json", std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::string built_trt = manifest_string(text, "tensorrt_version");
+    std::string built_gpu = manifest_string(text, "gpu_name");
+    std::string built_cc = manifest_string(text, "compute_capability");
+    if (built_trt.empty() || built_gpu.empty() || built_cc.empty()) {
+        edgead_format_error(err, "expected tensorrt_version, gpu_name and compute_capability in %s/manifest.json, "
+                            "found them missing; rebuild the engine with edgead compile --engine trt", folder.c_str());
+        return EDGEAD_ERR_CORRUPT_ARTIFACT;
+    }
+    int v = getInferLibVersion();  /* major * 10000 + minor * 100 + patch */
+    char here_trt[32], here_cc[16];
+    std::snprintf(here_trt, sizeof here_trt, "%d.%d.%d", v / 10000, (v / 100) % 100, v % 100);
+    cudaDeviceProp props;
+    if (!cuda_ok(cudaGetDeviceProperties(&props, device), "read the GPU's properties", err)) return EDGEAD_ERR_BACKEND;
+    std::snprintf(here_cc, sizeof here_cc, "%d.%d", props.major, props.minor);
+    if (three_parts(built_trt) != here_trt || built_gpu != props.name || built_cc != here_cc) {
+        edgead_format_error(err, "expected an engine built with TensorRT %s for %s (compute %s), found one built with "
+                            "TensorRT %s for %s (compute %s); an engine runs only where it was built; rebuild it here "
+                            "with edgead compile --engine trt", here_trt, props.name, here_cc, built_trt.c_str(),
+                            built_gpu.c_str(), built_cc.c_str());
+        return EDGEAD_ERR_UNSUPPORTED;
+    }
+    return EDGEAD_OK;
+}
+
 edgead_status check_engine(TrtState& s, const edgead_manifest& m, char* err) {
     const nvinfer1::ICudaEngine& e = *s.engine;
     if (!check_tensor(e, kImages, nvinfer1::TensorIOMode::kINPUT, nvinfer1::DataType::kUINT8, "a uint8 input", err) ||
@@ -207,8 +263,10 @@ edgead_status trt_open_impl(const edgead_manifest* m, const char* model_path, co
         return EDGEAD_ERR_UNSUPPORTED;
     }
     if (!cuda_ok(cudaSetDevice(device), "select the GPU", err)) return EDGEAD_ERR_BACKEND;
+    edgead_status st = check_build_facts(model_path, device, err);
+    if (st != EDGEAD_OK) return st;
     std::vector<char> blob;
-    edgead_status st = read_engine(model_path, blob, err);
+    st = read_engine(model_path, blob, err);
     if (st != EDGEAD_OK) return st;
 
     std::unique_ptr<TrtState> s(new TrtState());
