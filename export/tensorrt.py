@@ -256,8 +256,8 @@ def compile_trt(
                 "source": str(onnx_path.relative_to(artifact_dir)), "source_sha256": sha256_file(onnx_path),
             }
             versions = {"tensorrt": trt.__version__, "onnx": onnx.__version__, "cuda": cuda.name}
-            write_manifest(tmp, TENSORRT.manifest_name, precision, ENGINE, src.spec, versions, (profile.min, profile.max),
-                           extra)
+            write_manifest(tmp, TENSORRT.manifest_name, precision, ENGINE, src.spec, versions,
+                           (profile.min, profile.max), extra)
     finally:
         cuda.close()
     return target
