@@ -321,11 +321,11 @@ def _recording_predict(calls: list[int], delay: float = 0.0):
 def test_batcher_merges_concurrent_requests_up_to_max_batch():
     calls: list[int] = []
     b = DynamicBatcher(_recording_predict(calls, delay=0.05), max_batch=4, max_delay_s=0.2, max_queue=32)
-    blocks = [np.full((n, 2, 2, 3), v, np.uint8) for n, v in ((1, 10), (2, 200), (1, 30), (3, 40), (1, 250))]
+    blocks = [np.full((n, 2, 2, 3), v, np.uint8) for n, v in ((1, 10), (2, 200), (2, 30), (3, 40), (1, 250))]
     futs = [b.submit(x) for x in blocks]
     res = [f.result(5) for f in futs]
     b.close()
-    assert calls == [4, 4]  # [1+2+1] then [3+1]: a block is never split, a batch never exceeds 4
+    assert calls == [3, 2, 4]  # [1+2], [2], [3+1]: a block is never split, a batch never exceeds 4
     for x, r in zip(blocks, res, strict=True):
         np.testing.assert_array_equal(r.scores, x[:, 0, 0, 0].astype(np.float32))
         np.testing.assert_array_equal(r.labels, x[:, 0, 0, 0] > 100)
@@ -405,3 +405,16 @@ def test_cli_errors_are_one_line(code, message):
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), out.stderr
     assert message in lines[0]
+
+
+def test_load_benchmark_counts_requests_and_batches(tiny_export, tmp_path):
+    from edgead.bench.serve_load import main
+
+    out = tmp_path / "load.json"
+    main([str(tiny_export("fbft") / "export"), "--clients", "4", "--requests", "3", "--delays", "200",
+          "--json", str(out)])
+    result = json.loads(out.read_text())
+    (run,) = result["summary"]
+    assert (run["batch_delay_ms"], run["ok"], run["errors"]) == (200.0, 12, 0)
+    assert run["mean_batch"] > 1.0  # 4 clients within 200 ms share engine calls
+    assert run["latency_ms_p50"] <= run["latency_ms_p99"] and run["server_rss_mb_after"] > 50
