@@ -105,6 +105,10 @@ class DetectorSpec:
     threshold: float | None = None
     resize: tuple[int, int] | None = None  # raw frames are resized to this, then center-cropped to input_size
     head: dict[str, Any] = field(default_factory=dict)
+    #: How the backbone's stored position table was resized to this input's grid (``None``: it was stored at the
+    #: grid's size; otherwise an imported original's rule, see ``edgead.importers.common.POS_RULES``). The
+    #: resized table is a constant of every exported graph.
+    pos_interp: str | None = None
     version: str = __version__
     format: int = SPEC_FORMAT
 

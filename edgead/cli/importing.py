@@ -27,13 +27,18 @@ def import_cmd(
     out: OutDir,
     backbone: Annotated[str | None, typer.Option(help="edgead backbone name (default: matched to the weights).")]
     = None,
-    size: Annotated[int | None, typer.Option(help="Input (crop) side: Dinomaly 392, L2BT 1036, timm per family.")]
+    size: Annotated[int | None, typer.Option(
+        help="Input (crop) side: Dinomaly 392, anomalib from its checkpoint (else 392), L2BT 1036, timm per family.")]
     = None,
-    resize: Annotated[int | None, typer.Option(help="Dinomaly: frames are resized to this, then cropped.")] = 448,
+    resize: Annotated[int | None, typer.Option(
+        help="Dinomaly: frames are resized to this, then cropped (448; anomalib: from its checkpoint).")] = None,
     weights: Annotated[Path | None, typer.Option(help="L2BT: DINOv2 teacher weights.")] = None,
     backward: Annotated[Path | None, typer.Option(help="L2BT: the backward_net file (FILE is forward_net).")] = None,
     frame: Annotated[str | None, typer.Option(help="L2BT: original frame HxW (map upsampled and cropped to it).")]
     = None,
+    pairing: Annotated[str, typer.Option(
+        help="L2BT: trained (block 7 -> forward_net, as L2BT trains and infers) | reversed (its older inference).")]
+    = "trained",
     model: Annotated[str, typer.Option("--model", help="timm: family of the new detector (fbft|dinomaly|vitad).")]
     = "fbft",
     json_out: JsonFlag = False,
@@ -46,10 +51,13 @@ def import_cmd(
     from edgead.models.checkpoint import read_spec
 
     opts: dict = {"backbone": backbone}
-    if fmt in ("dinomaly", "anomalib-dinomaly"):
-        opts.update(input_size=size or 392, resize=resize)
+    if fmt == "dinomaly":
+        opts.update(input_size=size or 392, resize=resize or 448)
+    elif fmt == "anomalib-dinomaly":
+        opts.update(input_size=size, resize=resize)
     elif fmt == "l2bt":
-        opts.update(input_size=size or 1036, weights=weights, backward=backward, frame=_frame(frame))
+        opts.update(input_size=size or 1036, weights=weights, backward=backward, frame=_frame(frame),
+                    pairing=pairing)
     elif fmt == "timm":
         opts.update(family=model, input_size=size)
     path = import_checkpoint(file, fmt, out, **opts)

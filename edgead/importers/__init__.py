@@ -12,6 +12,7 @@ from typing import Any
 
 from edgead.errors import EdgeadError
 from edgead.importers import anomalib_dinomaly, dinomaly, l2bt, timm
+from edgead.importers.ckpt import load_restricted, tensors_of
 from edgead.importers.detect import NAMES, check_format, sniff
 from edgead.models.checkpoint import save_checkpoint
 from edgead.models.detector import Detector
@@ -26,9 +27,15 @@ def convert_checkpoint(file: str | Path, fmt: str, **opts: Any) -> Detector:
     if fmt not in _CONVERTERS:
         raise EdgeadError(f"import format must be one of {', '.join(FORMATS)}, found '{fmt}'")
     file = Path(file)
-    sd = check_format(read_state_dict(file), fmt, file.name)
+    if file.suffix == ".safetensors":
+        raw: Any = read_state_dict(file)
+    else:
+        raw = load_restricted(file)
+    sd = check_format(tensors_of(raw, file.name), fmt, file.name)
     if fmt == "timm":
         opts["file"] = file
+    if fmt == "anomalib-dinomaly":
+        opts["checkpoint"] = raw if isinstance(raw, dict) else {}
     return _CONVERTERS[fmt](sd, file.name, **opts)
 
 
@@ -36,7 +43,7 @@ def import_checkpoint(file: str | Path, fmt: str, out: str | Path, **opts: Any) 
     """Convert ``file`` (format ``fmt``) and write the edgead checkpoint folder ``out``; returns ``out``."""
     detector = convert_checkpoint(file, fmt, **opts)
     info = {"imported_from": str(Path(file).resolve()), "format": fmt,
-            "options": {k: str(v) for k, v in opts.items() if k != "file"}}
+            "options": {k: str(v) for k, v in opts.items() if k not in ("file", "checkpoint")}}
     return save_checkpoint(detector, out, extra=info)
 
 

@@ -70,14 +70,30 @@ def match_backbone(shape: dict[str, int], what: str, name: str | None = None) ->
                         f"{shape['depth']} and {shape['reg']} register tokens; pass --backbone")
 
 
-def dinov2_pos_embed(pos: torch.Tensor, grid: tuple[int, int], offset: float = 0.1) -> torch.Tensor:
-    """Patch position embeddings resized as DINOv2's ``interpolate_pos_encoding`` does at run time.
+#: How an original resizes its stored position table to the grid of its input, by name (recorded in the spec as
+#: ``pos_interp``). Each is computed once at import for the detector's fixed grid, so the exported graph holds the
+#: table exactly as the original computes it at run time.
+POS_RULES = {
+    # DINOv2's own code with interpolate_offset=0.1, interpolate_antialias=False (hub models without registers,
+    # and the copy vendored by the original Dinomaly for every encoder): bicubic by scale (g + 0.1) / M.
+    "dinov2-offset": "bicubic, scale factor (grid + 0.1) / M, no antialiasing",
+    # DINOv2 hub models with registers (dinov2_vit*14_reg: interpolate_offset=0, interpolate_antialias=True),
+    # the teacher L2BT loads: bicubic to size (g, g) with antialiasing.
+    "dinov2-size-aa": "bicubic to the grid size, antialiased",
+    # timm with dynamic_img_size=True as anomalib runs it (resample_abs_pos_embed with antialias patched off).
+    "timm-size": "bicubic to the grid size, no antialiasing",
+}
 
-    ``pos`` is ``(1, 1 + M*M, C)`` with the class position first. DINOv2 passes ``scale_factor=(g + offset) / M``
-    (not a size) to bicubic interpolation without antialiasing, so the sample positions follow that factor; the
-    table is returned unchanged when the grid already matches. Returns ``(1, gh*gw, C)``.
+
+def resize_pos_table(patch: torch.Tensor, grid: tuple[int, int], rule: str) -> torch.Tensor:
+    """Patch position embeddings ``(1, M*M, C)`` resized to ``grid`` by ``rule`` (one of ``POS_RULES``).
+
+    Every rule returns the table unchanged when it already has the grid's (square) size, as DINOv2 and timm do.
+    Returns ``(1, gh*gw, C)`` float32.
     """
-    patch = pos[:, 1:].float()
+    if rule not in POS_RULES:
+        raise ArtifactError(f"position interpolation must be one of {', '.join(POS_RULES)}, found '{rule}'")
+    patch = patch.float()
     n, dim = patch.shape[1], patch.shape[2]
     side = int(math.sqrt(n))
     if side * side != n:
@@ -86,27 +102,56 @@ def dinov2_pos_embed(pos: torch.Tensor, grid: tuple[int, int], offset: float = 0
     if n == gh * gw and gh == gw:
         return patch
     table = patch.reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    # DINOv2 names dim 2 of the image "w", so its (w0, h0) factors apply to (dim 2, dim 3) = (gh, gw).
-    scale = ((gh + offset) / side, (gw + offset) / side)
-    out = F.interpolate(table, scale_factor=scale, mode="bicubic", antialias=False)
+    if rule == "dinov2-offset":
+        # DINOv2 names dim 2 of the image "w", so its (w0, h0) factors apply to (dim 2, dim 3) = (gh, gw).
+        out = F.interpolate(table, scale_factor=((gh + 0.1) / side, (gw + 0.1) / side), mode="bicubic",
+                            antialias=False)
+    else:
+        out = F.interpolate(table, size=(gh, gw), mode="bicubic", antialias=rule == "dinov2-size-aa")
     if tuple(out.shape[-2:]) != (gh, gw):
-        raise ArtifactError(f"DINOv2 position interpolation gave a {tuple(out.shape[-2:])} grid, expected {grid}")
+        raise ArtifactError(f"position interpolation gave a {tuple(out.shape[-2:])} grid, expected {grid}")
     return out.permute(0, 2, 3, 1).reshape(1, gh * gw, dim)
 
 
+def dinov2_pos_embed(pos: torch.Tensor, grid: tuple[int, int], rule: str = "dinov2-offset") -> torch.Tensor:
+    """DINOv2 ``pos_embed`` ``(1, 1 + M*M, C)`` (class position first) -> patch positions for ``grid``."""
+    return resize_pos_table(pos[:, 1:], grid, rule)
+
+
 def dinov2_to_timm(
-    enc: dict[str, torch.Tensor], grid: tuple[int, int], no_embed_class: bool
+    enc: dict[str, torch.Tensor], grid: tuple[int, int], no_embed_class: bool, rule: str = "dinov2-offset"
 ) -> dict[str, torch.Tensor]:
     """An original DINOv2 encoder state dict in timm's layout for a fixed ``grid`` (position table precomputed)."""
     enc = rename_dinov2_keys(unchunk_blocks(dict(enc)))
     pos = enc["pos_embed"]
-    patch_pos = dinov2_pos_embed(pos, grid)
+    patch_pos = dinov2_pos_embed(pos, grid, rule)
     if no_embed_class:
         # timm adds positions to patches only; the class position is folded into the class token once.
         enc["cls_token"] = enc["cls_token"] + pos[:, :1]
         enc["pos_embed"] = patch_pos
     else:
         enc["pos_embed"] = torch.cat([pos[:, :1].float(), patch_pos], dim=1)
+    return enc
+
+
+def timm_to_detector(
+    enc: dict[str, torch.Tensor], grid: tuple[int, int], no_embed_class: bool, rule: str
+) -> dict[str, torch.Tensor]:
+    """A timm ViT encoder state dict for a fixed ``grid``: the position table resized by ``rule`` once, and the
+    class position (if the table has one) placed the way edgead's backbone adds it."""
+    enc = rename_dinov2_keys(dict(enc))
+    pos = enc["pos_embed"]
+    n = pos.shape[1]
+    side = int(math.sqrt(n))
+    prefix = 0 if side * side == n else 1
+    patch_pos = resize_pos_table(pos[:, prefix:], grid, rule)
+    cls_pos = pos[:, :1].float() if prefix else torch.zeros_like(pos[:, :1], dtype=torch.float32)
+    if no_embed_class:
+        if prefix:
+            enc["cls_token"] = enc["cls_token"] + cls_pos
+        enc["pos_embed"] = patch_pos
+    else:
+        enc["pos_embed"] = torch.cat([cls_pos, patch_pos], dim=1)
     return enc
 
 

@@ -19,8 +19,17 @@ NAMES = {
 }
 
 
+#: Parts of an anomalib Lightning module that are not the model: its post-processor's thresholds (read by the
+#: anomalib importer from the checkpoint itself), and ``trainable_modules``, which holds the same tensors as
+#: ``model.bottleneck`` and ``model.decoder`` under a second name.
+LIGHTNING_PARTS = ("post_processor.", "pre_processor.", "evaluator.", "visualizer.", "trainable_modules.")
+
+
 def normalise(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove the wrappers' key prefixes: Lightning's ``model.``, DataParallel's ``module.``."""
+    """Remove the wrappers' key prefixes (Lightning's ``model.``, DataParallel's ``module.``) and the parts of a
+    Lightning module that are not the model."""
+    if any(k.startswith("model.") for k in sd):
+        sd = {k: v for k, v in sd.items() if not k.startswith(LIGHTNING_PARTS)}
     for prefix in ("module.", "model."):
         sd = strip_prefix(sd, prefix)
     return sd

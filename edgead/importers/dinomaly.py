@@ -23,6 +23,7 @@ from edgead.importers.common import (
     match_backbone,
     rename,
     sub_dict,
+    timm_to_detector,
 )
 from edgead.models.build import build_detector, detector_spec
 from edgead.models.detector import Detector
@@ -56,13 +57,24 @@ def decoder_depth(sd: dict[str, torch.Tensor]) -> int:
 
 
 def build(sd: dict[str, torch.Tensor], what: str, *, anomalib: bool, backbone: str | None = None,
-          input_size: int = 392, resize: int | None = 448, score_size: int = 256,
-          layers: tuple[int, ...] = LAYERS, groups: list[list[int]] | None = None) -> Detector:
-    """A detector reproducing a Dinomaly checkpoint (original or anomalib's, whose conventions differ)."""
+          input_size: int | None = None, resize: int | None = 448, score_size: int = 256,
+          layers: tuple[int, ...] = LAYERS, groups: list[list[int]] | None = None,
+          threshold: float | None = None) -> Detector:
+    """A detector reproducing a Dinomaly checkpoint (original or anomalib's, whose conventions differ).
+
+    The encoder is either in DINOv2's layout under ``encoder.`` (the original, older anomalib) whose position
+    table DINOv2 resizes by its ``+0.1`` scale rule, or in timm's layout under ``encoder.feature_extractor.``
+    (anomalib 2.x runs timm with ``dynamic_img_size=True`` and antialiasing off: rule ``timm-size``).
+    """
+    input_size = input_size or 392
     enc = sub_dict(sd, "encoder.")
+    timm_layout = any(k.startswith("feature_extractor.") for k in enc)
+    if timm_layout:
+        enc = sub_dict(enc, "feature_extractor.")
+    rule = "timm-size" if timm_layout else "dinov2-offset"
     shape = encoder_shape(enc, what)
     name = match_backbone(shape, what, backbone)
-    head_sd = {k: v for k, v in sd.items() if not k.startswith("encoder.")}
+    head_sd = {k: v for k, v in sd.items() if not k.startswith(("encoder.", "gaussian_blur."))}
     depth = decoder_depth(head_sd)
     pixels = score_size * score_size
     post = PostSpec(smooth="gaussian", ksize=5, sigma=4.0, pad="reflect" if anomalib else "zeros",
@@ -74,14 +86,27 @@ def build(sd: dict[str, torch.Tensor], what: str, *, anomalib: bool, backbone: s
     try:
         spec = detector_spec("dinomaly", name, "layernorm", input_size=input_size, layers=tuple(layers), head=head,
                              post=post, top_k=int(pixels * 0.01),
-                             resize=(resize, resize) if resize else None)
+                             resize=(resize, resize) if resize else None, pos_interp=rule, threshold=threshold)
         detector = build_detector(spec)
     except ValueError as exc:
         raise ArtifactError(f"{what}: {exc}") from exc
-    enc_timm = dinov2_to_timm(enc, detector.backbone.grid_size, bool(detector.backbone.no_embed_class))
+    if "gaussian_blur.kernel" in sd:
+        check_blur(sd["gaussian_blur.kernel"], detector, what)
+    grid, no_cls_pos = detector.backbone.grid_size, bool(detector.backbone.no_embed_class)
+    enc_timm = (timm_to_detector(enc, grid, no_cls_pos, rule) if timm_layout
+                else dinov2_to_timm(enc, grid, no_cls_pos, rule))
     tensors = backbone_tensors(detector, enc_timm, what)
     tensors.update(rename(head_sd, head_mapping(head_sd, depth), what))
     return load_strict(detector, tensors, what)
+
+
+def check_blur(kernel: torch.Tensor, detector: Detector, what: str) -> None:
+    """The checkpoint's own Gaussian kernel must be the one the detector applies."""
+    ours = detector.post.kernel.reshape(-1)
+    theirs = kernel.float().reshape(-1)
+    if theirs.shape != ours.shape or float((theirs - ours).abs().max()) > 1e-6:
+        raise ArtifactError(f"{what}: the checkpoint's Gaussian blur kernel ({tuple(kernel.shape)}) is not the 5x5 "
+                            "sigma-4 kernel Dinomaly uses; this importer does not reproduce it")
 
 
 def convert(sd: dict[str, torch.Tensor], what: str, **opts: Any) -> Detector:

@@ -41,6 +41,11 @@ class PostProcess(nn.Module):
         self.upsample = tuple(post.upsample or map_size)
         self.resize = tuple(post.resize) if post.resize else None
         self.crop = tuple(post.crop) if post.crop else None
+        # The scored map's size is fixed by the spec, so the crop offsets are constants of the graph (never
+        # Python arithmetic on traced shapes). torchvision's center_crop rounds half offsets (L2BT crops with it).
+        base = self.resize or self.upsample
+        self.crop_offset = ((int(round((base[0] - self.crop[0]) / 2.0)), int(round((base[1] - self.crop[1]) / 2.0)))
+                            if self.crop else (0, 0))
         self.align_corners = post.align_corners
         self.top_k = int(top_k)
         self.pad = post.pad
@@ -86,9 +91,7 @@ class PostProcess(nn.Module):
 
     def image_score(self, m: torch.Tensor) -> torch.Tensor:
         if self.crop is not None:
-            # torchvision's center_crop rounds the offset (L2BT crops its map with it)
-            top = int(round((m.shape[-2] - self.crop[0]) / 2.0))
-            left = int(round((m.shape[-1] - self.crop[1]) / 2.0))
+            top, left = self.crop_offset
             m = m[:, :, top : top + self.crop[0], left : left + self.crop[1]]
         if self.score == "avgpool_max":
             return F.avg_pool2d(m, self.pool, stride=1).flatten(1).amax(dim=1)
