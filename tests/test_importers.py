@@ -47,13 +47,16 @@ def seeded_module():
     return mod
 
 
-def regenerate(keys: dict, seed: int) -> dict[str, torch.Tensor]:
-    """A real-size checkpoint rebuilt from ``keys.json``: seeded parameters, aliases, stored buffers."""
+def regenerate(keys: dict, seed: int, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A real-size checkpoint rebuilt from ``keys.json``: seeded parameters, aliases, stored buffers.
+
+    ``prefix``: the name the parameters were seeded under (L2BT's students: ``forward_net.`` / ``backward_net.``).
+    """
     seeded = seeded_module()
     out: dict[str, torch.Tensor] = {}
     for k, e in keys.items():
         if "shape" in e:
-            out[k] = seeded.seeded_tensor(seed, k, tuple(e["shape"]))
+            out[k] = seeded.seeded_tensor(seed, prefix + k, tuple(e["shape"]))
         elif "value" in e:
             out[k] = torch.tensor(e["value"], dtype=getattr(torch, e["dtype"]))
     for k, e in keys.items():
@@ -87,7 +90,7 @@ def import_fixture(fmt: str, size: str, work: Path) -> tuple[Path, dict, dict[st
         if fmt == "l2bt":
             torch.save(regenerate(keys["teacher"], meta["seed"]), src / "teacher.pth")
             for which in ("forward_net", "backward_net"):
-                torch.save(regenerate(keys[which], meta["seed"]), src / f"{which}_golden.pth")
+                torch.save(regenerate(keys[which], meta["seed"], which + "."), src / f"{which}_golden.pth")
             meta = dict(meta, teacher_file="teacher.pth", forward_file="forward_net_golden.pth",
                         backward_file="backward_net_golden.pth")
         elif fmt == "dinomaly":

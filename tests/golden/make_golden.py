@@ -241,7 +241,7 @@ def l2bt(orig: Path, size: str, out: Path) -> None:
         keys = {"teacher": keys_json(tsd, teacher)}
         for which, name in nets.items():
             sd = torch.load(folder / name)
-            keys[which] = {k: {"shape": list(v.shape)} for k, v in sd.items()}
+            keys[which] = {k: {"shape": list(v.shape)} for k, v in sd.items()}  # seeded as f"{which}.{k}"
         (out / "keys.json").write_text(json.dumps(keys))
     save(out, meta, {"images": imgs, "scores": scores, "maps": maps})
 
