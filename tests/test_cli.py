@@ -31,13 +31,22 @@ def test_help_lists_commands():
         (("bench", "{tmp}", "--batch", "one"), "--batch must be a comma list of integers"),
     ],
 )
-def test_errors_are_one_line_with_exit_code_1(tmp_path, tiny_synthetic, args, message):
+def test_errors_are_one_line_with_exit_code_1(tmp_path, tiny_synthetic, args, message, capfd, monkeypatch):
+    """Through the console entry point ``main`` in this process (the same code a shell runs, without paying
+    a fresh interpreter and a torch import per case; ``test_help_lists_commands`` and the round trip below
+    run the real executable)."""
+    from edgead.cli.app import main
+
     args = [a.format(tmp=tmp_path, synth=tiny_synthetic) for a in args]
-    out = run(*args)
-    assert out.returncode == 1, out.stderr
-    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
-    assert "Traceback" not in out.stderr
+    monkeypatch.setattr(sys, "argv", ["edgead", *args])
+    monkeypatch.delenv("EDGEAD_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capfd.readouterr().err
+    assert exit_.value.code == 1, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
 
