@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgead-installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean fuzz fuzz-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,11 +15,22 @@ demo: $(STAMP)
 	$(VENV)/bin/edgead demo
 
 # The inspection page's browser test needs Debian's chromium; root on a Debian machine (CI) installs it here.
-test: $(STAMP)
+test: $(STAMP) fuzz
 	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium could not be installed: tests/test_serve_page.py will skip"
 	$(PY) -m pytest -q
+
+# libFuzzer + ASan/UBSan on libedgead's manifest reader and edgead_predict checks (tests/c/fuzz), bounded:
+# FUZZ_SECONDS per target (two targets). Installs clang from Debian when it is missing and we may (root).
+FUZZ_SECONDS ?= 20
+fuzz: fuzz-tools
+	tests/c/fuzz/run.sh $(FUZZ_SECONDS) build/fuzz
+
+fuzz-tools:
+	@command -v clang >/dev/null || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libclang-rt-dev llvm \
+	  >/dev/null; } || { echo "fuzz: clang with libFuzzer is needed (apt-get install clang libclang-rt-dev)"; exit 1; }
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -103,7 +104,40 @@ def bad(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, t
     def bad_input_size(d: dict) -> None:
         d["spec"]["input_size"] = [56]
 
+    def fifo(folder: Path) -> None:  # hashing a FIFO blocked forever (issue 10)
+        (folder / "model.bin").unlink()
+        os.mkfifo(folder / "model.bin")
+
+    def dev_zero(folder: Path) -> None:  # an endless file through a symlink
+        (folder / "model.bin").unlink()
+        (folder / "model.bin").symlink_to("/dev/zero")
+
+    def outside(folder: Path) -> None:  # the right bytes, but outside the artifact folder
+        shutil.copy(folder / "model.bin", folder.parent / f"{folder.name}.bin")
+        (folder / "model.bin").unlink()
+        (folder / "model.bin").symlink_to(folder.parent / f"{folder.name}.bin")
+
+    def unlisted_bin(d: dict) -> None:  # OpenVINO reads model.bin; it must be covered by a hash
+        del d["files"]["model.bin"]
+
+    def nan_threshold(folder: Path) -> None:
+        path = folder / "manifest.json"
+        d = json.loads(path.read_text())
+        d["spec"]["threshold"] = float("nan")
+        path.write_text(json.dumps(d))  # Python writes the non-JSON literal NaN
+
+    def infinite_threshold(d: dict) -> None:
+        d["spec"]["threshold"] = 1e300 * 1e300
+
     return {
+        "FIFO model.bin": (_variant(artifact, root, "fifo", edit=fifo), "EDGEAD_ERR_CORRUPT_ARTIFACT"),
+        "model.bin -> /dev/zero": (_variant(artifact, root, "zero", edit=dev_zero), "EDGEAD_ERR_CORRUPT_ARTIFACT"),
+        "model.bin outside": (_variant(artifact, root, "outside", edit=outside), "EDGEAD_ERR_CORRUPT_ARTIFACT"),
+        "unlisted model.bin": (_variant(artifact, root, "unlisted", manifest=unlisted_bin),
+                               "EDGEAD_ERR_CORRUPT_ARTIFACT"),
+        "NaN threshold": (_variant(artifact, root, "nan", edit=nan_threshold), "EDGEAD_ERR_CORRUPT_ARTIFACT"),
+        "infinite threshold": (_variant(artifact, root, "inf", manifest=infinite_threshold),
+                               "EDGEAD_ERR_CORRUPT_ARTIFACT"),
         "changed model.bin": (_variant(artifact, root, "flipped", edit=_flip_byte), "EDGEAD_ERR_CORRUPT_ARTIFACT"),
         "broken JSON": (_variant(artifact, root, "broken", edit=_break_json), "EDGEAD_ERR_CORRUPT_ARTIFACT"),
         "newer format": (_variant(artifact, root, "newer", manifest=newer), "EDGEAD_ERR_UNSUPPORTED"),

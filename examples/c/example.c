@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
         float peak = maps[pixels * (size_t)i];
         for (size_t p = 1; p < pixels; ++p)
             if (maps[pixels * (size_t)i + p] > peak) peak = maps[pixels * (size_t)i + p];
-        const char* label = !has_threshold ? "-" : scores[i] > threshold ? "anomalous" : "normal";
+        const char* label = !has_threshold ? "-" : !(scores[i] <= threshold) ? "anomalous" : "normal";
         printf("%s\tscore=%.6f\tlabel=%s\tmap_max=%.6f\n", paths[i], scores[i], label, peak);
     }
 

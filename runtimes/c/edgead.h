@@ -127,7 +127,8 @@ EDGEAD_API edgead_status edgead_open_ex(const char* artifact_dir, const edgead_o
  * What the artifact expects and how to label its scores. Every output pointer may be NULL (not written).
  *   height, width: the input size images must have;
  *   max_batch:     the most images one engine call takes (0: any); edgead_predict splits larger n itself;
- *   threshold, has_threshold: the artifact's decision threshold (score > threshold means anomalous);
+ *   threshold, has_threshold: the artifact's decision threshold (score > threshold means anomalous,
+ *                  and so does a NaN score: label with !(score <= threshold), never score > threshold);
  *                  has_threshold is 0 and threshold 0 when the artifact carries none.
  */
 EDGEAD_API edgead_status edgead_input_info(edgead_handle* handle, int* height, int* width, int* max_batch,

@@ -1,15 +1,19 @@
 /*
- * edgead_internal.h - what the engine-neutral core (edgead_core.c) shares with the engine backends
- * (edgead_openvino.c, edgead_tensorrt.cpp). Not installed; not part of the ABI.
+ * edgead_internal.h - what the engine-neutral core shares with the engine backends (edgead_openvino.c,
+ * edgead_tensorrt.cpp) and the fuzz harnesses (tests/c/fuzz). Not installed; not part of the ABI.
  *
- * The core owns everything that is the same for every engine: the public functions, argument checks, the
- * manifest (JSON reader, sha256 of each file, format checks), row-stride repacking, chunking into the engine's
- * batch range and error messages. A backend only opens one model and runs one contiguous chunk of images.
+ * The core is engine-neutral and split by job: edgead_api.c (the public functions, argument checks, row-stride
+ * repacking, chunking into the engine's batch range, error messages), edgead_manifest.c (manifest.json through
+ * the vendored cJSON in third_party/cjson, format and name checks, the sha256 of every file) and
+ * edgead_sha256.c. A backend only opens one model and runs one contiguous chunk of images.
  */
 #ifndef EDGEAD_INTERNAL_H
 #define EDGEAD_INTERNAL_H
 
 #include "edgead.h"
+
+#include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,6 +39,42 @@ typedef struct edgead_manifest {
     int format;
 } edgead_manifest;
 
+/* ---- edgead_sha256.c ---------------------------------------------------------------------------------- */
+typedef struct edgead_sha256_ctx {
+    uint32_t h[8];
+    uint64_t length; /* bytes hashed so far */
+    uint8_t block[64];
+    size_t fill;
+} edgead_sha256_ctx;
+
+void edgead_sha256_init(edgead_sha256_ctx* c);
+void edgead_sha256_update(edgead_sha256_ctx* c, const uint8_t* data, size_t len);
+void edgead_sha256_final_hex(edgead_sha256_ctx* c, char hex[65]);
+
+/* ---- edgead_manifest.c -------------------------------------------------------------------------------- */
+#define EDGEAD_MANIFEST_MAX_BYTES (16u << 20)
+
+/** 1 when ``name`` names a file directly inside the artifact folder (the rule of edgead.runtimes.manifest's
+ *  safe_name): not empty, under 256 bytes, no leading dot, no '/', '\\' or ':', no control characters. */
+int edgead_safe_name(const char* name);
+
+/** Parse and check manifest text (``where`` names it in messages). On EDGEAD_OK, *m is filled and *json holds
+ *  the parsed document for edgead_verify_files; release it with edgead_json_free. */
+edgead_status edgead_parse_manifest(const char* text, size_t len, const char* where, edgead_manifest* m,
+                                    void** json, char* err);
+
+/** Check every file the parsed manifest lists inside ``dir``: a regular file (never a FIFO, device or symlink)
+ *  whose sha256 matches; and that no regular file beside the manifest goes unlisted. */
+edgead_status edgead_verify_files(const char* dir, const char* where, const void* json, char* err);
+
+void edgead_json_free(void* json);
+
+/** Read, check and verify ``dir``/manifest.json. */
+edgead_status edgead_read_manifest(const char* dir, edgead_manifest* m, char* err);
+
+/** ``dir`` + '/' + ``name`` in a malloc'd string (NULL when out of memory). */
+char* edgead_path_join(const char* dir, const char* name);
+
 /** An engine backend. ``err`` is a buffer of EDGEAD_ERR_LEN bytes for a one-line message. */
 typedef struct edgead_backend {
     const char* name;
@@ -58,6 +98,11 @@ extern const edgead_backend edgead_openvino_backend;
 #endif
 #ifdef EDGEAD_HAVE_TENSORRT
 extern const edgead_backend edgead_tensorrt_backend;
+#endif
+#ifdef EDGEAD_TEST_BACKEND
+/* A test harness, never in a released library: the fuzz targets link one that accepts engine "test-harness"
+ * and reads every input byte, so the sanitizers see any out-of-bounds access the core lets through. */
+extern const edgead_backend EDGEAD_TEST_BACKEND;
 #endif
 
 /** printf into an EDGEAD_ERR_LEN buffer, keeping the text on one line. */

@@ -1,0 +1,63 @@
+/*
+ * fuzz_manifest.c - libFuzzer target for libedgead's manifest reader (edgead_manifest.c + cJSON).
+ *
+ * Each input is manifest.json text. It is parsed and checked; when accepted, the files it lists are verified in
+ * a fixture folder that also holds the hostile entries of issue 10: a FIFO ("pipe"), a symlink to /dev/zero
+ * ("zero") and a symlink out of the folder ("escape"). Hashing either of the first two used to hang forever;
+ * libFuzzer's -timeout turns a hang into a reported crash. Oracles: the sanitizers, the timeout, and that an
+ * accepted manifest has a plain model name, a positive input size and a finite threshold.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "edgead_internal.h"
+
+static char fixture[256];
+
+static void put(const char* name, const char* text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", fixture, name);
+    FILE* f = fopen(path, "wb");
+    if (!f) abort();
+    fputs(text, f);
+    fclose(f);
+}
+
+int LLVMFuzzerInitialize(int* argc, char*** argv) {
+    (void)argc; (void)argv;
+    char outer[] = "/tmp/edgead-fuzz-XXXXXX";
+    if (!mkdtemp(outer)) abort();
+    snprintf(fixture, sizeof fixture, "%s/art", outer);
+    mkdir(fixture, 0755);
+    put("model.xml", "<net/>");
+    put("model.bin", "weights");
+    char path[512], outside[512];
+    snprintf(outside, sizeof outside, "%s/outside", outer);
+    FILE* f = fopen(outside, "wb");
+    if (f) { fputs("weights", f); fclose(f); }
+    snprintf(path, sizeof path, "%s/pipe", fixture);
+    mkfifo(path, 0644);
+    snprintf(path, sizeof path, "%s/zero", fixture);
+    if (symlink("/dev/zero", path) != 0) abort();
+    snprintf(path, sizeof path, "%s/escape", fixture);
+    if (symlink("../outside", path) != 0) abort();
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+    char err[EDGEAD_ERR_LEN] = "";
+    edgead_manifest m;
+    void* json = NULL;
+    if (edgead_parse_manifest((const char*)data, size, "fuzz/manifest.json", &m, &json, err) == EDGEAD_OK) {
+        if (!edgead_safe_name(m.model) || m.height < 1 || m.width < 1 || (m.has_threshold && !isfinite(m.threshold)))
+            abort();
+        edgead_verify_files(fixture, "fuzz/manifest.json", json, err);
+        edgead_json_free(json);
+    }
+    if (memchr(err, '\n', sizeof err)) abort(); /* messages stay on one line */
+    return 0;
+}
