@@ -43,13 +43,24 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, EdgeadError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"the system refused an operation: {exc.strerror or exc}{where}"
+    if isinstance(exc, MemoryError):
+        return "out of memory; use smaller batches or images"
+    return " ".join(str(exc).split())
+
+
 def main() -> None:
     try:
         app()
-    except EdgeadError as exc:
+    except (EdgeadError, OSError, MemoryError) as exc:
+        # The one error mapper: edgead's own errors, and what the system refuses (disk full, permission denied,
+        # out of memory), become one line and exit code 1; EDGEAD_DEBUG=1 shows the traceback.
         if os.environ.get("EDGEAD_DEBUG") == "1":
             raise
-        typer.secho(f"error: {exc}", err=True, fg="red")
+        typer.secho(f"error: {_one_line(exc)}", err=True, fg="red")
         sys.exit(1)
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)

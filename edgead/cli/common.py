@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.models import OptionInfo
 
 from edgead import registry
+from edgead.errors import InputError
 from edgead.term import make_console
 
 # People read stderr; stdout stays clean for --json. Tables keep their columns when piped into a log.
@@ -68,6 +69,13 @@ CompilePrecision = Annotated[str, live_option("--precision", "-p", describe=_com
 #: engines to benchmark: a comma list, or all
 BenchEngines = Annotated[str, live_option("--engine", "-e", describe=_engines(
     "Engines to measure: a comma list, or all.", extra=("all",)))]
+
+
+def check_batch(batch: int, option: str = "--batch") -> int:
+    """A batch size must be a positive integer (0 or -1 would score nothing and still exit 0)."""
+    if batch < 1:
+        raise InputError(f"{option} must be a positive number of images, found {batch}")
+    return batch
 
 
 def emit_json(obj: Any) -> None:

@@ -25,8 +25,10 @@ def export(
     OUT: the export folder (model.onnx and its manifest), replaced atomically."""
     require("torch", "torch", "edgead export")
     from edgead.export.onnx import export_onnx
+    from edgead.fsutil import check_output_target
     from edgead.models.checkpoint import load_checkpoint
 
+    check_output_target(out, inputs=(ckpt,))
     r = export_onnx(load_checkpoint(ckpt), out, simplifier=simplifier, opset=opset, source=ckpt,
                     fold_norms=fold_norms)
     result = {"path": str(r.path / "model.onnx"), "simplified": r.simplified, "nodes_raw": r.nodes_raw,
@@ -70,7 +72,10 @@ def verify(
     json_out: JsonFlag = False,
 ) -> None:
     """Max/mean |difference| of maps and scores of every artifact against PyTorch; metrics with --data."""
+    from edgead.cli.common import check_batch
     from edgead.verify import verify_artifacts
+
+    check_batch(batch)
 
     ref, checks = verify_artifacts(out, data, ckpt, batch)
     if json_out:
@@ -110,5 +115,8 @@ def calibrate(
 ) -> None:
     """Calibrated INT8 Q/DQ ONNX (OUT/onnx-int8/): runs in ONNX Runtime; TensorRT builds explicit INT8 from it."""
     from edgead.calib.onnx_qdq import quantize_qdq
+    from edgead.fsutil import check_output_target
+
+    check_output_target(out / "onnx-int8", inputs=(calib,))
 
     console.print(f"calibrated [bold]{quantize_qdq(out, calib, method=method)}[/]")

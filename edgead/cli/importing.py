@@ -47,9 +47,11 @@ def import_cmd(
 
     OUT: the edgead checkpoint folder, written atomically."""
     require("torch", "torch", "edgead import")
+    from edgead.fsutil import check_output_target
     from edgead.importers import import_checkpoint
     from edgead.models.checkpoint import read_spec
 
+    check_output_target(out, inputs=tuple(p for p in (file, weights, backward) if p is not None))
     opts: dict = {"backbone": backbone}
     if fmt == "dinomaly":
         opts.update(input_size=size or 392, resize=resize or 448)

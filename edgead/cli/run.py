@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgead.cli.common import BenchEngines, JsonFlag, MaybeOutDir, OutDir, RunEngine, console, emit_json
+from edgead.cli.common import BenchEngines, JsonFlag, MaybeOutDir, OutDir, RunEngine, check_batch, console, emit_json
 from edgead.errors import InputError
 from edgead.fsutil import write_text_atomic
 from edgead.imageio import IMAGE_SUFFIXES, list_images, load_batch
@@ -42,16 +42,19 @@ def predict(
 
     OUT: heatmap overlay PNGs, one per image, written atomically."""
     import edgead.runtimes as rt
-    from edgead.fsutil import atomic_dir
+    from edgead.fsutil import atomic_dir, check_output_target
     from edgead.viz import save_panel
 
+    check_batch(batch)
     files = _expand(images)
+    if out is not None:
+        check_output_target(out, inputs=(target, *images))
     runner = rt.load(target, engine)
     thr = runner.spec.threshold
     rows = []
     # Panels are written chunk by chunk from the prepared batch (no second read, no map kept); colours span
     # 0..2x threshold, or 0..each map's max when the artifact has no threshold.
-    with atomic_dir(out) if out is not None else contextlib.nullcontext() as tmp:
+    with atomic_dir(out, inputs=(target, *images)) if out is not None else contextlib.nullcontext() as tmp:
         for i in range(0, len(files), batch):
             chunk = files[i : i + batch]
             prepared = load_batch(chunk, runner.spec)
@@ -101,6 +104,8 @@ def bench(
         batches = tuple(int(b) for b in batch.split(",") if b)
     except ValueError:
         raise InputError(f"--batch must be a comma list of integers such as 1,8, found '{batch}'") from None
+    for b in batches:
+        check_batch(b)
     precisions = tuple(p for p in precision.split(",") if p)
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, found '{device}'")

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from edgead.cli.common import JsonFlag, OutDir, RunEngine, console, emit_json, progress_bar
-from edgead.errors import EdgeadError, require
+from edgead.errors import require
 
 
 def synth(
@@ -44,13 +44,12 @@ def fit(
     OUT: the checkpoint folder (detector.safetensors, spec.json), written atomically."""
     require("torch", "torch", "edgead fit")
     from edgead.fit import fit as fit_detector
+    from edgead.fsutil import check_output_target
 
-    try:
-        with progress_bar(quiet=json_out) as cb:
-            r = fit_detector(data, out, model, backbone, norm, size, weights, convert_dyt, epochs, seed=seed,
-                             progress=cb)
-    except ValueError as exc:  # bad model / backbone / norm / size names from the model builders
-        raise EdgeadError(str(exc)) from exc
+    check_output_target(out, inputs=(data,) + ((weights,) if weights else ()))
+    with progress_bar(quiet=json_out) as cb:
+        r = fit_detector(data, out, model, backbone, norm, size, weights, convert_dyt, epochs, seed=seed,
+                         progress=cb)
     result = {"checkpoint": str(r.checkpoint), "train_images": r.train_images, "holdout_images": r.holdout_images,
               "threshold": r.threshold, "final_loss": r.final_loss, "seconds": round(r.seconds, 1)}
     if json_out:
