@@ -8,7 +8,8 @@ no torch.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+import math
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from typing import Any
 
 from edgead import __version__
@@ -135,6 +136,9 @@ class DetectorSpec:
         if self.top_k == 0:
             object.__setattr__(self, "top_k", top_k_for(self.post.score_fraction, scored))
         check_top_k(self.top_k, scored)
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            # NaN would compare as "normal" for every score; an infinite threshold never flags anything.
+            raise EdgeadError(f"threshold must be a finite number or None, found {self.threshold}")
 
     @property
     def map_size(self) -> tuple[int, int]:
@@ -156,28 +160,101 @@ class DetectorSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectorSpec:
-        check_compatible(d)
+        """Build a spec from JSON data; any missing, unknown or wrong-typed field is an ``ArtifactError``."""
+        if not isinstance(d, dict):
+            raise ArtifactError(f"spec must be a JSON object, found {type(d).__name__}")
+        try:
+            check_compatible(d)
+        except (TypeError, ValueError):
+            raise ArtifactError("spec is corrupt: expected a string 'version' and an integer 'format'") from None
         known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(str(k) for k in set(d) - known)
         if unknown:
             raise ArtifactError(f"spec has fields this edgead {__version__} does not know: {', '.join(unknown)}")
-        d = dict(d)
-        d["post"] = PostSpec(**d.get("post", {}))
-        for key in ("layers", "input_size", "mean", "std"):
-            d[key] = tuple(d[key])
-        if d.get("resize") is not None:
-            d["resize"] = tuple(d["resize"])
-        return cls(**d)
+        required = sorted(f for f, v in cls.__dataclass_fields__.items()
+                          if v.default is MISSING and v.default_factory is MISSING and f not in d)
+        if required:
+            raise ArtifactError(f"spec is corrupt: field(s) {', '.join(required)} missing")
+        try:
+            return cls(**_typed(d))
+        except ArtifactError:
+            raise
+        except EdgeadError as exc:
+            raise ArtifactError(f"spec is invalid: {exc}") from None
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError, IndexError) as exc:
+            raise ArtifactError(f"spec is corrupt: a field has the wrong type or value ({str(exc)[:150]})") from None
 
     @classmethod
     def from_json(cls, text: str) -> DetectorSpec:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"spec is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-        if not isinstance(d, dict):
-            raise ArtifactError(f"spec must be a JSON object, found {type(d).__name__}")
-        return cls.from_dict(d)
+        return cls.from_dict(parse_json_object(text, "spec"))
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"key '{dup}' appears twice")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json_object(text: str, where: str) -> dict[str, Any]:
+    """Strict JSON shared by the manifest and spec readers: an object, no NaN/Infinity, no duplicate keys, and
+    nesting too deep for Python's parser is corruption, not a crash."""
+    try:
+        d = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        msg = "nesting too deep" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise ArtifactError(f"{where} is corrupt: expected JSON, found unreadable text ({msg})") from None
+    if not isinstance(d, dict):
+        raise ArtifactError(f"{where} is corrupt: expected a JSON object, found {type(d).__name__}")
+    return d
+
+
+def _typed(d: dict[str, Any]) -> dict[str, Any]:
+    """Check JSON types strictly (Python's int() would accept "12" or 3.7) before the dataclass converts."""
+    def ints(key: str, n: int | None) -> tuple[int, ...]:
+        v = d[key]
+        if not isinstance(v, list) or (n is not None and len(v) != n) or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise ArtifactError(f"spec is corrupt: expected '{key}' as a list of {n or 'some'} integers, "
+                                f"found {v!r:.60}")
+        return tuple(v)
+
+    def floats(key: str) -> tuple[float, ...]:
+        v = d[key]
+        if not isinstance(v, list) or len(v) != 3 or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+            raise ArtifactError(f"spec is corrupt: expected '{key}' as 3 finite numbers, found {v!r:.60}")
+        return tuple(float(x) for x in v)
+
+    out = dict(d)
+    for key in ("family", "backbone", "norm", "version"):
+        if key in d and not isinstance(d[key], str):
+            raise ArtifactError(f"spec is corrupt: expected '{key}' to be a string, found {type(d[key]).__name__}")
+    out["layers"] = ints("layers", None)
+    out["input_size"] = ints("input_size", 2)
+    for key in ("mean", "std"):
+        if key in d:
+            out[key] = floats(key)
+    if d.get("resize") is not None:
+        out["resize"] = ints("resize", 2)
+    post = d.get("post", {})
+    if not isinstance(post, dict) or not set(post) <= set(PostSpec.__dataclass_fields__):
+        raise ArtifactError(f"spec is corrupt: expected 'post' as an object of smoothing/score fields, "
+                            f"found {post!r:.80}")
+    out["post"] = PostSpec(**post)
+    if "head" in d and not isinstance(d["head"], dict):
+        raise ArtifactError("spec is corrupt: expected 'head' to be an object")
+    if "top_k" in d and (not isinstance(d["top_k"], int) or isinstance(d["top_k"], bool)):
+        raise ArtifactError("spec is corrupt: expected an integer 'top_k'")
+    thr = d.get("threshold")
+    if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr)):
+        raise ArtifactError(f"spec is corrupt: expected 'threshold' to be a finite number or null, found {thr!r:.40}")
+    return out
 
 
 def _pair(value: Any, what: str) -> tuple[int, int]:

@@ -65,8 +65,9 @@ def _draw_mask_contour(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def is_anomalous(score: float, threshold: float | None) -> bool:
-    """The decision every runner's ``labels`` use: strictly above the threshold."""
-    return threshold is not None and score > threshold
+    """The decision every runner's ``labels`` use: strictly above the threshold, or not a number (a NaN score
+    says the engine failed on that image, which must never pass as normal)."""
+    return threshold is not None and not score <= threshold
 
 
 def verdict_text(score: float, threshold: float | None) -> str:

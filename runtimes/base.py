@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgead.errors import InputError
+from edgead.errors import ArtifactError, InputError
 from edgead.runtimes.manifest import Manifest
 from edgead.spec import DetectorSpec
 
@@ -54,6 +54,15 @@ class Runner(ABC):
         self.manifest = manifest
         self.spec: DetectorSpec = manifest.spec
         self._lock = threading.Lock()
+
+    def check_model_input(self, shape: list | tuple) -> None:
+        """Refuse a model whose static (N, H, W, 3) input differs from the spec's input size: the engine would
+        otherwise fail on the first batch with its own exception. Dynamic dimensions (None, -1, names) pass."""
+        dims = [d if isinstance(d, int) and d > 0 else None for d in shape]
+        want = (*self.spec.input_size, 3)
+        if len(dims) != 4 or any(d is not None and d != w for d, w in zip(dims[1:], want, strict=True)):
+            raise ArtifactError(f"{self.folder / self.manifest.model} takes input {list(shape)}, but the manifest's "
+                                f"spec says (N, {want[0]}, {want[1]}, 3); the manifest and the model disagree")
 
     # -- engine hooks -------------------------------------------------------------------------------------
     @abstractmethod
@@ -155,7 +164,7 @@ class Runner(ABC):
 
     def _wrap(self, scores: np.ndarray, maps: np.ndarray, seconds: float) -> Predictions:
         thr = self.spec.threshold
-        labels = None if thr is None else scores > thr
+        labels = None if thr is None else ~(scores <= thr)  # a NaN score is anomalous, never normal
         return Predictions(scores, maps, labels, seconds)
 
     def describe(self) -> str:

@@ -38,6 +38,7 @@ class OpenVINORunner(Runner):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         model = core.read_model(str(self.folder / manifest.model))
+        self.check_model_input([d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()])
         self.compiled = core.compile_model(model, device, config)
         self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self._local = threading.local()

@@ -30,6 +30,7 @@ class OnnxRuntimeRunner(Runner):
         opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
         self.session = ort.InferenceSession(str(self.folder / manifest.model), opts,
                                             providers=providers or ["CPUExecutionProvider"])
+        self.check_model_input(self.session.get_inputs()[0].shape)
         self._input = self.session.get_inputs()[0].name
         self._outputs = [o.name for o in self.session.get_outputs()]
 

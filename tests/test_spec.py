@@ -50,7 +50,7 @@ def test_bad_fields():
         spec(norm="bn")
     with pytest.raises(EdgeadError, match="smoothing kernel size must be odd"):
         PostSpec(ksize=4)
-    with pytest.raises(ArtifactError, match="not valid JSON"):
+    with pytest.raises(ArtifactError, match="expected JSON, found unreadable text"):
         DetectorSpec.from_json("{nope")
 
 
