@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from edgead.errors import InputError
-from edgead.imageio import IMAGE_SUFFIXES, list_images, prepare
+from edgead.imageio import IMAGE_SUFFIXES, image_size, list_images, prepare
 
 if TYPE_CHECKING:
     from edgead.spec import DetectorSpec
@@ -112,7 +112,12 @@ def load_masks(items: list[TestItem], spec: DetectorSpec) -> np.ndarray:
     out = np.zeros((len(items), h, w), dtype=np.uint8)
     for i, item in enumerate(items):
         if item.mask is not None:
-            out[i] = prepare(read_mask(item.mask), spec, nearest=True)
+            mask = read_mask(item.mask)
+            size = image_size(item.path)
+            if mask.shape[:2] != size:
+                raise InputError(f"expected the mask {item.mask} to have its image's size {size[0]}x{size[1]}, found "
+                                 f"{mask.shape[0]}x{mask.shape[1]}; a stretched mask would score the wrong pixels")
+            out[i] = prepare(mask, spec, nearest=True)
     return out
 
 

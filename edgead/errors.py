@@ -19,6 +19,14 @@ class ArtifactError(EdgeadError):
     """A checkpoint or compiled artifact that is missing, changed, corrupt or from another version."""
 
 
+class ConfigError(EdgeadError, ValueError):
+    """An invalid model or spec setting (family, backbone, norm, size, taps); a ValueError for older callers."""
+
+
+class OutputError(EdgeadError):
+    """An output target edgead refuses to write: it would replace user data, or overlaps the inputs."""
+
+
 class MissingDependencyError(EdgeadError):
     """An optional dependency is not installed; the message names the pip extra."""
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from edgead.data import find_train_images, split_holdout
+from edgead.errors import ConfigError
 from edgead.imageio import load_batch
 from edgead.models.build import build_detector, detector_spec
 from edgead.models.checkpoint import save_checkpoint
@@ -102,6 +103,10 @@ def fit(
     ``convert_dyt`` loads LayerNorm ``weights`` and converts the backbone's norms to DyT (for DyT fine-tuning
     experiments; the spec then says ``dyt``).
     """
+    if size < 1:
+        raise ConfigError(f"input size must be a positive number of pixels, found {size}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"epochs must be at least 1 (or None for the family's default), found {epochs}")
     t0 = time.perf_counter()
     paths = find_train_images(data)[:max_images]
     train, hold = split_holdout(paths, holdout, seed=seed)
@@ -113,7 +118,8 @@ def fit(
         spec = detector_spec(family, backbone, "dyt", input_size=size)
         detector.spec = spec
     cached = _taps(detector, load_batch(train, spec), batch_size, progress)
-    loss = train_head(detector, cached, epochs or DEFAULT_EPOCHS[family], lr or DEFAULT_LR[family], seed, progress)
+    loss = train_head(detector, cached, DEFAULT_EPOCHS[family] if epochs is None else epochs,
+                      lr or DEFAULT_LR[family], seed, progress)
     with torch.no_grad():
         hold_scores = detector(torch.from_numpy(load_batch(hold, spec)))[0].numpy()
     thr = threshold_from(hold_scores)

@@ -6,12 +6,14 @@ and ``fit`` call ``prepare`` so the pixels a model sees are the same everywhere.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from edgead import MAX_PIXELS
 from edgead.errors import InputError
 
 if TYPE_CHECKING:
@@ -32,10 +34,112 @@ def read_image(path: str | Path) -> np.ndarray:
     data = np.fromfile(str(p), dtype=np.uint8)
     if data.size == 0:
         raise InputError(f"expected an image, found an empty file: {p}")
+    check_header(data.tobytes()[:1 << 20] if data.size > 1 << 20 else data.tobytes(), str(p))
+    if data[:2].tobytes() == b"\xff\xd8":
+        check_jpeg_structure(data.tobytes(), str(p))
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise InputError(f"expected a readable image (png, jpg, bmp, tif), found a corrupt or unknown file: {p}")
     return to_rgb8(img, str(p), bgr=True)
+
+
+def declared_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) a PNG, JPEG, BMP, WebP or TIFF header declares, read without decoding; None if unknown."""
+    try:
+        if head[:8] == b"\x89PNG\r\n\x1a\n":
+            return struct.unpack(">II", head[16:24])
+        if head[:2] == b"BM":
+            w, h = struct.unpack("<ii", head[18:26])
+            return abs(w), abs(h)
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            kind = head[12:16]
+            if kind == b"VP8X":
+                return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+            if kind == b"VP8L":
+                bits = int.from_bytes(head[21:25], "little")
+                return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+            if kind == b"VP8 ":
+                w, h = struct.unpack("<HH", head[26:30])
+                return w & 0x3FFF, h & 0x3FFF
+        if head[:2] == b"\xff\xd8":
+            i = 2
+            while i + 9 < len(head):
+                if head[i] != 0xFF:
+                    return None
+                marker = head[i + 1]
+                if marker == 0xFF:
+                    i += 1
+                    continue
+                seg = int.from_bytes(head[i + 2 : i + 4], "big")
+                if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                    h, w = struct.unpack(">HH", head[i + 5 : i + 9])
+                    return w, h
+                i += 2 + seg
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
+            e = "<" if head[:2] == b"II" else ">"
+            ifd = struct.unpack(e + "I", head[4:8])[0]
+            (n,) = struct.unpack(e + "H", head[ifd : ifd + 2])
+            dims = {}
+            for k in range(n):
+                tag, typ, _count, value = struct.unpack(e + "HHI4s", head[ifd + 2 + 12 * k : ifd + 14 + 12 * k])
+                if tag in (256, 257):
+                    dims[tag] = struct.unpack(e + ("H" if typ == 3 else "I"), value[: 2 if typ == 3 else 4])[0]
+            if len(dims) == 2:
+                return dims[256], dims[257]
+    except (struct.error, IndexError, ValueError):
+        return None
+    return None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file, from its header when edgead can parse it, else by decoding it."""
+    with open(path, "rb") as f:
+        size = declared_size(f.read(1 << 16))
+    return (size[1], size[0]) if size is not None else read_image(path).shape[:2]
+
+
+def check_header(head: bytes, name: str) -> None:
+    """Refuse a frame whose header declares more than ``MAX_PIXELS`` pixels, before any decoding."""
+    size = declared_size(head)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        w, h = size
+        raise InputError(f"expected an image of at most {MAX_PIXELS / 1e6:.0f} Mpx, found {name} declaring {w}x{h} "
+                         f"({w * h / 1e6:.0f} Mpx; a decompression bomb?); raise EDGEAD_MAX_PIXELS to allow it")
+
+
+#: Markers that may follow 0xFF in JPEG entropy-coded data: byte stuffing and restarts; the end of image; and
+#: segments between the scans of a progressive or multi-scan file (their payload is skipped by length).
+_JPEG_IN_SCAN = {0x00, *range(0xD0, 0xD8)}
+_JPEG_SEGMENTS = {0xDA, 0xC4, 0xDB, 0xDD, 0xCC, 0xFE, *range(0xE0, 0xF0)}
+
+
+def check_jpeg_structure(data: bytes, name: str) -> None:
+    """Refuse a truncated JPEG (no end-of-image marker) or one whose scan data holds impossible markers.
+
+    OpenCV only warns on stderr and returns a grey-filled or garbled frame for both. JPEG has no checksum, so a
+    flipped bit inside Huffman-coded data can still decode to wrong pixels; no reader can detect that case.
+    """
+    if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        raise InputError(f"expected a complete JPEG, found a truncated file without its end marker: {name}")
+    start = data.find(b"\xff\xda")
+    if start < 0:
+        raise InputError(f"expected a JPEG with image data, found no scan: {name}")
+    arr = np.frombuffer(data, dtype=np.uint8)
+    ffs = np.flatnonzero(arr[:-1] == 0xFF)
+    skip_to = start
+    for i in ffs[ffs >= start].tolist():
+        if i < skip_to:
+            continue
+        marker = data[i + 1]
+        if marker in _JPEG_IN_SCAN or marker == 0xFF:
+            continue
+        if marker == 0xD9:
+            return
+        if marker in _JPEG_SEGMENTS and i + 4 <= len(data):
+            skip_to = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+            continue
+        raise InputError(f"expected valid JPEG scan data, found a corrupt marker 0xFF{marker:02X} at byte {i}: "
+                         f"{name}")
 
 
 def to_rgb8(img: np.ndarray, name: str = "image", bgr: bool = False) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from edgead.errors import ConfigError
 from edgead.models.norms import norm_layer
 
 
@@ -49,7 +50,7 @@ def backbone_config(name: str) -> BackboneConfig:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, found '{name}'") from None
+        raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}, found '{name}'") from None
 
 
 def create_vit(name: str, norm: str, input_size: tuple[int, int]) -> VisionTransformer:
@@ -57,7 +58,8 @@ def create_vit(name: str, norm: str, input_size: tuple[int, int]) -> VisionTrans
     cfg = backbone_config(name)
     for side in input_size:
         if side % cfg.patch_size:
-            raise ValueError(f"input size {input_size} must be a multiple of the patch size {cfg.patch_size} of {name}")
+            raise ConfigError(f"input size {input_size} must be a multiple of the patch size {cfg.patch_size} "
+                              f"of {name}")
     kwargs: dict[str, Any] = dict(
         img_size=tuple(input_size),
         patch_size=cfg.patch_size,
@@ -88,10 +90,10 @@ class Backbone(nn.Module):
     def __init__(self, vit: VisionTransformer, taps: tuple[int, ...], tap_norm: bool = False) -> None:
         super().__init__()
         if not taps:
-            raise ValueError("a backbone needs at least one tapped block")
+            raise ConfigError("a backbone needs at least one tapped block")
         depth = len(vit.blocks)
         if min(taps) < 0 or max(taps) >= depth:
-            raise ValueError(f"tapped blocks must be in 0..{depth - 1}, found {list(taps)}")
+            raise ConfigError(f"tapped blocks must be in 0..{depth - 1}, found {list(taps)}")
         self.taps = tuple(sorted(set(taps)))
         self.tap_norm = tap_norm
         self.patch_embed = vit.patch_embed

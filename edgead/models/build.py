@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from edgead.errors import ConfigError
 from edgead.models.backbone import Backbone, backbone_config, create_vit
 from edgead.models.detector import Detector
 from edgead.models.dinomaly import DinomalyHead
@@ -47,14 +48,14 @@ def detector_spec(
     ``input_size`` defaults to the family's published size (224, ViTAD 256).
     """
     if family not in FAMILY_DEFAULTS:
-        raise ValueError(f"model family must be one of {', '.join(FAMILY_DEFAULTS)}, found '{family}'")
+        raise ConfigError(f"model family must be one of {', '.join(FAMILY_DEFAULTS)}, found '{family}'")
     cfg = backbone_config(backbone)
     d = FAMILY_DEFAULTS[family]
     head = dict(d["head"])
     head.update(overrides.pop("head", {}))
     fields: dict[str, Any] = dict(
         family=family, backbone=backbone, norm=norm, layers=layers or d["layers"],
-        input_size=input_size or d.get("input_size", 224),
+        input_size=d.get("input_size", 224) if input_size is None else input_size,
         mean=cfg.mean, std=cfg.std, post=d["post"], head=head,
     )
     fields.update(overrides)
@@ -63,7 +64,7 @@ def detector_spec(
 
 def _fbft_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Module]) -> nn.Module:
     if len(spec.layers) != 2:
-        raise ValueError(f"FBFT needs exactly two tapped blocks (shallow, deep), found {list(spec.layers)}")
+        raise ConfigError(f"FBFT needs exactly two tapped blocks (shallow, deep), found {list(spec.layers)}")
     hidden = int(spec.head.get("hidden", bb.embed_dim))
     return FBFTHead(bb.embed_dim, hidden, bb.num_prefix_tokens, bb.grid_size)
 
@@ -72,7 +73,7 @@ def _dinomaly_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Modu
     groups = tuple(tuple(g) for g in spec.head["groups"])
     used = sorted(i for g in groups for i in g)
     if used != list(range(len(spec.layers))):
-        raise ValueError(f"Dinomaly groups {spec.head['groups']} must cover the {len(spec.layers)} taps once")
+        raise ConfigError(f"Dinomaly groups {spec.head['groups']} must cover the {len(spec.layers)} taps once")
     dec_norm = norm_layer(spec.norm, eps=float(spec.head.get("decoder_eps", 1e-8)))
     num_heads = backbone_config(spec.backbone).num_heads
     return DinomalyHead(bb.embed_dim, num_heads, bb.num_prefix_tokens, bb.grid_size, dec_norm, groups,
@@ -84,9 +85,9 @@ def _dinomaly_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Modu
 def _vitad_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Module]) -> nn.Module:
     levels, necks = int(spec.head.get("levels", 3)), int(spec.head.get("necks", 1))
     if len(spec.layers) != levels + necks:
-        raise ValueError(f"ViTAD needs {levels} level taps and {necks} neck tap(s), found layers {list(spec.layers)}")
+        raise ConfigError(f"ViTAD needs {levels} level taps and {necks} neck tap(s), found layers {list(spec.layers)}")
     if list(spec.layers) != sorted(set(spec.layers)):
-        raise ValueError(f"ViTAD layers must be increasing (levels, then neck), found {list(spec.layers)}")
+        raise ConfigError(f"ViTAD layers must be increasing (levels, then neck), found {list(spec.layers)}")
     num_heads = backbone_config(spec.backbone).num_heads
     return ViTADHead(bb.embed_dim, num_heads, bb.num_prefix_tokens, bb.grid_size, norm, levels, necks,
                      int(spec.head.get("student_depth", 9)), tuple(spec.head.get("student_taps", (2, 5, 8))))
@@ -107,7 +108,7 @@ def build_detector(spec: DetectorSpec, backbone_weights: str | Path | None = Non
 
         load_backbone_weights(vit, backbone_weights, spec.backbone)
     if spec.family not in _HEADS:
-        raise ValueError(f"no head for family '{spec.family}'")
+        raise ConfigError(f"no head for family '{spec.family}'")
     bb = Backbone(vit, spec.layers, tap_norm=bool(spec.head.get("tap_norm", False)))
     head = _HEADS[spec.family](spec, bb, norm_layer(spec.norm))
     return Detector(spec, bb, head).eval()

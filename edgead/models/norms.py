@@ -13,6 +13,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from edgead.errors import ConfigError
+
 
 class DyT(nn.Module):
     """Dynamic Tanh: ``weight * tanh(alpha * x) + bias`` over the last dimension."""
@@ -43,7 +45,7 @@ def norm_layer(name: str, eps: float | None = None) -> Callable[..., nn.Module]:
     try:
         ctor = _NORMS[name]
     except KeyError:
-        raise ValueError(f"norm must be one of {', '.join(_NORMS)}, found '{name}'") from None
+        raise ConfigError(f"norm must be one of {', '.join(_NORMS)}, found '{name}'") from None
     if eps is not None and name == "layernorm":
         return partial(nn.LayerNorm, eps=eps)
     return ctor

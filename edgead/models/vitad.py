@@ -17,6 +17,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from edgead.errors import ConfigError
 from edgead.models.postprocess import cosine_distance
 
 
@@ -27,7 +28,7 @@ class ViTADStudent(nn.Module):
                  norm: Callable[..., nn.Module]) -> None:
         super().__init__()
         if not taps or min(taps) < 0 or max(taps) >= depth:
-            raise ValueError(f"student taps must be in 0..{depth - 1}, found {list(taps)}")
+            raise ConfigError(f"student taps must be in 0..{depth - 1}, found {list(taps)}")
         self.taps = tuple(taps)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -53,7 +54,7 @@ class ViTADHead(nn.Module):
                  student_taps: tuple[int, ...] = (2, 5, 8)) -> None:
         super().__init__()
         if len(student_taps) != levels:
-            raise ValueError(f"ViTAD pairs {levels} teacher levels with student taps, found {list(student_taps)}")
+            raise ConfigError(f"ViTAD pairs {levels} teacher levels with student taps, found {list(student_taps)}")
         self.levels = levels
         self.necks = necks
         self.num_prefix_tokens = num_prefix_tokens
@@ -64,7 +65,7 @@ class ViTADHead(nn.Module):
     def pairs(self, taps: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher and student patch features per level; the student's taps in reverse order."""
         if len(taps) != self.levels + self.necks:
-            raise ValueError(f"ViTAD expects {self.levels + self.necks} teacher taps, found {len(taps)}")
+            raise ConfigError(f"ViTAD expects {self.levels + self.necks} teacher taps, found {len(taps)}")
         p = self.num_prefix_tokens
         patches = [t[:, p:] for t in taps]
         teacher, neck = patches[: self.levels], patches[self.levels :]
