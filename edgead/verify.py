@@ -15,7 +15,7 @@ from edgead.errors import ArtifactError
 from edgead.evaluate import evaluate_runner
 from edgead.imageio import load_batch
 from edgead.runtimes.compare import Difference, check_batch, difference, pearson
-from edgead.runtimes.loader import load
+from edgead.runtimes.loader import load, missing_engine
 from edgead.runtimes.manifest import find_artifacts, read_manifest
 
 
@@ -40,7 +40,9 @@ def _reference(out: Path, ckpt: Path | None):
         if not ckpt.is_dir():
             raise ArtifactError(f"reference checkpoint {ckpt} named by the export is gone; pass --ckpt")
         return load(ckpt, "torch"), "torch"
-    return load(out, "onnxruntime"), "onnxruntime-fp32"
+    # No torch (a line PC): the FP32 ONNX export is the reference, run by whichever ONNX engine is installed.
+    engine = "onnxruntime" if missing_engine("onnxruntime") is None else "openvino"
+    return load(out, engine), f"{engine}-fp32"
 
 
 def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str | Path | None = None,
