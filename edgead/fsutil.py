@@ -46,7 +46,7 @@ def check_output_target(target: str | Path, inputs: tuple[str | Path, ...] = (),
     ``.edgead-output``, a manifest or a checkpoint spec); a ``kind="file"`` target may be absent or a regular
     file. Refused, with an ``OutputError``: a regular file where a folder goes
     (or a folder where a file goes), a foreign non-empty folder, the working folder or one of its parents, and any
-    target that is, contains or lies inside one of ``inputs``.
+    target that is or contains one of ``inputs`` (a target inside an input folder is fine: it replaces nothing).
     """
     t = Path(target)
     resolved = t.resolve()
@@ -56,7 +56,7 @@ def check_output_target(target: str | Path, inputs: tuple[str | Path, ...] = (),
                           f"or one of its parents ({t}); name a sub-folder such as runs/out")
     for src in inputs:
         s = Path(src).resolve()
-        if resolved == s or s.is_relative_to(resolved) or resolved.is_relative_to(s):
+        if resolved == s or s.is_relative_to(resolved):  # replacing it would delete the input
             raise OutputError(f"expected an output {kind} apart from the inputs, found {t}, which overlaps the "
                               f"input {src}; pick another target")
     if not t.exists() and not t.is_symlink():

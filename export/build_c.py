@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgead import __version__
 from edgead.errors import EdgeadError
-from edgead.fsutil import atomic_dir
+from edgead.fsutil import atomic_dir, check_output_target
 
 BUILD_TYPES = ("Release", "Debug", "RelWithDebInfo", "MinSizeRel")
 MARKER = ".edgead-build-c.json"
@@ -60,13 +60,6 @@ def _run(cmd: list[str], step: str, cwd: Path) -> None:
         raise EdgeadError(f"libedgead {step} failed (exit {proc.returncode}): {detail}")
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace a folder that holds anything but an earlier build-c result."""
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MARKER).is_file())):
-        raise EdgeadError(f"expected {out_dir} to be absent, empty or an earlier 'edgead build-c' output, found other "
-                          f"files; pick a new folder")
-
-
 def build_c(out_dir: str | Path, build_type: str = "Release", sanitize: bool = False,
             with_tests: bool = False) -> Path:
     """Build libedgead and put the library, header and programs in ``out_dir``; return ``out_dir``.
@@ -81,7 +74,7 @@ def build_c(out_dir: str | Path, build_type: str = "Release", sanitize: bool = F
     cmake = _tool(("cmake",), "cmake", "install it (apt-get install cmake, or pip install cmake)")
     _tool((os.environ.get("CC", ""), "cc", "gcc", "clang"), "a C compiler (cc, gcc or clang)",
           "install one (apt-get install gcc) or set CC")
-    _check_out_dir(out_dir)
+    check_output_target(out_dir)  # the one rule for every writer (atomic_dir applies it again at the swap)
     source = c_source_dir()
     root = source.parent.parent
     have_example = (root / "examples" / "c" / "example.c").is_file()

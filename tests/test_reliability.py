@@ -115,7 +115,8 @@ def test_output_rule_refuses_user_data_and_accepts_edgead_outputs(tmp_path: Path
         with pytest.raises(OutputError, match="working folder"):
             check_output_target(cwd_like)
     with pytest.raises(OutputError, match="overlaps the input"):
-        check_output_target(tmp_path / "photos" / "heat", inputs=(tmp_path / "photos",))
+        check_output_target(tmp_path / "photos", inputs=(tmp_path / "photos" / "sub",))
+    assert check_output_target(tmp_path / "photos" / "heat", inputs=(tmp_path / "photos",)).name == "heat"
     with pytest.raises(OutputError, match="overlaps the input"):
         check_output_target(tmp_path / "photos", inputs=(tmp_path / "photos" / "photo.png",))
     # atomic_dir applies the rule, and the refused folder is untouched
@@ -164,8 +165,8 @@ def test_fit_export_import_calibrate_refuse_foreign_targets(tmp_path, capfd, mon
     train_before = snapshot(train)
     assert_one_error(cli(capfd, monkeypatch, "fit", tiny_synthetic, "--backbone", "vit_tiny_test_patch14",
                          "--size", "56", "--epochs", "1", "-o", tmp_path / "photos"), "found other files")
-    assert_one_error(cli(capfd, monkeypatch, "fit", tiny_synthetic, "--backbone", "vit_tiny_test_patch14",
-                         "--size", "56", "--epochs", "1", "-o", train), "overlaps the input")
+    assert_one_error(cli(capfd, monkeypatch, "fit", train, "--backbone", "vit_tiny_test_patch14",
+                         "--size", "56", "--epochs", "1", "-o", tiny_synthetic), "overlaps the input")
     assert_one_error(cli(capfd, monkeypatch, "export", export.parent / "ckpt", "-o", tmp_path / "photos"),
                      "found other files")
     assert_one_error(cli(capfd, monkeypatch, "import", tmp_path / "x.pth", "-f", "timm", "-o",
@@ -358,6 +359,18 @@ def test_checkpoint_spec_missing_a_field_is_one_error_line(tmp_path, capfd, monk
     (ck / "spec.json").write_text(json.dumps(d))
     assert_one_error(cli(capfd, monkeypatch, "export", ck, "-o", tmp_path / "o"), "layers")
     assert not (tmp_path / "o").exists()
+
+
+def test_verify_without_onnxruntime_uses_openvino_as_reference(monkeypatch, export):
+    pytest.importorskip("openvino")
+    import edgead.verify as verify
+
+    monkeypatch.setattr(verify, "missing_engine", lambda name: "not installed" if name == "onnxruntime" else None)
+    real = verify.importlib.util.find_spec
+    monkeypatch.setattr(verify.importlib.util, "find_spec",  # a line PC: no torch either
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    runner, name = verify._reference(export, None)
+    assert name == "openvino-fp32" and runner.engine == "openvino"
 
 
 def test_models_raise_edgead_errors_not_bare_value_errors():
