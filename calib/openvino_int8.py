@@ -19,7 +19,7 @@ FLOAT_PATTERNS = (r".*/post/.*",)
 
 
 def quantize_openvino(model: Any, spec: DetectorSpec, calib_dir: Path, subset_size: int = 300) -> tuple[Any, dict]:
-    nncf = require("nncf", "openvino-int8", "INT8 quantisation for OpenVINO")
+    nncf = require("nncf", "nncf", "INT8 quantisation for OpenVINO")
     nncf.set_log_level(logging.WARNING)  # its per-node INFO lines drown the CLI output
     data = CalibrationSet(calib_dir, spec, batch_size=1, limit=subset_size)
     dataset = nncf.Dataset(list(data.batches(1)))

@@ -41,7 +41,7 @@ def compile_openvino(artifact_dir: str | Path, precision: str = "fp32", calib_di
 
         model, calib_info = quantize_openvino(model, src.spec, Path(calib_dir), subset_size)
         extra["calibration"] = calib_info
-        versions["nncf"] = require("nncf", "openvino-int8").__version__
+        versions["nncf"] = require("nncf", "nncf").__version__
     model.set_rt_info(src.spec.to_json(), ["edgead", "spec"])
     model.set_rt_info(precision, ["edgead", "precision"])
     with atomic_dir(out) as tmp:

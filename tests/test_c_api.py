@@ -320,6 +320,6 @@ def test_build_c_reports_missing_tools(monkeypatch, tmp_path) -> None:
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     monkeypatch.setattr(mod.shutil, "which", lambda name: f"/usr/bin/{name}")
-    with pytest.raises(EdgeadError, match="absent, empty or an earlier 'edgead build-c' output"):
+    with pytest.raises(EdgeadError, match="absent, empty or an earlier edgead output"):
         mod.build_c(tmp_path / "busy")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"

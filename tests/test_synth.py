@@ -10,6 +10,7 @@ import pytest
 
 from edgead import data, synth
 from edgead.errors import InputError
+from edgead.fsutil import OUTPUT_MARK
 from edgead.imageio import read_image
 
 SIZE = 96
@@ -22,7 +23,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _names(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
+    return sorted(p.name for p in folder.iterdir() if p.name != OUTPUT_MARK)  # edgead's mark on its outputs
 
 
 def test_layout_is_mvtec(synthetic: Path) -> None:

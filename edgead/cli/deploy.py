@@ -116,7 +116,8 @@ def calibrate(
     """Calibrated INT8 Q/DQ ONNX (OUT/onnx-int8/): runs in ONNX Runtime; TensorRT builds explicit INT8 from it."""
     from edgead.calib.onnx_qdq import quantize_qdq
     from edgead.fsutil import check_output_target
+    from edgead.registry import ONNX, artifact_folder
 
-    check_output_target(out / "onnx-int8", inputs=(calib,))
+    check_output_target(artifact_folder(out, ONNX.name, "int8"), inputs=(calib,))
 
     console.print(f"calibrated [bold]{quantize_qdq(out, calib, method=method)}[/]")
