@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,8 @@ from edgead.models.norms import convert_to_dyt
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
-DEFAULT_EPOCHS = {"fbft": 60, "dinomaly": 30, "vitad": 30}
-DEFAULT_LR = {"fbft": 1e-3, "dinomaly": 1e-3, "vitad": 1e-4}
+DEFAULT_EPOCHS = {"fbft": 60, "dinomaly": 30, "vitad": 30, "nf": 40, "gmm": 60}
+DEFAULT_LR = {"fbft": 1e-3, "dinomaly": 1e-3, "vitad": 1e-4, "nf": 1e-3, "gmm": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,16 @@ def fit(
     max_images: int = 400,
     seed: int = 0,
     progress: Progress | None = None,
+    layers: tuple[int, ...] | None = None,
 ) -> FitResult:
     """Fit on the normal images of ``data`` (image folder or MVTec category) and write the checkpoint ``out``.
 
     ``convert_dyt`` loads LayerNorm ``weights`` and converts the backbone's norms to DyT (for DyT fine-tuning
-    experiments; the spec then says ``dyt``).
+    experiments; the spec then says ``dyt``). ``layers`` overrides the family's tapped blocks (or stages).
+
+    Heads may define two optional steps: ``prepare(cached_taps)`` before training (the GMM head's projection)
+    and ``calibrate(holdout_taps) -> dict`` after it (the GMM head's normalisation), whose fields are stored in
+    the spec's ``head``.
     """
     if size < 1:
         raise ConfigError(f"input size must be a positive number of pixels, found {size}")
@@ -111,17 +116,24 @@ def fit(
     paths = find_train_images(data)[:max_images]
     train, hold = split_holdout(paths, holdout, seed=seed)
     torch.manual_seed(seed)
-    spec = detector_spec(family, backbone, "layernorm" if convert_dyt else norm, input_size=size)
+    spec = detector_spec(family, backbone, "layernorm" if convert_dyt else norm, input_size=size, layers=layers)
     detector = build_detector(spec, weights)
     if convert_dyt:
         convert_to_dyt(detector)
-        spec = detector_spec(family, backbone, "dyt", input_size=size)
+        spec = detector_spec(family, backbone, "dyt", input_size=size, layers=layers)
         detector.spec = spec
     cached = _taps(detector, load_batch(train, spec), batch_size, progress)
+    if hasattr(detector.head, "prepare"):
+        detector.head.prepare(cached)
     loss = train_head(detector, cached, DEFAULT_EPOCHS[family] if epochs is None else epochs,
                       lr or DEFAULT_LR[family], seed, progress)
+    hold_images = torch.from_numpy(load_batch(hold, spec))
     with torch.no_grad():
-        hold_scores = detector(torch.from_numpy(load_batch(hold, spec)))[0].numpy()
+        if hasattr(detector.head, "calibrate"):
+            updates = detector.head.calibrate(detector.taps(hold_images))
+            spec = replace(spec, head={**spec.head, **updates})
+            detector.spec = spec
+        hold_scores = detector(hold_images)[0].numpy()
     thr = threshold_from(hold_scores)
     detector.spec = spec.with_threshold(thr)
     seconds = time.perf_counter() - t0

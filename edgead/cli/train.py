@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from edgead.cli.common import JsonFlag, OutDir, RunEngine, console, emit_json, progress_bar
-from edgead.errors import require
+from edgead.errors import ConfigError, require
 
 
 def synth(
@@ -27,7 +27,7 @@ def synth(
 
 def fit(
     data: Annotated[Path, typer.Argument(help="Normal images: an image folder or an MVTec category.")],
-    model: Annotated[str, typer.Option("--model", help="fbft | dinomaly | vitad")] = "fbft",
+    model: Annotated[str, typer.Option("--model", help="fbft | dinomaly | vitad | nf | gmm")] = "fbft",
     backbone: Annotated[str, typer.Option(help="Backbone name (e.g. vit_small_patch14_dinov2).")]
     = "vit_small_patch14_dinov2",
     weights: Annotated[Path | None, typer.Option(help="Local backbone weights (safetensors or torch file).")] = None,
@@ -35,6 +35,8 @@ def fit(
     convert_dyt: Annotated[bool, typer.Option(help="Load LayerNorm weights, convert the norms to DyT.")] = False,
     size: Annotated[int, typer.Option(help="Input side in pixels (a multiple of the patch size).")] = 224,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default per family).")] = None,
+    layers: Annotated[str | None, typer.Option(help="Tapped blocks or stages, 0-based, comma-separated "
+                                               "(default per family and backbone).")] = None,
     out: OutDir = Path("runs/detector"),
     seed: int = 0,
     json_out: JsonFlag = False,
@@ -49,7 +51,7 @@ def fit(
     check_output_target(out, inputs=(data,) + ((weights,) if weights else ()))
     with progress_bar(quiet=json_out) as cb:
         r = fit_detector(data, out, model, backbone, norm, size, weights, convert_dyt, epochs, seed=seed,
-                         progress=cb)
+                         progress=cb, layers=parse_layers(layers))
     result = {"checkpoint": str(r.checkpoint), "train_images": r.train_images, "holdout_images": r.holdout_images,
               "threshold": r.threshold, "final_loss": r.final_loss, "seconds": round(r.seconds, 1)}
     if json_out:
@@ -57,6 +59,16 @@ def fit(
     else:
         console.print(f"checkpoint [bold]{r.checkpoint}[/]: {r.train_images} train / {r.holdout_images} hold-out "
                       f"images, threshold {r.threshold:.4g}, loss {r.final_loss:.4g}, {r.seconds:.0f} s")
+
+
+def parse_layers(text: str | None) -> tuple[int, ...] | None:
+    """``'6'`` or ``'2,3'`` -> block indices; ``None`` keeps the family default."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--layers must be comma-separated integers like '6' or '2,3', found '{text}'") from None
 
 
 def eval_cmd(

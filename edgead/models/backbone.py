@@ -31,6 +31,7 @@ class BackboneConfig:
 
 _S = dict(embed_dim=384, depth=12, num_heads=6)
 _B = dict(embed_dim=768, depth=12, num_heads=12)
+_L = dict(embed_dim=1024, depth=24, num_heads=16)
 _TINY = dict(embed_dim=32, depth=12, num_heads=2)
 
 BACKBONES: dict[str, BackboneConfig] = {
@@ -38,6 +39,8 @@ BACKBONES: dict[str, BackboneConfig] = {
     "vit_small_patch14_reg4_dinov2": BackboneConfig(14, **_S, reg_tokens=4, layer_scale=1e-5),
     "vit_base_patch14_dinov2": BackboneConfig(14, **_B, layer_scale=1e-5),
     "vit_base_patch14_reg4_dinov2": BackboneConfig(14, **_B, reg_tokens=4, layer_scale=1e-5),
+    "vit_large_patch14_dinov2": BackboneConfig(14, **_L, layer_scale=1e-5),
+    "vit_large_patch14_reg4_dinov2": BackboneConfig(14, **_L, reg_tokens=4, layer_scale=1e-5),
     "vit_small_patch16_224": BackboneConfig(16, **_S),  # DINO / DeiT-S
     "vit_base_patch16_224": BackboneConfig(16, **_B),  # DINO / DeiT-B
     "vit_tiny_test_patch14": BackboneConfig(14, **_TINY, layer_scale=1e-5),
@@ -106,6 +109,7 @@ class Backbone(nn.Module):
         self.norm = vit.norm if tap_norm else nn.Identity()
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.embed_dim = vit.embed_dim
+        self.dims = (vit.embed_dim,) * len(self.taps)
         self.grid_size = tuple(vit.patch_embed.grid_size)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

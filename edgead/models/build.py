@@ -13,9 +13,11 @@ from edgead.models.backbone import Backbone, backbone_config, create_vit
 from edgead.models.detector import Detector
 from edgead.models.dinomaly import DinomalyHead
 from edgead.models.fbft import FBFTHead
+from edgead.models.flow import FLOW_STEPS_CNN, FLOW_STEPS_TRANSFORMER
+from edgead.models.hierarchical import HIERARCHICAL, HierarchicalBackbone, is_hierarchical
 from edgead.models.norms import norm_layer
 from edgead.models.vitad import ViTADHead
-from edgead.spec import DetectorSpec, PostSpec
+from edgead.spec import IMAGENET_MEAN, IMAGENET_STD, DetectorSpec, PostSpec
 
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     # FBFT: teacher blocks 8 and 12 (0-based 7, 11), final norm on the taps, top 0.1 % score.
@@ -32,7 +34,16 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
                   post=PostSpec(smooth="gaussian", ksize=33, sigma=4.0, align_corners=True, score="avgpool_max",
                                 pool=16),
                   head=dict(levels=3, necks=1, student_depth=9, student_taps=[2, 5, 8], tap_norm=False)),
+    # NF (FastFlow-style flow): the 7th ViT block (0-based 6) with the final norm; 20 coupling steps on
+    # transformer backbones, 8 on ResNet (set per backbone in detector_spec), hidden ratio 0.16, clamp 2.
+    "nf": dict(layers=(6,), post=PostSpec(smooth="gaussian", ksize=5, sigma=4.0, score_fraction=0.01),
+               head=dict(tap_norm=True, hidden_ratio=0.16, clamp=2.0)),
+    # GMM mixture density head: K = 100 Gaussians over 16 whitened principal components of the 7th block.
+    "gmm": dict(layers=(6,), post=PostSpec(smooth="gaussian", ksize=5, sigma=4.0, score_fraction=0.01),
+                head=dict(tap_norm=True, components=100, proj_dim=16, hidden=128, pos_dim=8)),
 }
+#: Families whose head is built for ViT token sequences (class/register tokens, one width, attention heads).
+VIT_ONLY = ("dinomaly", "vitad")
 
 
 def detector_spec(
@@ -49,14 +60,24 @@ def detector_spec(
     """
     if family not in FAMILY_DEFAULTS:
         raise ConfigError(f"model family must be one of {', '.join(FAMILY_DEFAULTS)}, found '{family}'")
-    cfg = backbone_config(backbone)
     d = FAMILY_DEFAULTS[family]
     head = dict(d["head"])
+    if is_hierarchical(backbone):
+        if family in VIT_ONLY:
+            raise ConfigError(f"{family} needs a ViT backbone, found the hierarchical '{backbone}'")
+        default_layers = HIERARCHICAL[backbone].taps
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        cfg = backbone_config(backbone)
+        default_layers, mean, std = d["layers"], cfg.mean, cfg.std
+    if family == "nf":
+        cnn = is_hierarchical(backbone) and HIERARCHICAL[backbone].builder == "resnet"
+        head["steps"] = FLOW_STEPS_CNN if cnn else FLOW_STEPS_TRANSFORMER
     head.update(overrides.pop("head", {}))
     fields: dict[str, Any] = dict(
-        family=family, backbone=backbone, norm=norm, layers=layers or d["layers"],
+        family=family, backbone=backbone, norm=norm, layers=layers or default_layers,
         input_size=d.get("input_size", 224) if input_size is None else input_size,
-        mean=cfg.mean, std=cfg.std, post=d["post"], head=head,
+        mean=mean, std=std, post=d["post"], head=head,
     )
     fields.update(overrides)
     return DetectorSpec(**fields)
@@ -66,7 +87,7 @@ def _fbft_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Module])
     if len(spec.layers) != 2:
         raise ConfigError(f"FBFT needs exactly two tapped blocks (shallow, deep), found {list(spec.layers)}")
     hidden = int(spec.head.get("hidden", bb.embed_dim))
-    return FBFTHead(bb.embed_dim, hidden, bb.num_prefix_tokens, bb.grid_size)
+    return FBFTHead(bb.dims[0], hidden, bb.num_prefix_tokens, bb.grid_size, deep_dim=bb.dims[1])
 
 
 def _dinomaly_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Module]) -> nn.Module:
@@ -93,22 +114,49 @@ def _vitad_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Module]
                      int(spec.head.get("student_depth", 9)), tuple(spec.head.get("student_taps", (2, 5, 8))))
 
 
+def _nf_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Module]) -> nn.Module:
+    from edgead.models.flow import NFHead
+
+    return NFHead(bb.dims, bb.num_prefix_tokens, bb.grid_size, int(spec.head["steps"]),
+                  float(spec.head.get("hidden_ratio", 0.16)), float(spec.head.get("clamp", 2.0)))
+
+
+def _gmm_head(spec: DetectorSpec, bb: Backbone, norm: Callable[..., nn.Module]) -> nn.Module:
+    from edgead.models.gmm import GMMHead
+
+    h = spec.head
+    return GMMHead(bb.dims, bb.num_prefix_tokens, bb.grid_size, int(h.get("components", 100)),
+                   int(h.get("proj_dim", 16)), int(h.get("hidden", 128)), int(h.get("pos_dim", 8)),
+                   float(h.get("nll_lo", 0.0)), float(h.get("nll_hi", 1.0)))
+
+
 _HEADS: dict[str, Callable[[DetectorSpec, Backbone, Callable[..., nn.Module]], nn.Module]] = {
     "fbft": _fbft_head,
     "dinomaly": _dinomaly_head,
     "vitad": _vitad_head,
+    "nf": _nf_head,
+    "gmm": _gmm_head,
 }
 
 
 def build_detector(spec: DetectorSpec, backbone_weights: str | Path | None = None) -> Detector:
     """A detector for ``spec``; the backbone is random unless ``backbone_weights`` names a local file."""
-    vit = create_vit(spec.backbone, spec.norm, spec.input_size)
-    if backbone_weights is not None:
-        from edgead.models.weights import load_backbone_weights
-
-        load_backbone_weights(vit, backbone_weights, spec.backbone)
     if spec.family not in _HEADS:
         raise ConfigError(f"no head for family '{spec.family}'")
-    bb = Backbone(vit, spec.layers, tap_norm=bool(spec.head.get("tap_norm", False)))
+    bb = build_backbone(spec, backbone_weights)
     head = _HEADS[spec.family](spec, bb, norm_layer(spec.norm))
     return Detector(spec, bb, head).eval()
+
+
+def build_backbone(spec: DetectorSpec, weights: str | Path | None = None) -> Backbone:
+    """The tapped, truncated backbone for ``spec``: a ViT, or a hierarchical model (same token interface)."""
+    tap_norm = bool(spec.head.get("tap_norm", False))
+    if is_hierarchical(spec.backbone):
+        return HierarchicalBackbone(spec.backbone, spec.norm, spec.input_size, spec.layers, tap_norm,
+                                    weights)  # type: ignore[return-value]
+    vit = create_vit(spec.backbone, spec.norm, spec.input_size)
+    if weights is not None:
+        from edgead.models.weights import load_backbone_weights
+
+        load_backbone_weights(vit, weights, spec.backbone)
+    return Backbone(vit, spec.layers, tap_norm=tap_norm)

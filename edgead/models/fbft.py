@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def student_mlp(dim: int, hidden: int) -> nn.Sequential:
-    """Three linear layers with GELU between them."""
+def student_mlp(dim: int, hidden: int, out: int | None = None) -> nn.Sequential:
+    """Three linear layers with GELU between them (``dim -> out``, ``out`` defaults to ``dim``)."""
     return nn.Sequential(
-        nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, dim)
+        nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out or dim)
     )
 
 
@@ -25,12 +25,17 @@ def _unit(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 class FBFTHead(nn.Module):
-    """Forward and backward students over the patch tokens of two taps ``(shallow, deep)``."""
+    """Forward and backward students over the patch tokens of two taps ``(shallow, deep)``.
 
-    def __init__(self, dim: int, hidden: int, num_prefix_tokens: int, grid: tuple[int, int]) -> None:
+    ``deep_dim`` is the deep tap's width when it differs from the shallow one (hierarchical backbones).
+    """
+
+    def __init__(self, dim: int, hidden: int, num_prefix_tokens: int, grid: tuple[int, int],
+                 deep_dim: int | None = None) -> None:
         super().__init__()
-        self.forward_student = student_mlp(dim, hidden)
-        self.backward_student = student_mlp(dim, hidden)
+        deep = deep_dim or dim
+        self.forward_student = student_mlp(dim, hidden, deep)
+        self.backward_student = student_mlp(deep, hidden, dim)
         self.num_prefix_tokens = num_prefix_tokens
         self.grid = tuple(grid)
 
