@@ -32,7 +32,7 @@ class HierarchicalConfig:
     builder: str  # "resnet" | "efficientformer" | "swin"
     kwargs: dict[str, Any] = field(default_factory=dict)
     taps: tuple[int, ...] = (1, 2)
-    stride: int = 32  # input sides must be a multiple of this
+    stride: int = 16  # input sides must be a multiple of this (the deepest default tap's stride; Swin: windows)
     layernorm: bool = True  # has LayerNorms that DyT can replace
 
 

@@ -1,0 +1,50 @@
+"""The accuracy/latency plot of ``edgead select``: every candidate, the Pareto front joined by a line (PNG)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edgead.errors import require
+from edgead.fsutil import atomic_file
+
+_FAMILY_MARKERS = {"fbft": "o", "dinomaly": "s", "vitad": "D", "nf": "^", "gmm": "v"}
+
+
+def plot_pareto(results: Sequence[Any], front: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Image AUROC against ms/image (log scale); front points joined and labelled; written atomically."""
+    matplotlib = require("matplotlib", "torch", "the Pareto plot of edgead select")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_key = {r.key: r for r in results}
+    backbones = sorted({r.backbone for r in results})
+    colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backbones)}
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    for r in results:
+        ax.scatter(r.p50_ms, r.image_auroc, s=60, marker=_FAMILY_MARKERS.get(r.family, "o"),
+                   color=colours[r.backbone], edgecolor="black" if r.key in front else "none", linewidth=1.2,
+                   zorder=3)
+    pts = [by_key[k] for k in front]
+    ax.plot([r.p50_ms for r in pts], [r.image_auroc for r in pts], color="black", linewidth=1, linestyle="--",
+            zorder=2, label="Pareto front")
+    for r in pts:
+        ax.annotate(f"{r.family}/{r.backbone}" + ("/dyt" if r.norm == "dyt" else ""), (r.p50_ms, r.image_auroc),
+                    textcoords="offset points", xytext=(6, -10), fontsize=7)
+    for b in backbones:
+        ax.scatter([], [], color=colours[b], label=b, s=40)
+    for fam in sorted({r.family for r in results}):
+        ax.scatter([], [], color="grey", marker=_FAMILY_MARKERS.get(fam, "o"), label=fam, s=40)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms / image (batch 1, median)")
+    ax.set_ylabel("image AUROC")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,60 @@
+"""``edgead select``: a two-candidate grid with tiny models, its outputs, the Pareto front and resuming."""
+
+import json
+
+import cv2
+import pytest
+
+from edgead.select import CandidateResult, make_grid, pareto_front, select
+
+
+def _result(key, auroc, aupro, ms):
+    return CandidateResult(key, "fbft", "b", "layernorm", "torch", "fp32", "f32", auroc, aupro, 0.9, ms, 1, 1, 0.0,
+                           "")
+
+
+def test_pareto_front_keeps_only_undominated_points_fastest_first():
+    rs = [_result("slow-best", 1.0, 0.9, 50.0), _result("fast-ok", 0.9, 0.8, 5.0),
+          _result("dominated", 0.85, 0.9, 6.0), _result("tie-worse-aupro", 0.9, 0.7, 5.0),
+          _result("mid", 0.95, 0.5, 20.0)]
+    assert pareto_front(rs) == ["fast-ok", "mid", "slow-best"]
+
+
+def test_grid_skips_invalid_combinations_with_reasons():
+    grid, skipped = make_grid(["fbft", "dinomaly"], ["vit_tiny_test_patch14", "resnet_tiny_test"],
+                              ["layernorm", "dyt"], 56)
+    assert [c.key for c in grid] == ["fbft-vit_tiny_test_patch14-layernorm", "fbft-vit_tiny_test_patch14-dyt",
+                                     "dinomaly-vit_tiny_test_patch14-layernorm", "dinomaly-vit_tiny_test_patch14-dyt"]
+    reasons = dict(skipped)
+    assert "not a multiple of 16" in reasons["fbft-resnet_tiny_test-layernorm"]
+    assert "dinomaly needs a ViT backbone" in reasons["dinomaly-resnet_tiny_test-layernorm"]
+
+
+def test_select_two_candidates_writes_table_plot_and_resumes(tiny_synthetic, tmp_path, monkeypatch):
+    out = tmp_path / "sel"
+    kw = dict(families=("fbft", "gmm"), backbones=("vit_tiny_test_patch14",), norms=("layernorm",), size=28,
+              engine="torch", epochs=2, iters=2)
+    sel = select(tiny_synthetic, out, **kw)
+    assert not sel.failed and len(sel.results) == 2 and sel.reused == ()
+    doc = json.loads((out / "select.json").read_text())
+    assert doc["schema_version"] == 1 and doc["engine"] == "torch" and len(doc["results"]) == 2
+    for r in doc["results"]:
+        assert 0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["aupro"] <= 1.0
+        assert r["p50_ms"] > 0 and r["params"] > 10_000 and r["flops"] > 1_000_000 and r["cpu_seconds"] > 0
+    assert doc["pareto"] and set(doc["pareto"]) <= {r["key"] for r in doc["results"]}
+    png = cv2.imread(str(out / "pareto.png"))
+    assert png is not None and png.shape[0] >= 400 and png.shape[1] >= 600
+
+    # interrupted run: one candidate finished, the other only has its checkpoint -> nothing is refitted
+    gmm = out / "candidates" / "gmm-vit_tiny_test_patch14-layernorm"
+    (gmm / "result.json").unlink()
+
+    def no_fit(*a, **k):
+        raise AssertionError("a finished checkpoint was fitted again")
+
+    monkeypatch.setattr("edgead.fit.fit", no_fit)
+    again = select(tiny_synthetic, out, **kw)
+    assert again.reused == ("fbft-vit_tiny_test_patch14-layernorm",)
+    assert {r.key for r in again.results} == {r.key for r in sel.results} and not again.failed
+    before = {r.key: r.image_auroc for r in sel.results}
+    assert {r.key: r.image_auroc for r in again.results} == pytest.approx(before)
