@@ -125,14 +125,13 @@ def pareto_front(results: Sequence[CandidateResult]) -> list[str]:
 
 
 def _artifact(export: Path, engine: str, precision: str, calib: Path) -> Path:
-    from edgead.bench.latency import artifact_folder
+    """The compiled artifact for ``engine``/``precision`` in ``export``, built unless already there."""
+    from edgead import registry
     from edgead.export.compile import compile_artifact
 
-    folder = artifact_folder(export, engine, precision)
-    if (folder / "manifest.json").is_file():
+    folder = registry.artifact_folder(export, engine, precision)
+    if (folder / registry.MANIFEST).is_file():
         return folder
-    if engine == "onnxruntime" and precision == "fp32":
-        return export
     return compile_artifact(export, engine, precision, calib)
 
 
