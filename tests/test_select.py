@@ -44,6 +44,7 @@ def test_select_two_candidates_writes_table_plot_and_resumes(tiny_synthetic, tmp
     assert doc["pareto"] and set(doc["pareto"]) <= {r["key"] for r in doc["results"]}
     png = cv2.imread(str(out / "pareto.png"))
     assert png is not None and png.shape[0] >= 400 and png.shape[1] >= 600
+    _check_gmm_normalisation(out / "candidates" / "gmm-vit_tiny_test_patch14-layernorm" / "ckpt", tiny_synthetic)
 
     # interrupted run: one candidate finished, the other only has its checkpoint -> nothing is refitted
     gmm = out / "candidates" / "gmm-vit_tiny_test_patch14-layernorm"
@@ -58,3 +59,26 @@ def test_select_two_candidates_writes_table_plot_and_resumes(tiny_synthetic, tmp
     assert {r.key for r in again.results} == {r.key for r in sel.results} and not again.failed
     before = {r.key: r.image_auroc for r in sel.results}
     assert {r.key: r.image_auroc for r in again.results} == pytest.approx(before)
+
+
+def _check_gmm_normalisation(ckpt, data):
+    """The fitted GMM head is normalised by held-out normals (stored in the spec), not by its batch."""
+    import numpy as np
+    import torch
+
+    from edgead.data import test_items
+    from edgead.imageio import load_batch
+    from edgead.models.checkpoint import load_checkpoint, read_spec
+
+    spec = read_spec(ckpt)
+    lo, hi = spec.head["nll_lo"], spec.head["nll_hi"]
+    assert np.isfinite(lo) and hi > lo
+    det = load_checkpoint(ckpt)
+    assert float(det.head.nll_lo) == pytest.approx(lo) and float(det.head.nll_hi) == pytest.approx(hi)
+    hold = json.loads((ckpt / "fit.json").read_text())["holdout_scores"]
+    assert hold and all(-1e-6 <= s <= 1.0 + 1e-6 for s in hold)  # held-out patches were mapped into [0, 1]
+    images = load_batch([it.path for it in test_items(data)], spec)
+    with torch.no_grad():
+        batch_scores = det(torch.from_numpy(images))[0].numpy()
+        alone = np.array([float(det(torch.from_numpy(images[i : i + 1]))[0]) for i in range(len(images))])
+    np.testing.assert_allclose(alone, batch_scores, atol=1e-5)
