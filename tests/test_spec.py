@@ -44,7 +44,7 @@ def test_newer_version_refused():
 
 
 def test_bad_fields():
-    with pytest.raises(EdgeadError, match="model family must be one of fbft, dinomaly, vitad, found 'x'"):
+    with pytest.raises(EdgeadError, match="model family must be one of fbft, dinomaly, vitad, .*nf, gmm.*, found 'x'"):
         spec(family="x")
     with pytest.raises(EdgeadError, match="norm must be 'layernorm' or 'dyt', found 'bn'"):
         spec(norm="bn")
