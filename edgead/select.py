@@ -139,7 +139,7 @@ def run_candidate(c: Candidate, data: Path, folder: Path, size: int, engine: str
                   epochs: int | None, iters: int, seed: int, progress: Progress | None) -> CandidateResult:
     """Fit (unless a checkpoint is there), export, compile, evaluate and bench one candidate."""
     import edgead.runtimes as rt
-    from edgead.bench.latency import bench_runner, executed_precision
+    from edgead.bench.timing import bench_runner
     from edgead.evaluate import evaluate_runner
     from edgead.export import export_onnx
     from edgead.export.flops import onnx_flops, torch_flops
@@ -166,7 +166,7 @@ def run_candidate(c: Candidate, data: Path, folder: Path, size: int, engine: str
     with runner:
         m = evaluate_runner(runner, data).metrics
         bench = bench_runner(runner, (1,), iters=iters, warmup=2, label=c.key)[0]
-        executed = executed_precision(runner)
+        executed = runner.executed_precision()
     return CandidateResult(
         key=c.key, family=c.family, backbone=c.backbone, norm=c.norm, engine=engine, precision=precision,
         executed_precision=executed, image_auroc=float(m.image_auroc), aupro=float(m.aupro),
@@ -228,7 +228,7 @@ def select(
 
 
 def write_selection(sel: Selection, out: Path, **context: Any) -> None:
-    from edgead.bench.latency import machine_info
+    from edgead.bench.machine import machine_info
     from edgead.selectplot import plot_pareto
 
     doc = {
