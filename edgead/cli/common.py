@@ -66,6 +66,8 @@ RunEngine = Annotated[str | None, live_option("--engine", "-e", describe=_engine
 #: the engine ``compile`` builds for
 CompileEngine = Annotated[str, live_option("--engine", "-e", describe=_engines("Engine to compile for.", True))]
 CompilePrecision = Annotated[str, live_option("--precision", "-p", describe=_compile_precisions)]
+#: the engine a command builds artifacts for and then runs them on (select)
+BuildRunEngine = Annotated[str, live_option("--engine", "-e", describe=_engines("Engine to build for and run on."))]
 #: engines to benchmark: a comma list, or all
 BenchEngines = Annotated[str, live_option("--engine", "-e", describe=_engines(
     "Engines to measure: a comma list, or all.", extra=("all",)))]

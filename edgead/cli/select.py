@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgead.cli.common import JsonFlag, console, emit_json, progress_bar
+from edgead.cli.common import BuildRunEngine, JsonFlag, OutDir, console, emit_json, progress_bar
 from edgead.errors import EdgeadError, require
 from edgead.select import DEFAULT_BACKBONES, DEFAULT_EPOCHS, DEFAULT_FAMILIES, DEFAULT_NORMS, DEFAULT_SIZE
 
@@ -20,21 +20,21 @@ def _names(text: str) -> tuple[str, ...]:
 
 def select_cmd(
     data: Annotated[Path, typer.Argument(help="Labelled MVTec-layout category (train/good, test/, ground_truth/).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for candidates, select.json and pareto.png.")]
-    = Path("runs/select"),
+    out: OutDir = Path("runs/select"),
     families: Annotated[str, typer.Option(help="Comma-separated families.")] = ",".join(DEFAULT_FAMILIES),
     backbones: Annotated[str, typer.Option(help="Comma-separated backbones.")] = ",".join(DEFAULT_BACKBONES),
     norms: Annotated[str, typer.Option(help="Comma-separated norms (layernorm, dyt).")] = ",".join(DEFAULT_NORMS),
     size: Annotated[int, typer.Option(help="Input side in pixels for every candidate.")] = DEFAULT_SIZE,
-    engine: Annotated[str, typer.Option("--engine", "-e", help="openvino | onnxruntime | torch | trt")]
-    = "openvino",
+    engine: BuildRunEngine = "openvino",
     precision: Annotated[str, typer.Option("--precision", "-p", help="fp32 | bf16 | fp16 | int8")] = "fp32",
     epochs: Annotated[int, typer.Option(help="Training epochs of every candidate.")] = DEFAULT_EPOCHS,
     iters: Annotated[int, typer.Option(help="Timed iterations per candidate.")] = 20,
     seed: int = 0,
     json_out: JsonFlag = False,
 ) -> None:
-    """Which detector for this line? Fits every (family x backbone x norm), evaluates and benches it; resumes."""
+    """Which detector for this line? Fits every (family x backbone x norm), evaluates and benches it; resumes.
+
+    OUT: candidates/<key>/ (checkpoint, export, result.json), select.json and pareto.png."""
     require("torch", "torch", "edgead select")
     from edgead.select import select
 
