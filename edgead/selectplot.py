@@ -17,11 +17,12 @@ def plot_pareto(results: Sequence[Any], front: Sequence[str], path: str | Path, 
     matplotlib = require("matplotlib", "torch", "the Pareto plot of edgead select")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - used through the matplotlib name
 
     by_key = {r.key: r for r in results}
     backbones = sorted({r.backbone for r in results})
     colours = {b: plt.get_cmap("tab10")(i % 10) for i, b in enumerate(backbones)}
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=110)
     for r in results:
         ax.scatter(r.p50_ms, r.image_auroc, s=60, marker=_FAMILY_MARKERS.get(r.family, "o"),
                    color=colours[r.backbone], edgecolor="black" if r.key in front else "none", linewidth=1.2,
@@ -37,11 +38,16 @@ def plot_pareto(results: Sequence[Any], front: Sequence[str], path: str | Path, 
     for fam in sorted({r.family for r in results}):
         ax.scatter([], [], color="grey", marker=_FAMILY_MARKERS.get(fam, "o"), label=fam, s=40)
     ax.set_xscale("log")
+    ms = [r.p50_ms for r in results]
+    ax.set_xlim(min(ms) / 1.6, max(ms) * 1.6)  # a span over 2.5x always holds one of the 1-2-5 ticks
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("ms / image (batch 1, median)")
     ax.set_ylabel("image AUROC")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # outside: hides no point
     fig.tight_layout()
     path = Path(path)
     with atomic_file(path) as tmp:
