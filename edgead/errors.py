@@ -27,6 +27,10 @@ class OutputError(EdgeadError):
     """An output target edgead refuses to write: it would replace user data, or overlaps the inputs."""
 
 
+class FidelityError(EdgeadError):
+    """An artifact misses its accuracy budget against the reference (``edgead verify``, the compile-time gate)."""
+
+
 class MissingDependencyError(EdgeadError):
     """An optional dependency is not installed; the message names the pip extra."""
 

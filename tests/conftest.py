@@ -58,3 +58,16 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def fitted_export(tiny_synthetic, tmp_path_factory):
+    """Export folder of a tiny FBFT detector fitted for 5 epochs on ``tiny_synthetic`` (it has a threshold)."""
+    from edgead.export import export_onnx
+    from edgead.fit import fit
+    from edgead.models.checkpoint import load_checkpoint
+
+    root = tmp_path_factory.mktemp("fitted")
+    r = fit(tiny_synthetic, root / "ckpt", "fbft", "vit_tiny_test_patch14", "layernorm", 56, epochs=5)
+    export_onnx(load_checkpoint(r.checkpoint), root / "export", source=r.checkpoint)
+    return root / "export"

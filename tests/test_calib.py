@@ -33,18 +33,6 @@ def test_calibration_folder_without_usable_image(tmp_path):
         CalibrationSet(tmp_path / "empty", _spec())
 
 
-@pytest.fixture(scope="module")
-def fitted_export(tiny_synthetic, tmp_path_factory):
-    from edgead.export import export_onnx
-    from edgead.fit import fit
-    from edgead.models.checkpoint import load_checkpoint
-
-    root = tmp_path_factory.mktemp("int8")
-    r = fit(tiny_synthetic, root / "ckpt", "fbft", "vit_tiny_test_patch14", "layernorm", 56, epochs=5)
-    export_onnx(load_checkpoint(r.checkpoint), root / "export", source=r.checkpoint)
-    return root / "export"
-
-
 @pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
 def test_int8_close_to_fp32(fitted_export, tiny_synthetic, engine):
     from edgead.export.compile import compile_artifact

@@ -69,7 +69,8 @@ def test_fit_export_predict_json(tmp_path, tiny_synthetic):
     out = run("verify", tmp_path / "exp", "--json")
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
-    assert rep["reference"] == "torch" and rep["artifacts"][0]["diff"]["max_abs_maps"] <= 1e-4
+    assert rep["reference"] == "torch" and rep["artifacts"][0]["max_abs_maps"] <= 1e-4
+    assert rep["passed"] is True and rep["reference_is"] == "PyTorch checkpoint"
 
 
 def test_shared_options_mean_one_thing_everywhere():

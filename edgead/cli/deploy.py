@@ -25,10 +25,8 @@ def export(
     OUT: the export folder (model.onnx and its manifest), replaced atomically."""
     require("torch", "torch", "edgead export")
     from edgead.export.onnx import export_onnx
-    from edgead.fsutil import check_output_target
     from edgead.models.checkpoint import load_checkpoint
 
-    check_output_target(out, inputs=(ckpt,))
     r = export_onnx(load_checkpoint(ckpt), out, simplifier=simplifier, opset=opset, source=ckpt,
                     fold_norms=fold_norms)
     result = {"path": str(r.path / "model.onnx"), "simplified": r.simplified, "nodes_raw": r.nodes_raw,
@@ -66,33 +64,60 @@ def compile_cmd(
 
 def verify(
     out: Annotated[Path, typer.Argument(help="Export folder; every artifact in it is checked.")],
-    data: Annotated[Path | None, typer.Option(help="Labelled MVTec-layout category for metrics.")] = None,
+    data: Annotated[Path | None, typer.Option(help="MVTec-layout category: every test image is compared, and "
+                                              "metrics computed.")] = None,
     ckpt: Annotated[Path | None, typer.Option(help="Reference checkpoint (default: the one exported).")] = None,
-    batch: Annotated[int, typer.Option(help="Images in the parity batch.")] = 8,
+    batch: Annotated[int, typer.Option(help="Images per inference call.")] = 8,
+    atol: Annotated[float, typer.Option(help="FP32 artifacts: max |diff| of maps and scores.")] = 1e-4,
+    min_map_r: Annotated[float, typer.Option(help="INT8/FP16/BF16: minimum map Pearson r.")] = 0.99,
+    max_drop: Annotated[float, typer.Option(help="INT8/FP16/BF16 with --data: largest metric drop "
+                                            "(0.005 = 0.5 AUROC points).")] = 0.005,
+    metric: Annotated[str, typer.Option(help="Metric of --max-drop: auroc | aupro | pixel_auroc | map_r.")]
+    = "auroc",
+    max_flips: Annotated[int | None, typer.Option(help="Fail above this many label flips against the "
+                                                  "threshold (default: report only).")] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Max/mean |difference| of maps and scores of every artifact against PyTorch; metrics with --data."""
+    """Judge every artifact against the PyTorch reference; exit 1 when one misses its precision's targets."""
     from edgead.cli.common import check_batch
+    from edgead.errors import FidelityError
+    from edgead.fidelity import Budget
     from edgead.verify import verify_artifacts
 
     check_batch(batch)
 
-    ref, checks = verify_artifacts(out, data, ckpt, batch)
+    budget = Budget(atol=atol, min_map_r=min_map_r, max_drop=max_drop, metric=metric, max_flips=max_flips)
+    rep = verify_artifacts(out, data, ckpt, batch, budget)
     if json_out:
-        emit_json({"reference": ref, "artifacts": [c.to_dict() for c in checks]})
-        return
-    table = Table(title=f"verify {out} against {ref}")
-    for col in ("artifact", "max|Δ| maps", "mean|Δ| maps", "max|Δ| scores", "map r"):
-        table.add_column(col, justify="right" if col != "artifact" else "left")
-    if data:
-        for col in ("img AUROC", "Δ", "AUPRO", "Δ", "data map r"):
-            table.add_column(col, justify="right")
-    for c in checks:
-        row = [f"{c.engine} {c.precision}", f"{c.diff.max_abs_maps:.2e}",
-               f"{c.diff.mean_abs_maps:.2e}", f"{c.diff.max_abs_scores:.2e}", f"{c.diff.map_pearson:.5f}"]
-        if data:
-            row += [f"{c.metrics['image_auroc']:.4f}", f"{c.delta['image_auroc']:+.4f}",
-                    f"{c.metrics['aupro']:.4f}", f"{c.delta['aupro']:+.4f}", f"{c.metrics['map_pearson']:.5f}"]
+        emit_json(rep.to_dict())
+    else:
+        _verify_table(rep, out)
+    failed = [c for c in rep.checks if not c.passed]
+    if failed:
+        worst = "; ".join(f"{c.engine} {c.precision}: {', '.join(c.failures)}" for c in failed)
+        raise FidelityError(f"{len(failed)} of {len(rep.checks)} artifacts miss their targets against the "
+                            f"{rep.reference_label}: {worst}")
+
+
+def _verify_table(rep, out: Path) -> None:
+    table = Table(title=f"verify {out} against the {rep.reference_label}, {rep.images} images")
+    cols = ["artifact", "max|Δ| maps", "max|Δ| scores", "map r", "flips"]
+    labelled = any(c.fidelity.metrics for c in rep.checks)
+    if labelled:
+        cols += [rep.budget.metric, "Δ"]
+    for col in cols + ["float layers", "verdict"]:
+        table.add_column(col, justify="left" if col in ("artifact", "verdict") else "right")
+    for c in rep.checks:
+        f = c.fidelity
+        row = [f"{c.engine} {c.precision}", f"{f.max_abs_maps:.2e}", f"{f.max_abs_scores:.2e}", f"{f.map_r:.5f}",
+               "-" if f.flips is None else str(f.flips)]
+        if labelled:
+            m = f.metrics.get(rep.budget.metric)
+            d = f.drop(rep.budget.metric)
+            row += ["-" if m is None else f"{m:.4f}", "-" if d is None else f"{-d:+.4f}"]
+        q = c.quantization or {}
+        row.append(str(len(q.get("float_layers", []))) if q else "-")
+        row.append("[green]pass[/]" if c.passed else f"[red]FAIL[/] {'; '.join(c.failures)}")
         table.add_row(*row)
     console.print(table)
 
@@ -115,9 +140,5 @@ def calibrate(
 ) -> None:
     """Calibrated INT8 Q/DQ ONNX (OUT/onnx-int8/): runs in ONNX Runtime; TensorRT builds explicit INT8 from it."""
     from edgead.calib.onnx_qdq import quantize_qdq
-    from edgead.fsutil import check_output_target
-    from edgead.registry import ONNX, artifact_folder
-
-    check_output_target(artifact_folder(out, ONNX.name, "int8"), inputs=(calib,))
 
     console.print(f"calibrated [bold]{quantize_qdq(out, calib, method=method)}[/]")
