@@ -3,32 +3,269 @@
 The result runs in ONNX Runtime and is the input TensorRT builds explicit INT8 engines from, so quantisation is
 symmetric (zero point 0, as TensorRT requires), per-channel for weights, and limited to the matrix products
 (MatMul/Gemm) that carry the compute. The in-graph postprocessing stays float.
+
+Accuracy-aware mode (an ``AccuracyTarget``, ``--max-drop``): when the fully quantised graph misses the budget,
+each quantised layer is ranked by sensitivity — the graph is measured with that one layer back in float
+(``float_island``: its inputs read the float tensors instead of the dequantised ones, its weight the original
+float initializer) — and the most sensitive layers are put back in float, fewest first (doubling, then a
+bisection), until the budget holds. The chosen layers are written into the manifest as
+``extra.quantization.float_layers`` (a plain list of ONNX node names; TensorRT keeps them as FP32 islands).
+``max_float_layers`` caps how many may go back to float (each costs speed); past it the build is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgead.calib.dataset import CalibrationSet
-from edgead.errors import EdgeadError, require
+from edgead.calib.validation import AccuracyTarget
+from edgead.errors import EdgeadError, FidelityError, require
 from edgead.export.qdq_check import restore_island_inputs
+from edgead.fidelity import Fidelity
 from edgead.fsutil import atomic_dir
 from edgead.registry import INPUT, ONNX, artifact_folder
 from edgead.runtimes.manifest import read_manifest, write_manifest
 
 MODEL = "model.onnx"
 METHODS = ("minmax", "percentile", "entropy")
+QUANTIZED_OPS = ("MatMul", "Gemm")
 
 
 def _post_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.name.startswith("/post/")]
 
 
-def quantize_qdq(artifact_dir: str | Path, calib_dir: str | Path, out: str | Path | None = None,
-                 method: str = "percentile", limit: int = 300) -> Path:
+def quantized_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the MatMul/Gemm nodes that read at least one dequantised input, in graph order."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS
+            and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)]
+
+
+def _dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int) -> np.ndarray:
+    shape = [1] * q.ndim
+    if scale.ndim == 1 and scale.size > 1:
+        shape[axis] = scale.size
+    zp = 0 if zero is None else zero.astype(np.float32).reshape(shape)
+    return ((q.astype(np.float32) - zp) * scale.astype(np.float32).reshape(shape)).astype(np.float32)
+
+
+#: ops ONNX Runtime's Q/DQ quantiser carries quantised data through (same scale in and out)
+PASSTHROUGH = ("Reshape", "Squeeze", "Unsqueeze", "Transpose", "Flatten", "Slice", "Split", "Gather", "Concat",
+               "Expand", "MaxPool", "Resize")
+
+
+def float_island(qmodel: onnx.ModelProto, layers: list[str], float_weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``qmodel`` in which each node of ``layers`` reads float inputs (no Q/DQ), unused nodes pruned.
+
+    An activation input is traced back through Q/DQ pairs and through the data-movement ops the quantiser
+    carries quantised data through (a float copy of each is added) to the float tensor; a weight goes back to
+    its original float initializer from ``float_weights`` (``<name>`` for ``<name>_quantized``), else to its
+    dequantised values. The layer's output stays as it was: the next layer decides its own precision.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(qmodel)
+    g = m.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    memo: dict[str, str] = {}
+    added: list[onnx.NodeProto] = []
+
+    def weight(dq: onnx.NodeProto) -> str:
+        src = dq.input[0]
+        base = src.removesuffix("_quantized")
+        new = base if base in float_weights else f"{src}_float"
+        if new not in inits:
+            if base in float_weights:
+                arr = float_weights[base]
+            else:
+                axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+                zero = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] else None
+                arr = _dequantize(numpy_helper.to_array(inits[src]), numpy_helper.to_array(inits[dq.input[1]]),
+                                  zero, axis)
+            inits[new] = numpy_helper.from_array(arr, new)
+            g.initializer.append(inits[new])
+        return new
+
+    def float_source(name: str) -> str:
+        if name in memo:
+            return memo[name]
+        p = producer.get(name)
+        out = name
+        if p is not None and p.op_type == "DequantizeLinear":
+            src = p.input[0]
+            if src in inits:
+                out = weight(p)
+            elif src in producer and producer[src].op_type == "QuantizeLinear":
+                out = float_source(producer[src].input[0])
+        elif p is not None and p.op_type in PASSTHROUGH:
+            ins = [float_source(i) if i else i for i in p.input]
+            if ins != list(p.input):
+                copy = onnx.NodeProto()
+                copy.CopyFrom(p)
+                copy.name = f"{p.name}_float"
+                del copy.input[:]
+                copy.input.extend(ins)
+                del copy.output[:]
+                copy.output.extend(f"{o}_float" for o in p.output)
+                added.append(copy)
+                for o in p.output:
+                    memo[o] = f"{o}_float"
+                out = f"{name}_float"
+        memo[name] = out
+        return out
+
+    wanted = set(layers)
+    still_int8 = set(quantized_layers(qmodel)) - wanted
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for node in g.node:
+        if node.name in wanted:
+            for k, name in enumerate(node.input):
+                node.input[k] = float_source(name)
+    # every other reader of a quantised activation (residual adds, the head's distance, data movement) reads the
+    # float tensor: only the INT8 layers' inputs carry Q/DQ
+    for dq in [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] not in inits]:
+        for reader in consumers.get(dq.output[0], []):
+            if reader.name not in still_int8 and reader.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+                reader.input[:] = [float_source(i) if i == dq.output[0] else i for i in reader.input]
+    # a float copy must come before its readers: put each right after the node it copies
+    for copy in added:
+        idx = next(i for i, n in enumerate(g.node) if n.name == copy.name.removesuffix("_float"))
+        g.node.insert(idx + 1, copy)
+    _prune(m)
+    return m
+
+
+def _prune(m: onnx.ModelProto) -> None:
+    """Drop nodes none of whose outputs are used, then initializers nothing reads."""
+    g = m.graph
+    outputs = {o.name for o in g.output}
+    while True:
+        used = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    for t in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(t)
+
+
+def _run(model: onnx.ModelProto, images: np.ndarray, batch: int = 8, optimize: bool = True
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs of an in-memory model; ``optimize=False`` runs Q/DQ as written (half the session set-up time)."""
+    ort = require("onnxruntime", "onnxruntime")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    outs = [o.name for o in sess.get_outputs()]
+    scores, maps = [], []
+    for i in range(0, len(images), batch):
+        s, mp = sess.run(outs, {name: images[i : i + batch]})
+        scores.append(np.asarray(s, np.float32).reshape(-1))
+        maps.append(np.asarray(mp, np.float32))
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+@dataclass(frozen=True)
+class Search:
+    """The outcome of the accuracy-aware search: the float layers chosen and what each step measured."""
+
+    float_layers: list[str]
+    sensitivity: dict[str, float]
+    steps: list[dict[str, Any]]
+    fidelity: Fidelity
+
+
+def _loss(f: Fidelity, metric: str) -> float:
+    """A continuous badness for ranking: map error plus the metric drop (NaN counts as worst)."""
+    drop = f.drop(metric) if metric != "map_r" else 0.0
+    v = (1.0 - f.map_r) + max(0.0, drop or 0.0)
+    return float(v) if np.isfinite(v) else float("inf")
+
+
+def search_float_layers(qmodel: onnx.ModelProto, float_weights: dict[str, np.ndarray], target: AccuracyTarget,
+                        progress: Any = None, max_float: int | None = None) -> Search:
+    """Fewest layers of ``qmodel`` to keep in float for ``target``'s budget (see the module docstring)."""
+    budget, metric = target.budget, target.budget.metric
+
+    def measure(layers: list[str], optimize: bool = True) -> Fidelity:
+        s, m = _run(float_island(qmodel, layers, float_weights), target.val.images, optimize=optimize)
+        return target.measure(s, m, f"Q/DQ with {len(layers)} float layers", "int8")
+
+    steps: list[dict[str, Any]] = []
+
+    def step(layers: list[str], f: Fidelity) -> bool:
+        ok = not budget.failures(f)
+        steps.append({"float_layers": len(layers), "map_r": f.map_r, "drop": f.drop(metric), "passed": ok})
+        return ok
+
+    def impossible(best: Fidelity, n: int, cap: int | None = None) -> FidelityError:
+        drop = best.drop(metric)
+        how = f"even with all {n} layers" if cap is None else f"with at most {cap} of {n} layers"
+        return FidelityError(
+            f"Q/DQ INT8 cannot meet the budget ({metric} drop <= {budget.max_drop}, map r >= {budget.min_map_r}) "
+            f"{how} in float; best reached: {metric} drop "
+            f"{'n/a' if drop is None else f'{drop:.6f}'}, map r {best.map_r:.6f}; nothing written")
+
+    full = measure([])
+    if step([], full):
+        return Search([], {}, steps, full)
+    layers = quantized_layers(qmodel)
+    if max_float == 0:  # pure INT8 or nothing
+        raise impossible(full, len(layers), 0)
+    every = measure(layers)  # a budget that all-float misses cannot be met: say so before ranking anything
+    if not step(layers, every):
+        raise impossible(min((full, every), key=lambda f: _loss(f, metric)), len(layers))
+    sens: dict[str, float] = {}
+    base = _loss(measure([], optimize=False), metric)
+    for i, name in enumerate(layers):  # how much floating this one layer alone helps
+        sens[name] = base - _loss(measure([name], optimize=False), metric)
+        if progress:
+            progress("sensitivity", i + 1, len(layers))
+    ranked = sorted(layers, key=lambda n: -sens[n])
+    tried: dict[int, Fidelity] = {0: full, len(layers): every}
+
+    def ok_at(k: int) -> bool:
+        if k not in tried:
+            tried[k] = measure(ranked[:k])
+            step(ranked[:k], tried[k])
+        return not budget.failures(tried[k])
+
+    top = len(ranked) if max_float is None else min(max_float, len(ranked))
+    lo, hi = 0, 1  # the budget fails at lo and (after the loop) holds at hi
+    while hi < top and not ok_at(hi):
+        lo, hi = hi, min(2 * hi, top)
+    if not ok_at(hi):
+        raise impossible(min(tried.values(), key=lambda f: _loss(f, metric)), len(ranked), top)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok_at(mid):
+            hi = mid
+        else:
+            lo = mid
+    return Search(ranked[:hi], {n: sens[n] for n in ranked[:hi]}, steps, tried[hi])
+
+
+def quantize_qdq(artifact_dir: str | Path, calib: CalibrationSet | str | Path, out: str | Path | None = None,
+                 method: str = "percentile", limit: int = 300, target: AccuracyTarget | None = None,
+                 max_float_layers: int | None = None) -> Path:
     """The ONNX Runtime int8 artifact folder in ``OUT`` (a calibrated Q/DQ model.onnx and its manifest), made
     from the FP32 export in ``OUT``."""
     from edgead.export.onnx import set_metadata, source_onnx
@@ -39,7 +276,8 @@ def quantize_qdq(artifact_dir: str | Path, calib_dir: str | Path, out: str | Pat
     ort = require("onnxruntime", "onnxruntime")
     artifact_dir = Path(artifact_dir)
     onnx_path, src = source_onnx(artifact_dir)
-    data = CalibrationSet(calib_dir, src.spec, batch_size=1, limit=limit)
+    data = calib if isinstance(calib, CalibrationSet) else CalibrationSet(calib, src.spec, batch_size=1,
+                                                                          limit=limit)
 
     class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
@@ -53,28 +291,45 @@ def quantize_qdq(artifact_dir: str | Path, calib_dir: str | Path, out: str | Pat
                  "entropy": q.CalibrationMethod.Entropy}[method]
     model = onnx.load(str(onnx_path))
     out = Path(out) if out else artifact_folder(artifact_dir, ONNX.name, "int8")
+    post = _post_nodes(model)
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
         pre = Path(work) / "pre.onnx"
         q.quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-        q.quantize_static(
-            str(pre), str(tmp / MODEL), Reader(),
-            quant_format=q.QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=q.QuantType.QInt8,
-            weight_type=q.QuantType.QInt8,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            nodes_to_exclude=_post_nodes(model),
-            calibrate_method=calibrate,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                           "CalibPercentile": 99.999, "CalibTensorRangeSymmetric": True},
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # ONNX Runtime prints progress; stdout is for --json
+            q.quantize_static(
+                str(pre), str(tmp / MODEL), Reader(),
+                quant_format=q.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=q.QuantType.QInt8,
+                weight_type=q.QuantType.QInt8,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_exclude=post,
+                calibrate_method=calibrate,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                               "CalibPercentile": 99.999, "CalibTensorRangeSymmetric": True},
+            )
         qm = onnx.load(str(tmp / MODEL))
         restore_island_inputs(qm)  # FP32 islands read float tensors, not a dequantized copy (TensorRT builds this)
+        quant: dict[str, Any] = {"tool": "onnxruntime", "quantized_ops": list(QUANTIZED_OPS), "symmetric": True,
+                                 "per_channel_weights": True, "always_float": post,
+                                 "accuracy_control": target is not None, "float_layers": []}
+        weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(pre)).graph.initializer}
+        if target is None:
+            qm = float_island(qm, [], weights)  # Q/DQ on the INT8 layers' inputs only
+        else:
+            found = search_float_layers(qm, weights, target, max_float=max_float_layers)
+            qm = float_island(qm, found.float_layers, weights)
+            quant.update(float_layers=found.float_layers, float_reason="most sensitive layers, kept in float "
+                         "until the budget held", sensitivity=found.sensitivity, search=found.steps,
+                         budget={"metric": target.budget.metric, "max_drop": target.budget.max_drop,
+                                 "min_map_r": target.budget.min_map_r})
+        quant["quantized_layers"] = len(quantized_layers(qm))
         set_metadata(qm, {p.key: p.value for p in model.metadata_props})
         onnx.save(qm, str(tmp / MODEL))
-        extra = {"calibration": {"images": len(data), "method": method, "folder": str(calib_dir),
-                                 "skipped": [str(p) for p in data.skipped]},
-                 "quantized_ops": ["MatMul", "Gemm"], "symmetric": True, "source": onnx_path.name}
+        extra = {"calibration": {**data.describe(), "method": method},
+                 "quantization": quant, "source": onnx_path.name,
+                 # kept for readers of the first manifest layout
+                 "quantized_ops": list(QUANTIZED_OPS), "symmetric": True}
         write_manifest(tmp, ONNX.manifest_name, "int8", MODEL, src.spec, {"onnxruntime": ort.__version__}, src.batch,
                        extra)
     read_manifest(out)

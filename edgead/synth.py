@@ -240,6 +240,29 @@ def add_defect(render: Render, defect: str, rng: np.random.Generator) -> tuple[n
     return gray, mask
 
 
+def paint_defect(rgb: np.ndarray, defect: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paint one ``defect`` on a real square RGB uint8 image: (RGB image, mask of exactly the changed pixels).
+
+    The same strokes, spots and chunks as the synthetic set, placed anywhere on the image; each channel is
+    darkened, brightened or replaced like the grey level of a render. Used to make labelled proxy data from
+    normal images (the compile-time gate, the texture benchmark).
+    """
+    if rgb.ndim != 3 or rgb.shape[0] != rgb.shape[1] or rgb.shape[2] != 3:
+        raise InputError(f"expected a square RGB image (S, S, 3), found shape {rgb.shape}")
+    gray = rgb.astype(np.float32).mean(axis=2)
+    render = Render(gray, np.ones(gray.shape, dtype=bool), "texture")
+    mask = np.zeros(gray.shape, dtype=bool)
+    paint: Paint = _darken
+    for _ in range(50):
+        mask, paint = _defect_region(render, defect, rng)
+        if mask.sum() >= MIN_AREA * gray.size:
+            break
+    out = rgb.astype(np.float32)
+    out[mask] = paint(out[mask])
+    changed = np.abs(np.round(out) - rgb).max(axis=2) > 0
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), mask & changed
+
+
 def to_rgb(gray: np.ndarray, category: str) -> np.ndarray:
     """Tint a grey-level image into RGB uint8."""
     tint = np.asarray(_TINT[category], dtype=np.float32)

@@ -36,7 +36,8 @@ class ArtifactCheck:
     precision: str
     fidelity: Fidelity
     failures: list[str] = field(default_factory=list)
-    quantization: dict[str, Any] | None = None  # the manifest's record: layers kept in float, drop at compile
+    quantization: dict[str, Any] | None = None  # the manifest's record: layers kept in float, why
+    compiled: dict[str, Any] | None = None  # the compile-time gate's record: drop and map r measured then
 
     @property
     def passed(self) -> bool:
@@ -45,7 +46,7 @@ class ArtifactCheck:
     def to_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "engine": self.engine, "precision": self.precision,
                 "passed": self.passed, "failures": self.failures, **self.fidelity.to_dict(),
-                "quantization": self.quantization}
+                "quantization": self.quantization, "compile_time_fidelity": self.compiled}
 
 
 @dataclass(frozen=True)
@@ -122,5 +123,5 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
             runner.close()
         ref_metrics = fid.reference_metrics or None
         checks.append(ArtifactCheck(folder, runner.engine, runner.manifest.precision, fid, budget.failures(fid),
-                                    runner.manifest.extra.get("quantization")))
+                                    runner.manifest.extra.get("quantization"), runner.manifest.extra.get("fidelity")))
     return Report(ref_name, budget, int(np.asarray(ref_scores).size), None if data is None else str(data), checks)

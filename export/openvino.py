@@ -9,12 +9,17 @@ INT8 is NNCF post-training quantisation (``edgead.calib.openvino_int8``). The sp
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from edgead.calib.dataset import CalibrationSet
 from edgead.errors import EdgeadError, InputError, require
 from edgead.export.onnx import source_onnx
 from edgead.fsutil import atomic_dir
 from edgead.registry import OPENVINO, artifact_folder
 from edgead.runtimes.manifest import write_manifest
+
+if TYPE_CHECKING:
+    from edgead.calib.validation import AccuracyTarget
 
 XML = "model.xml"
 PRECISIONS = OPENVINO.compiles
@@ -22,8 +27,10 @@ PRECISIONS = OPENVINO.compiles
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
-def compile_openvino(artifact_dir: str | Path, precision: str = "fp32", calib_dir: str | Path | None = None,
-                     out: str | Path | None = None, subset_size: int = 300) -> Path:
+def compile_openvino(artifact_dir: str | Path, precision: str = "fp32",
+                     calib: CalibrationSet | str | Path | None = None, out: str | Path | None = None,
+                     subset_size: int = 300, method: str | None = None, target: AccuracyTarget | None = None
+                     ) -> Path:
     """Write the OpenVINO ``precision`` artifact folder in ``OUT`` (model.xml, model.bin, manifest.json); its path."""
     if precision not in PRECISIONS:
         raise EdgeadError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, found '{precision}'")
@@ -35,12 +42,14 @@ def compile_openvino(artifact_dir: str | Path, precision: str = "fp32", calib_di
     extra: dict = {"inference_precision": INFERENCE_PRECISION[precision], "source": onnx_path.name}
     versions = {"openvino": ov.__version__}
     if precision == "int8":
-        if calib_dir is None:
+        if calib is None:
             raise InputError("INT8 needs calibration images: pass --calib DIR (normal images of the part)")
         from edgead.calib.openvino_int8 import quantize_openvino
 
-        model, calib_info = quantize_openvino(model, src.spec, Path(calib_dir), subset_size)
-        extra["calibration"] = calib_info
+        if not isinstance(calib, CalibrationSet):
+            calib = CalibrationSet(calib, src.spec, batch_size=1, limit=subset_size)
+        model, extra["calibration"], extra["quantization"] = quantize_openvino(model, src.spec, calib, method,
+                                                                                target)
         versions["nncf"] = require("nncf", "nncf").__version__
     model.set_rt_info(src.spec.to_json(), ["edgead", "spec"])
     model.set_rt_info(precision, ["edgead", "precision"])

@@ -10,7 +10,13 @@ from edgead.verify import verify_artifacts
 from tests.test_cli import run
 
 
-def test_verify_covers_every_test_image_against_pytorch(fitted_export, tiny_synthetic):
+def _fp32_only(export, tmp_path):
+    """A copy of the export folder without the INT8 artifacts other tests compiled into it."""
+    return shutil.copytree(export, tmp_path / "fp32", ignore=shutil.ignore_patterns("*-*"))
+
+
+def test_verify_covers_every_test_image_against_pytorch(fitted_export, tiny_synthetic, tmp_path):
+    fitted_export = _fp32_only(fitted_export, tmp_path)
     rep = verify_artifacts(fitted_export, tiny_synthetic, batch=5)
     assert rep.reference == "torch" and rep.reference_label == "PyTorch checkpoint"
     assert rep.images == 12 and rep.passed  # 4 good + 4 defect types x 2: all of them, batch 5 or not
@@ -25,8 +31,7 @@ def test_verify_covers_every_test_image_against_pytorch(fitted_export, tiny_synt
 @pytest.fixture()
 def broken_export(fitted_export, tiny_export, tmp_path):
     """The fitted export plus, inside it, a well-formed FP32 artifact of another (untrained) detector."""
-    out = tmp_path / "exp"
-    shutil.copytree(fitted_export, out)
+    out = _fp32_only(fitted_export, tmp_path)
     shutil.copytree(tiny_export("fbft", "layernorm") / "export", out / "other")
     return out
 

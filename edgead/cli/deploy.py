@@ -42,24 +42,78 @@ def export(
                   f"{r.parity.max_abs_maps:.2e}, scores {r.parity.max_abs_scores:.2e}")
 
 
+ValDir = Annotated[Path | None, typer.Option("--val", help="Labelled MVTec-layout category the fidelity gate and "
+                                              "--max-drop measure on (default: a hold-out of --calib plus "
+                                              "synthetic defects).")]
+MaxDrop = Annotated[float | None, typer.Option(help="Accuracy budget: largest drop of --metric against FP32 "
+                                               "(0.003 = 0.3 AUROC points); INT8 keeps the most sensitive "
+                                               "layers in float until it holds.")]
+Metric = Annotated[str, typer.Option(help="Metric of the budget: auroc | aupro | pixel_auroc | map_r.")]
+MinMapR = Annotated[float, typer.Option(help="Fidelity gate: minimum map Pearson r against FP32.")]
+AcceptDrop = Annotated[bool, typer.Option(help="Write the artifact even when it misses the budget (the "
+                                          "measured drop is recorded in its manifest).")]
+CalibSize = Annotated[int, typer.Option(help="Calibration images, drawn stratified over the folder.")]
+
+
 def compile_cmd(
     out: Annotated[Path, typer.Argument(help="Export folder (holds model.onnx).")],
     engine: CompileEngine = "openvino",
     precision: CompilePrecision = "fp32",
     calib: Annotated[Path | None, typer.Option(help="Calibration images (INT8): a folder or MVTec category.")]
     = None,
+    val: ValDir = None,
+    max_drop: MaxDrop = None,
+    metric: Metric = "auroc",
+    min_map_r: MinMapR = 0.99,
+    accept_drop: AcceptDrop = False,
+    calib_size: CalibSize = 300,
+    max_float_layers: Annotated[int | None, typer.Option(help="Q/DQ with --max-drop: refuse rather than keep more "
+                                                         "than this many layers in float.")] = None,
+    calib_method: Annotated[str | None, typer.Option(help="Activation statistics: OpenVINO default | minmax | "
+                                                     "mean_minmax | percentile | histogram; ONNX Runtime "
+                                                     "percentile | minmax | entropy.")] = None,
     batch: Annotated[str, typer.Option(help="TensorRT profile MIN:OPT:MAX.")] = "1:1:8",
     workspace: Annotated[float, typer.Option(help="TensorRT workspace in GB.")] = 4.0,
     int8_mode: Annotated[str, typer.Option(help="TensorRT INT8: qdq | entropy (legacy, TensorRT 10 only).")] = "qdq",
     data: Annotated[Path | None, typer.Option(help="Labelled MVTec-layout category: the FP16/INT8 graph's "
                                                    "AUROC/AUPRO change is checked on it.")] = None,
+    json_out: JsonFlag = False,
 ) -> None:
-    """Compile the export for an engine and precision into OUT/<engine>-<precision>/."""
-    from edgead.export.compile import compile_artifact
+    """Compile the export for an engine and precision into OUT/<engine>-<precision>/.
 
-    path = compile_artifact(out, engine, precision, calib, batch=batch, workspace=workspace, int8_mode=int8_mode,
+    INT8/BF16 artifacts are measured against FP32 before they are written and refused when they miss the
+    budget (map r >= 0.99 and <= 0.5 AUROC points by default) unless --accept-drop is given.
+    """
+    from edgead.export.compile import compile_artifact
+    from edgead.fidelity import Budget
+
+    budget = Budget(min_map_r=min_map_r, metric=metric, **({} if max_drop is None else {"max_drop": max_drop}))
+    path = compile_artifact(out, engine, precision, calib, val=val, budget=budget, accuracy_aware=max_drop
+                            is not None, accept_drop=accept_drop, calib_size=calib_size, calib_method=calib_method,
+                            max_float_layers=max_float_layers, batch=batch, workspace=workspace, int8_mode=int8_mode,
                             data=data)
+    _report_compile(path, json_out)
+
+
+def _report_compile(path: Path, json_out: bool) -> None:
+    from edgead.runtimes.manifest import read_manifest
+
+    extra = read_manifest(path).extra
+    fid, quant = extra.get("fidelity"), extra.get("quantization")
+    if json_out:
+        emit_json({"path": str(path), "fidelity": fid, "quantization": quant, "calibration": extra.get("calibration")})
+        return
     console.print(f"compiled [bold]{path}[/]")
+    if quant:
+        console.print(f"  {quant.get('quantized_layers')} layers INT8, {len(quant.get('float_layers', []))} kept "
+                      f"in float{': ' + ', '.join(quant['float_layers']) if quant.get('float_layers') else ''}")
+    if fid and fid.get("measured"):
+        b = fid["budget"]
+        drop = fid["drop"]
+        verdict = "[green]met[/]" if fid["passed"] else "[red]MISSED, accepted[/]"
+        console.print(f"  vs FP32 on {fid['validation']['images']} images ({fid['validation']['kind']}): "
+                      f"{fid['metric']} drop {100 * drop:+.2f} points (budget {100 * b['max_drop']:.2f}), map r "
+                      f"{fid['map_r']:.4f} (>= {b['min_map_r']}), label flips {fid['flips']}: {verdict}")
 
 
 def verify(
@@ -137,8 +191,15 @@ def calibrate(
     out: Annotated[Path, typer.Argument(help="Export folder (holds model.onnx).")],
     calib: Annotated[Path, typer.Option(help="Calibration images: a folder or an MVTec category (train/good).")],
     method: Annotated[str, typer.Option(help="percentile | minmax | entropy")] = "percentile",
+    val: ValDir = None,
+    max_drop: MaxDrop = None,
+    metric: Metric = "auroc",
+    min_map_r: MinMapR = 0.99,
+    accept_drop: AcceptDrop = False,
+    calib_size: CalibSize = 300,
+    json_out: JsonFlag = False,
 ) -> None:
     """Calibrated INT8 Q/DQ ONNX (OUT/onnx-int8/): runs in ONNX Runtime; TensorRT builds explicit INT8 from it."""
-    from edgead.calib.onnx_qdq import quantize_qdq
-
-    console.print(f"calibrated [bold]{quantize_qdq(out, calib, method=method)}[/]")
+    compile_cmd(out, engine="onnxruntime", precision="int8", calib=calib, val=val, max_drop=max_drop,
+                metric=metric, min_map_r=min_map_r, accept_drop=accept_drop, calib_size=calib_size,
+                calib_method=method, json_out=json_out)

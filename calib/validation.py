@@ -1,0 +1,109 @@
+"""Validation data for reduced-precision builds: what the compile-time gate and accuracy-aware INT8 measure on.
+
+Two sources, both prepared with the run-time function:
+
+- a labelled MVTec-layout category (``--val DIR``): its test images, labels and masks;
+- otherwise a documented proxy made from normal images the quantiser never saw (the calibration hold-out):
+  each normal image once as it is (label 0) and once with one synthetic defect painted on it by
+  ``edgead.synth.paint_defect`` (label 1, exact mask), defect types in turn. The proxy measures what INT8 noise
+  does to a detector on this part's own appearance: map r and score error against FP32 on real normals,
+  label flips against the threshold, and whether defects still rank above normals (AUROC, AUPRO).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgead.calib.dataset import CalibrationSet
+from edgead.data import load_masks, test_items
+from edgead.errors import InputError
+from edgead.fidelity import Budget, Fidelity, measure
+from edgead.imageio import load_batch
+from edgead.runtimes.base import Runner
+from edgead.spec import DetectorSpec
+from edgead.synth import DEFECTS, paint_defect
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """Prepared uint8 images ``(N, H, W, 3)``, labels ``(N,)`` (1 = defect), masks ``(N, H, W)`` and a record."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    source: dict[str, Any]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def labelled_validation(folder: str | Path, spec: DetectorSpec) -> ValidationSet:
+    """The test split of an MVTec-layout category; it must hold good and defect images."""
+    items = test_items(folder)
+    labels = np.array([it.label for it in items], dtype=np.int64)
+    if labels.min() == labels.max():
+        raise InputError(f"expected good and defect test images in the validation folder {folder}, found only "
+                         f"{'defect' if labels[0] else 'good'} ones")
+    return ValidationSet(load_batch([it.path for it in items], spec), labels, load_masks(items, spec),
+                         {"kind": "labelled", "folder": str(folder), "images": len(items),
+                          "defects": int(labels.sum())})
+
+
+def proxy_validation(normals: CalibrationSet, seed: int = 0) -> ValidationSet:
+    """Held-out normals plus one synthetic-defect copy of each (see the module docstring)."""
+    n = len(normals)
+    h, w = normals.spec.input_size
+    if h != w:
+        raise InputError(f"the synthetic-defect proxy needs a square input, found {h}x{w}; pass --val DIR")
+    defects, masks = [], []
+    for i, img in enumerate(normals.images):
+        rng = np.random.default_rng([seed, i])
+        d, m = paint_defect(img, DEFECTS[i % len(DEFECTS)], rng)
+        defects.append(d)
+        masks.append(m.astype(np.uint8))
+    images = np.concatenate([normals.images, np.stack(defects)])
+    labels = np.array([0] * n + [1] * n, dtype=np.int64)
+    all_masks = np.concatenate([np.zeros((n, h, w), np.uint8), np.stack(masks)])
+    return ValidationSet(images, labels, all_masks,
+                         {"kind": "proxy: held-out normals + synthetic defects painted on them",
+                          "folder": str(normals.folder), "images": 2 * n, "normals": n,
+                          "files": [p.name for p in normals.files]})
+
+
+@dataclass(frozen=True)
+class AccuracyTarget:
+    """What a reduced-precision build is measured against: the FP32 outputs on a validation set, and a budget."""
+
+    val: ValidationSet
+    ref_scores: np.ndarray
+    ref_maps: np.ndarray
+    threshold: float | None
+    budget: Budget
+
+    @classmethod
+    def from_runner(cls, reference: Runner, val: ValidationSet, budget: Budget) -> AccuracyTarget:
+        scores, maps = predict_all(reference, val.images)
+        return cls(val, scores, maps, reference.spec.threshold, budget)
+
+    def measure(self, scores: np.ndarray, maps: np.ndarray, candidate: str, precision: str) -> Fidelity:
+        return measure(self.ref_scores, self.ref_maps, scores, maps, reference="FP32 ONNX export",
+                       candidate=candidate, precision=precision, threshold=self.threshold, labels=self.val.labels,
+                       masks=self.val.masks)
+
+    def measure_runner(self, runner: Runner) -> Fidelity:
+        scores, maps = predict_all(runner, self.val.images)
+        return self.measure(scores, maps, runner.describe(), runner.manifest.precision)
+
+
+def predict_all(runner: Runner, images: np.ndarray, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and maps of ``images`` in batches of ``batch``."""
+    scores, maps = [], []
+    for i in range(0, len(images), batch):
+        p = runner.predict(images[i : i + batch])
+        scores.append(p.scores)
+        maps.append(p.maps)
+    return np.concatenate(scores), np.concatenate(maps)

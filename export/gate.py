@@ -1,0 +1,115 @@
+"""The compile-time fidelity gate: a reduced-precision artifact is measured before it is written.
+
+Every INT8/BF16/FP16 compile that runs on this machine (OpenVINO, ONNX Runtime Q/DQ) is built into a staging
+folder, run on validation data (``calib.validation``: a labelled ``--val`` folder, else the calibration hold-out
+plus synthetic defects) and compared with the FP32 export. An artifact that misses its ``Budget`` is refused —
+nothing is written — unless the caller accepts the drop; either way the measured figures go into the
+artifact's manifest as ``extra.fidelity``. TensorRT engines cannot run here: they are checked by
+``edgead verify`` on the GPU machine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgead.calib.dataset import CalibrationSet, calibration_files, split_calibration
+from edgead.calib.validation import AccuracyTarget, labelled_validation, proxy_validation
+from edgead.errors import FidelityError, InputError
+from edgead.fidelity import Budget, Fidelity
+from edgead.runtimes.loader import load
+from edgead.runtimes.manifest import MANIFEST, read_manifest, write_manifest
+
+#: images held out of a calibration folder for the gate when no --val is given: a fifth, 4 to 50 of them
+HOLDOUT_FRACTION, HOLDOUT_MIN, HOLDOUT_MAX = 0.2, 4, 50
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Calibration images and the accuracy target of one reduced-precision compile (either may be None)."""
+
+    calib: CalibrationSet | None
+    target: AccuracyTarget | None
+
+
+def default_holdout(n: int) -> int:
+    return int(min(HOLDOUT_MAX, max(HOLDOUT_MIN, round(HOLDOUT_FRACTION * n))))
+
+
+def plan(export_dir: Path, calib_dir: Path | None, val_dir: Path | None, budget: Budget, limit: int = 300,
+         holdout: int | None = None, seed: int = 0) -> Plan:
+    """Choose calibration and validation images and run the FP32 reference on the latter."""
+    from edgead.export.onnx import source_onnx
+
+    _, src = source_onnx(export_dir)
+    spec = src.spec
+    calib = None
+    if val_dir is not None:
+        val = labelled_validation(val_dir, spec)
+        if calib_dir is not None:
+            calib = CalibrationSet(calib_dir, spec, batch_size=1, limit=limit, seed=seed)
+    elif calib_dir is not None:
+        files = calibration_files(calib_dir)
+        k = default_holdout(len(files)) if holdout is None else holdout
+        chosen, held = split_calibration(files, limit, k, seed)
+        calib = CalibrationSet(calib_dir, spec, batch_size=1, files=chosen)
+        calib.available = len(files)
+        val = proxy_validation(CalibrationSet(calib_dir, spec, files=held), seed)
+    else:
+        return Plan(None, None)
+    reference = load(export_dir, "onnxruntime")
+    try:
+        target = AccuracyTarget.from_runner(reference, val, budget)
+    finally:
+        reference.close()
+    return Plan(calib, target)
+
+
+def record(fid: Fidelity | None, target: AccuracyTarget | None, failures: list[str], accepted: bool) -> dict:
+    """The manifest's ``extra.fidelity``: what was measured at compile time, against what, and the verdict."""
+    if fid is None or target is None:
+        return {"measured": False, "reason": "no validation data (pass --val DIR or --calib DIR)",
+                "accepted": accepted}
+    metric = target.budget.metric
+    return {"measured": True, "reference": "FP32 ONNX export (ONNX Runtime)", "validation": target.val.source,
+            "budget": target.budget.to_dict(), "passed": not failures, "accepted": accepted and bool(failures),
+            "failures": failures, "metric": metric, "drop": fid.drop(metric), "map_r": fid.map_r,
+            "max_abs_scores": fid.max_abs_scores, "score_error_rel": fid.score_error_rel, "flips": fid.flips,
+            "flips_to_anomalous": fid.flips_to_anomalous, "flips_to_normal": fid.flips_to_normal,
+            "metrics": fid.metrics, "reference_metrics": fid.reference_metrics}
+
+
+def judge(staged: Path, target: AccuracyTarget | None, accept_drop: bool) -> dict:
+    """Measure the staged artifact; raise ``FidelityError`` on a miss unless ``accept_drop``. Returns the record."""
+    if target is None:
+        if not accept_drop:
+            raise InputError("the fidelity gate needs held-out data for a reduced-precision artifact: pass --calib "
+                             "DIR (normal images, a part is held out) or --val DIR (labelled MVTec category), or "
+                             "--accept-drop to write it unmeasured")
+        return record(None, None, [], True)
+    runner = load(staged)
+    try:
+        fid = target.measure_runner(runner)
+        name = f"{runner.engine} {runner.manifest.precision}"
+    finally:
+        runner.close()
+    failures = target.budget.failures(fid)
+    if failures and not accept_drop:
+        raise FidelityError(f"refused {name}: {'; '.join(failures)} against the FP32 export on "
+                            f"{target.val.source['images']} validation images ({target.val.source['kind']}); "
+                            f"nothing written. Pass --max-drop to keep sensitive layers in float until it "
+                            f"holds, or --accept-drop to write it anyway")
+    return record(fid, target, failures, accept_drop)
+
+
+def commit(staged: Path, dest: Path, rec: dict[str, Any]) -> None:
+    """Add the gate record to the staged manifest and move the staged files into ``dest`` (an atomic_dir)."""
+    m = read_manifest(staged)
+    (staged / MANIFEST).unlink()
+    write_manifest(staged, m.engine, m.precision, m.model, m.spec, m.versions, m.batch,
+                   {**m.extra, "fidelity": rec})
+    for f in staged.iterdir():
+        os.replace(f, dest / f.name)
+    staged.rmdir()
