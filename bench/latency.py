@@ -22,7 +22,7 @@ from edgead.bench.timing import DEFAULT_BATCHES, RssSampler, bench_runner
 from edgead.errors import EdgeadError
 
 __all__ = ["DEFAULT_BATCHES", "SCHEMA_VERSION", "BenchResult", "bench_document", "bench_runner", "bench_target",
-           "machine_info", "render_table", "run_bench", "write_json"]
+           "machine_info", "render_table", "run_bench", "with_peak_shares", "write_json"]
 
 
 def bench_target(
@@ -84,6 +84,34 @@ def bench_target(
     return results
 
 
+def with_peak_shares(results: Sequence[BenchResult], target: str | Path, progress: Any = None) -> list[BenchResult]:
+    """``results`` with each row's share of this machine's measured peak (``bench.roofline``) for the precision it
+    executed: the export's FLOPs (``export.flops.onnx_flops``, the same network for every engine) over its p50.
+
+    Rows stay without a share when the target has no ONNX export to count (a bare checkpoint) or the peak of
+    that precision cannot be measured here."""
+    from edgead.bench.roofline import achieved_rates, measure_peaks
+
+    model = Path(target) / "model.onnx"
+    if not model.is_file():
+        return list(results)
+    from edgead.export.flops import onnx_flops
+
+    if progress is not None:
+        progress("measuring this machine's peak matmul rates for the share-of-peak column")
+    peaks = measure_peaks()
+    counts: dict[int, int] = {}
+
+    def flops(batch: int) -> int:
+        if batch not in counts:
+            counts[batch] = onnx_flops(model, batch).total
+        return counts[batch]
+
+    shares = {(a.engine, a.precision, a.batch): a for a in achieved_rates(results, flops, peaks)}
+    return [replace(r, share_of_peak=a.share, peak_precision=a.peak_precision)
+            if (a := shares.get((r.engine, r.precision, r.batch))) is not None else r for r in results]
+
+
 def run_bench(
     target: str | Path,
     engine: str | Sequence[str] | None = None,
@@ -94,6 +122,7 @@ def run_bench(
     console: Any = None,
     warmup: int = 3,
     table: bool = True,
+    peak: bool = False,
 ) -> list[BenchResult]:
     """``edgead bench``: benchmark ``target``, print the table (unless ``table`` is False), write JSON when
     ``json_path`` is given."""
@@ -109,6 +138,8 @@ def run_bench(
         warmup,
         progress=lambda msg: console.print(f"[dim]{msg}[/dim]"),
     )
+    if peak:
+        results = with_peak_shares(results, target, progress=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     if table:
         console.print(render_table(results, f"edgead bench {target}"))
     if json_path is not None:

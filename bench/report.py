@@ -30,6 +30,7 @@ def render_table(results: Sequence[BenchResult], title: str = "edgead bench") ->
         "ms/img",
         "img/s",
         "peak RSS MB",
+        "share of peak",
     ):
         table.add_column(col, justify="left" if col in ("engine", "precision", "executed") else "right")
     skipped: dict[tuple[str, str, str], list[str]] = {}
@@ -48,6 +49,7 @@ def render_table(results: Sequence[BenchResult], title: str = "edgead bench") ->
             _fmt(r.p50_ms_per_image),
             _fmt(r.throughput_ips, 1),
             _fmt(r.peak_rss_mb, 0),
+            "-" if r.share_of_peak is None else f"{100 * r.share_of_peak:.0f} % of {r.peak_precision}",
         )
     if skipped:
         table.caption = "\n".join(

@@ -54,6 +54,8 @@ class BenchResult:
     label: str = ""
     artifact: str = ""
     skipped: str | None = None
+    share_of_peak: float | None = None  # model FLOPs / p50 over the measured peak of the executed precision
+    peak_precision: str = ""  # which peak (f32, bf16, int8) the share is of
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,6 +6,7 @@ Which engines exist, which runner module each uses and which artifacts each runs
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from edgead import registry
@@ -39,6 +40,9 @@ def load(path: str | Path, engine: str | None = None, **options: object) -> Runn
                                 f"export it first (edgead export {p} -o OUT)")
         return ref.runner_class().from_checkpoint(p, **options)
     manifest = read_manifest(p)
+    if engine is None and (tuned := tuned_choice(p, manifest.extra)) is not None:
+        folder, name, tuned_options = tuned  # the artifact ``edgead tune`` chose for this export
+        return load(folder, name, **{**tuned_options, **options})
     chosen = registry.get(engine) if engine else registry.for_artifact(manifest.engine)
     if manifest.engine not in chosen.runs_artifacts:
         raise ArtifactError(
@@ -46,3 +50,34 @@ def load(path: str | Path, engine: str | None = None, **options: object) -> Runn
             f"{', '.join(chosen.runs_artifacts)} artifacts"
         )
     return chosen.runner_class()(p, manifest, **options)
+
+
+def same_machine(decided: dict) -> bool:
+    """Whether the CPU model and instruction-set flags recorded by ``edgead tune`` are this machine's."""
+    from edgead.bench.machine import machine_info
+
+    here = machine_info()
+    return decided.get("cpu_model") == here.get("cpu_model") and decided.get("flags") == here.get("flags")
+
+
+def tuned_choice(folder: Path, extra: dict) -> tuple[Path, str, dict] | None:
+    """(artifact folder, engine, runner options) named by an export's ``edgead tune`` decision, or None.
+
+    On a machine whose CPU differs from the one that decided, the choice still loads, with a warning that it was
+    made elsewhere (``edgead tune OUT`` redoes it here).
+    """
+    decision = extra.get("tune")
+    chosen = decision.get("chosen") if isinstance(decision, dict) else None
+    if not isinstance(chosen, dict):
+        return None
+    engine, rel, mode = str(chosen.get("engine", "")), str(chosen.get("folder", "")), str(chosen.get("mode", ""))
+    if rel == "." or not rel:
+        return None  # the export itself: load it as usual
+    if "/" in rel or "\\" in rel or rel == ".." or not (folder / rel).is_dir():
+        raise ArtifactError(f"{folder / registry.MANIFEST} names a tuned artifact '{rel}' that is not a folder of "
+                            f"{folder}; run edgead tune {folder} again")
+    if not same_machine(decision.get("machine") or {}):
+        cpu = (decision.get("machine") or {}).get("cpu_model")
+        warnings.warn(f"{folder}: the artifact was chosen by edgead tune on another machine ({cpu}); run "
+                      f"'edgead tune {folder}' here to choose for this CPU", stacklevel=3)
+    return folder / rel, engine, ({"mode": mode} if engine == "openvino" and mode else {})

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from edgead import __version__
-from edgead.cli import deploy, importing, run, score, select, serve, train
+from edgead.cli import deploy, importing, run, score, select, serve, train, tune
 from edgead.errors import EdgeadError
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ app.command("demo")(run.demo)
 app.command("score")(score.score)
 app.command("serve")(serve.serve)
 app.command("select")(select.select_cmd)
+app.command("tune")(tune.tune)
 
 
 @app.command("version")

@@ -95,11 +95,13 @@ def bench(
     backbone: Annotated[str, typer.Option(help="Backbone for the norms study.")] = "vit_small_patch14_dinov2",
     size: Annotated[int, typer.Option(help="Input size for the norms study.")] = 224,
     family: Annotated[str, typer.Option(help="Detector family for the norms study.")] = "fbft",
+    peak: Annotated[bool, typer.Option("--peak/--no-peak", help="Measure this machine's peak matmul rates and show "
+                                       "each row's share of it (a few seconds).")] = True,
     json_out: JsonFlag = False,
     device: Annotated[str, typer.Option(help="cpu | cuda (torch on the GPU: eager, CUDA graph, torch.compile).")]
     = "cpu",
 ) -> None:
-    """Latency p50/p90/p99, throughput and memory per engine, precision and batch size."""
+    """Latency p50/p90/p99, throughput and memory per engine, precision and batch size, and the share of peak."""
     try:
         batches = tuple(int(b) for b in batch.split(",") if b)
     except ValueError:
@@ -127,7 +129,7 @@ def bench(
 
     engines = None if engine == "all" else [e for e in engine.split(",") if e]
     results = run_bench(Path(target), engines, precisions or None, batches, iters, json_path=json_file,
-                        console=console, table=not json_out)
+                        console=console, table=not json_out, peak=peak)
     if json_out:
         emit_json(bench_document(results, target))
 

@@ -1,0 +1,152 @@
+"""``edgead tune``: what is a candidate on which CPU, which candidate wins, and what ``load(OUT)`` then runs.
+
+The choice logic is tested with fake candidates (a test harness: made-up timings and verdicts, no engine runs).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from edgead.errors import EdgeadError
+from edgead.tune import Candidate, Measured, choose, plan, record
+
+AVX2 = {"avx2": True, "fma": True, "avx512f": False, "avx512_vnni": False, "avx_vnni": False, "avx512_bf16": False,
+        "amx_bf16": False, "amx_int8": False}
+VNNI_BF16 = {**AVX2, "avx512f": True, "avx512_vnni": True, "avx512_bf16": True}
+
+
+def names(cands):
+    return sorted(c.name for c in cands)
+
+
+def test_plan_builds_only_what_makes_sense_on_the_cpu():
+    both = ["openvino", "onnxruntime"]
+    keep, out = plan(AVX2, both, has_calib=True, batch=1)
+    assert names(keep) == ["onnxruntime fp32", "openvino fp32"]
+    reasons = {m.candidate.name: m.skipped for m in out}
+    assert "no BF16 instructions" in reasons["openvino bf16"]
+    assert "no VNNI/AMX" in reasons["openvino int8"] and "no VNNI/AMX" in reasons["onnxruntime int8"]
+
+    keep, out = plan(VNNI_BF16, both, has_calib=True, batch=8)
+    assert names(keep) == ["onnxruntime fp32", "onnxruntime int8", "openvino bf16", "openvino bf16 (throughput)",
+                           "openvino fp32", "openvino fp32 (throughput)", "openvino int8",
+                           "openvino int8 (throughput)"]
+    keep, out = plan(VNNI_BF16, ["onnxruntime"], has_calib=False, batch=1)
+    assert names(keep) == ["onnxruntime fp32"]
+    assert {m.candidate.name: m.skipped for m in out}["onnxruntime int8"] == "no calibration images (--calib DIR)"
+    assert [m.skipped for m in out if m.candidate.engine == "openvino"] != [""]
+
+
+def fake(engine, precision, ms, passed=True, mode="latency"):
+    """A made-up measured candidate (test harness)."""
+    return Measured(Candidate(engine, precision, mode), f"{engine}-{precision}", passed,
+                    () if passed else ("map r 0.5670 < 0.99",), ms_per_image=ms if passed else None)
+
+
+def test_choose_takes_the_fastest_that_passes_its_gate():
+    ms = [fake("openvino", "fp32", 100.0), fake("onnxruntime", "fp32", 120.0), fake("openvino", "int8", 40.0),
+          fake("openvino", "bf16", 70.0)]
+    assert choose(ms).candidate.name == "openvino int8"
+    # the INT8 artifact that flags every good part fails its gate: never chosen, however fast
+    ms[2] = fake("openvino", "int8", 10.0, passed=False)
+    assert choose(ms).candidate.name == "openvino bf16"
+    # within the noise margin the higher precision wins; outside it, speed does
+    close = [fake("openvino", "fp32", 101.0), fake("openvino", "int8", 99.0)]
+    assert choose(close, noise=0.03).candidate.precision == "fp32"
+    assert choose(close, noise=0.0).candidate.precision == "int8"
+    assert choose([fake("openvino", "fp32", 90.0, mode="throughput"), fake("openvino", "fp32", 100.0)]).candidate.mode \
+        == "throughput"
+
+
+def test_choose_refuses_when_nothing_passes():
+    with pytest.raises(EdgeadError, match="found none .*openvino int8: map r 0.5670 < 0.99"):
+        choose([fake("openvino", "int8", 10.0, passed=False),
+                Measured(Candidate("openvino", "bf16"), skipped="no BF16 instructions")])
+
+
+@pytest.fixture()
+def tuned_export(tiny_export, tmp_path):
+    """A copy of a tiny export with an OpenVINO f32 artifact, and a recorded decision naming it."""
+    import shutil
+
+    from edgead.bench.machine import machine_info
+    from edgead.export.openvino import compile_openvino
+
+    out = tmp_path / "export"
+    shutil.copytree(tiny_export("fbft") / "export", out)
+    compile_openvino(out, "fp32")
+    m = machine_info()
+    decision = {"chosen": {"engine": "openvino", "precision": "fp32", "mode": "throughput", "folder": "openvino-fp32",
+                           "ms_per_image": 1.0},
+                "machine": {"cpu_model": m["cpu_model"], "cores": m["cores"], "flags": m["flags"]}, "candidates": []}
+    record(out, decision)
+    return out, decision
+
+
+def test_load_runs_the_tuned_choice_and_warns_on_another_machine(tuned_export):
+    import edgead.runtimes as rt
+
+    out, decision = tuned_export
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = rt.load(out)
+    assert (r.engine, r.folder.name) == ("openvino", "openvino-fp32")
+    assert rt.load(out, "onnxruntime").engine == "onnxruntime"  # an explicit engine still wins
+    decision["machine"]["flags"] = {**decision["machine"]["flags"], "amx_int8": True}
+    record(out, decision)
+    with pytest.warns(UserWarning, match="chosen by edgead tune on another machine"):
+        r = rt.load(out)
+    assert r.engine == "openvino"
+
+
+def test_bench_rows_carry_their_share_of_the_measured_peak(tiny_export, monkeypatch):
+    """Each measured row gets FLOPs / p50 over the peak of the precision it executed (peaks are fixed here)."""
+    from edgead.bench import latency, roofline
+    from edgead.bench.report import render_table
+    from edgead.bench.schema import BenchResult
+    from edgead.export.flops import onnx_flops
+
+    out = tiny_export("fbft") / "export"
+    peaks = {"f32": roofline.Peak("f32", 100.0, "fixed"), "bf16": roofline.Peak("bf16", None, "-"),
+             "int8": roofline.Peak("int8", 400.0, "fixed")}
+    monkeypatch.setattr(roofline, "measure_peaks", lambda *a, **k: peaks)
+    row = BenchResult("onnxruntime", "fp32", "f32", 2, 5, 4.0, 5.0, 6.0, 2.0, 2.5, 3.0, 500.0, 10.0)
+    int8 = BenchResult("openvino", "int8", "int8 (40/40 matmuls)", 2, 5, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 2e3, 10.0)
+    skipped = BenchResult.skip("trt", "fp16", 2, "no GPU")
+    got = latency.with_peak_shares([row, int8, skipped], out)
+    flops = onnx_flops(out / "model.onnx", 2).total
+    assert got[0].share_of_peak == pytest.approx(flops / 4e-3 / 1e9 / 100.0) and got[0].peak_precision == "f32"
+    assert got[1].share_of_peak == pytest.approx(flops / 1e-3 / 1e9 / 400.0) and got[1].peak_precision == "int8"
+    assert got[2].share_of_peak is None
+    from io import StringIO
+
+    from rich.console import Console
+
+    buf = StringIO()
+    Console(file=buf, width=250).print(render_table(got))
+    assert f"{100 * got[0].share_of_peak:.0f} % of f32" in buf.getvalue()
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_per_op_profile_groups_every_executed_node(tiny_export, engine):
+    from edgead.bench.profile import GROUPS, classify, profile
+
+    out = tiny_export("fbft") / "export"
+    if engine == "openvino":
+        from edgead.export.openvino import compile_openvino
+
+        folder = out / "openvino-fp32"
+        if not (folder / "manifest.json").is_file():
+            compile_openvino(out, "fp32")
+    else:
+        folder = out
+    doc = profile(folder, engine, batch=2, iters=3)
+    groups = {g["group"]: g for g in doc["groups"]}
+    assert set(groups) <= set(GROUPS) and "matmul" in groups and "score" in groups
+    assert sum(g["share"] for g in doc["groups"]) == pytest.approx(1.0)
+    assert doc["total_ms"] == pytest.approx(sum(g["ms"] for g in doc["groups"]))
+    assert classify("/backbone/blocks.3/norm1/Tanh", "Tanh", False) == "norm"
+    assert classify("/post/TopK", "TopK", False) == "score"
+    assert classify("/Cast", "Cast", True) == "layout" and classify("/Mul", "Multiply", True) == "preprocess"
