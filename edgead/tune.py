@@ -85,7 +85,9 @@ def plan(flags: dict[str, bool], available: Sequence[str], has_calib: bool, batc
         modes = ("latency", "throughput") if name == "openvino" and batch > 1 else ("latency",)
         for precision in registry.get(name).precisions:
             c = [Candidate(name, precision, m) for m in modes]
-            if precision == "bf16" and not bf16:
+            if precision == "fp16":
+                out.append(Measured(c[0], skipped="FP16 graphs are for GPUs: the CPU provider computes them in FP32"))
+            elif precision == "bf16" and not bf16:
                 out.append(Measured(c[0], skipped="no BF16 instructions (AVX512_BF16/AMX): OpenVINO runs f32"))
             elif precision == "int8" and not int8:
                 out.append(Measured(c[0], skipped="no VNNI/AMX: INT8 runs slower than FP32 on this CPU"))

@@ -27,6 +27,7 @@ def test_plan_builds_only_what_makes_sense_on_the_cpu():
     assert names(keep) == ["onnxruntime fp32", "openvino fp32"]
     reasons = {m.candidate.name: m.skipped for m in out}
     assert "no BF16 instructions" in reasons["openvino bf16"]
+    assert reasons.get("onnxruntime fp16", "FP16 graphs are for GPUs").startswith("FP16 graphs are for GPUs")
     assert "no VNNI/AMX" in reasons["openvino int8"] and "no VNNI/AMX" in reasons["onnxruntime int8"]
 
     keep, out = plan(VNNI_BF16, both, has_calib=True, batch=8)
