@@ -151,3 +151,29 @@ def test_per_op_profile_groups_every_executed_node(tiny_export, engine):
     assert classify("/backbone/blocks.3/norm1/Tanh", "Tanh", False) == "norm"
     assert classify("/post/TopK", "TopK", False) == "score"
     assert classify("/Cast", "Cast", True) == "layout" and classify("/Mul", "Multiply", True) == "preprocess"
+
+
+def test_tune_end_to_end_on_a_tiny_export(tiny_export, tiny_synthetic, tmp_path):
+    """Plan, build (through the compile-time gate), gate again, time and record; load(OUT) then runs the choice."""
+    import shutil
+
+    import edgead.runtimes as rt
+    from edgead.tune import tune
+
+    out = tmp_path / "export"
+    shutil.copytree(tiny_export("fbft") / "export", out)
+    decision = tune(out, batch=1, calib=tiny_synthetic / "train" / "good", iters=2, rounds=1)
+    cands = {c["candidate"]["name"]: c for c in decision["candidates"]}
+    assert {"openvino fp32", "onnxruntime fp32"} <= set(cands)
+    for c in cands.values():  # every candidate is either timed after passing its gate, or says why not
+        assert (c["passed"] and c["ms_per_image"] > 0) or c["skipped"] or c["failures"], c
+    assert cands["openvino fp32"]["passed"] and cands["openvino fp32"]["fidelity"]["max_abs_maps"] <= 1e-4
+    chosen = decision["chosen"]
+    timed = [c["ms_per_image"] for c in cands.values() if c["passed"]]
+    assert chosen["ms_per_image"] <= min(timed) * 1.03 + 1e-9
+    r = rt.load(out)
+    expected = "onnxruntime" if chosen["folder"] == "." else chosen["engine"]
+    assert r.engine == expected and r.manifest.precision == chosen["precision"]
+    from edgead.runtimes.manifest import read_manifest
+
+    assert read_manifest(out).extra["tune"]["machine"]["flags"] == decision["machine"]["flags"]
