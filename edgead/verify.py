@@ -25,8 +25,8 @@ from edgead.runtimes.compare import check_batch
 from edgead.runtimes.loader import load, missing_engine
 from edgead.runtimes.manifest import find_artifacts, read_manifest
 
-REFERENCE_NAMES = {"torch": "PyTorch checkpoint", "onnxruntime-fp32": "FP32 ONNX export in ONNX Runtime "
-                   "(PyTorch not installed)", "openvino-fp32": "FP32 ONNX export in OpenVINO (PyTorch not installed)"}
+REFERENCE_NAMES = {"torch": "PyTorch checkpoint", "onnxruntime fp32": "FP32 ONNX export in ONNX Runtime "
+                   "(PyTorch not installed)", "openvino fp32": "FP32 ONNX export in OpenVINO (PyTorch not installed)"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class ArtifactCheck:
 
 @dataclass(frozen=True)
 class Report:
-    reference: str  # "torch" or "onnxruntime-fp32"
+    reference: str  # "torch", or "onnxruntime fp32" / "openvino fp32" where torch is missing
     budget: Budget
     images: int
     data: str | None
@@ -80,7 +80,7 @@ def _reference(out: Path, ckpt: Path | None) -> tuple[Runner, str]:
         return load(ckpt, "torch"), "torch"
     # No torch (a line PC): the FP32 ONNX export is the reference, run by whichever ONNX engine is installed.
     engine = "onnxruntime" if missing_engine("onnxruntime") is None else "openvino"
-    return load(out, engine), f"{engine}-fp32"
+    return load(out, engine), f"{engine} fp32"
 
 
 def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str | Path | None = None,

@@ -370,7 +370,7 @@ def test_verify_without_onnxruntime_uses_openvino_as_reference(monkeypatch, expo
     monkeypatch.setattr(verify.importlib.util, "find_spec",  # a line PC: no torch either
                         lambda name, *a: None if name == "torch" else real(name, *a))
     runner, name = verify._reference(export, None)
-    assert name == "openvino-fp32" and runner.engine == "openvino"
+    assert name == "openvino fp32" and runner.engine == "openvino"
 
 
 def test_models_raise_edgead_errors_not_bare_value_errors():
