@@ -18,7 +18,7 @@ import torch
 from edgead.data import find_train_images, split_holdout
 from edgead.errors import ConfigError
 from edgead.imageio import load_batch
-from edgead.models.build import build_detector, detector_spec
+from edgead.models.build import build_detector, default_backbone, detector_spec
 from edgead.models.checkpoint import save_checkpoint
 from edgead.models.detector import Detector
 from edgead.models.norms import convert_to_dyt
@@ -85,9 +85,9 @@ def fit(
     data: str | Path,
     out: str | Path,
     family: str = "fbft",
-    backbone: str = "vit_small_patch14_dinov2",
+    backbone: str | None = None,
     norm: str = "layernorm",
-    size: int = 224,
+    size: int | tuple[int, int] | None = None,
     weights: str | Path | None = None,
     convert_dyt: bool = False,
     epochs: int | None = None,
@@ -98,24 +98,36 @@ def fit(
     seed: int = 0,
     progress: Progress | None = None,
     layers: tuple[int, ...] | None = None,
+    finetune_epochs: int | None = None,
+    mask_ratio: float | None = None,
 ) -> FitResult:
     """Fit on the normal images of ``data`` (image folder or MVTec category) and write the checkpoint ``out``.
 
-    ``convert_dyt`` loads LayerNorm ``weights`` and converts the backbone's norms to DyT (for DyT fine-tuning
-    experiments; the spec then says ``dyt``). ``layers`` overrides the family's tapped blocks (or stages).
+    ``backbone`` and ``size`` default to the family's. ``convert_dyt`` loads LayerNorm ``weights`` and converts
+    the backbone's norms to DyT (for DyT fine-tuning experiments; the spec then says ``dyt``). ``layers``
+    overrides the family's tapped blocks (or stages). The ``mae`` family trains its whole network from scratch
+    (``edgead.fit_mae``): ``epochs`` is its pre-training phase, ``finetune_epochs`` its fine-tuning phase,
+    ``mask_ratio`` the share of patches masked in training.
 
     Heads may define two optional steps: ``prepare(cached_taps)`` before training (the GMM head's projection)
     and ``calibrate(holdout_taps) -> dict`` after it (the GMM head's normalisation), whose fields are stored in
     the spec's ``head``.
     """
-    if size < 1:
+    if size is not None and min((size, size) if isinstance(size, int) else size) < 1:
         raise ConfigError(f"input size must be a positive number of pixels, found {size}")
     if epochs is not None and epochs < 1:
         raise ConfigError(f"epochs must be at least 1 (or None for the family's default), found {epochs}")
     t0 = time.perf_counter()
+    backbone = backbone or default_backbone(family)
+    if family == "mae":
+        if weights is not None or convert_dyt:
+            raise ConfigError("the mae family trains from scratch: it takes no --weights and no --convert-dyt")
+        return _fit_mae(data, out, backbone, norm, size, epochs, finetune_epochs, mask_ratio, lr, batch_size,
+                        holdout, max_images, seed, progress, t0)
     paths = find_train_images(data)[:max_images]
     train, hold = split_holdout(paths, holdout, seed=seed)
     torch.manual_seed(seed)
+    size = size or 224  # the head families keep 224 as the fit default (ViTAD included)
     spec = detector_spec(family, backbone, "layernorm" if convert_dyt else norm, input_size=size, layers=layers)
     detector = build_detector(spec, weights)
     if convert_dyt:
@@ -140,5 +152,45 @@ def fit(
     info = {"train_images": len(train), "holdout_images": len(hold), "holdout_scores": hold_scores.tolist(),
             "threshold_rule": "max(mean + 3 std, max) of hold-out normal scores", "final_loss": loss,
             "seconds": seconds, "data": str(data), "weights": str(weights) if weights else None}
+    path = save_checkpoint(detector, out, extra=info)
+    return FitResult(path, len(train), len(hold), thr, tuple(float(s) for s in hold_scores), loss, seconds)
+
+
+def _fit_mae(data: str | Path, out: str | Path, backbone: str, norm: str, size: int | tuple[int, int] | None,
+             epochs: int | None, finetune_epochs: int | None, mask_ratio: float | None, lr: float | None,
+             batch_size: int, holdout: float, max_images: int, seed: int, progress: Progress | None, t0: float
+             ) -> FitResult:
+    from edgead.fit_mae import (
+        DEFAULT_FINETUNE_EPOCHS,
+        DEFAULT_LR,
+        DEFAULT_PRETRAIN_EPOCHS,
+        load_training_images,
+        train_mae,
+    )
+    from edgead.models.mae import HEAD_DEFAULTS, check_geometry, mae_config
+
+    head = {"mask_ratio": float(mask_ratio)} if mask_ratio is not None else {}
+    spec = detector_spec("mae", backbone, norm, input_size=size, head=head)
+    cfg = mae_config(spec)
+    check_geometry(spec.input_size, cfg.patch_size, float(spec.head.get("mask_ratio", HEAD_DEFAULTS["mask_ratio"])))
+    paths = find_train_images(data)[:max_images]
+    train, hold = split_holdout(paths, holdout, seed=seed)
+    train_images = load_training_images(train, spec, cfg.patch_size)
+    hold_images = load_training_images(hold, spec, cfg.patch_size)
+    torch.manual_seed(seed)
+    detector = build_detector(spec)
+    pre = DEFAULT_PRETRAIN_EPOCHS if epochs is None else epochs
+    fine = DEFAULT_FINETUNE_EPOCHS if finetune_epochs is None else finetune_epochs
+    losses = train_mae(detector, train_images, pre, fine, lr or DEFAULT_LR, batch_size, seed, progress)
+    with torch.no_grad():
+        hold_scores = detector(torch.from_numpy(hold_images))[0].numpy()
+    thr = threshold_from(hold_scores)
+    detector.spec = spec.with_threshold(thr)
+    seconds = time.perf_counter() - t0
+    loss = losses["finetune_loss"] if fine > 0 else losses["pretrain_loss"]
+    info = {"train_images": len(train), "holdout_images": len(hold), "holdout_scores": hold_scores.tolist(),
+            "threshold_rule": "max(mean + 3 std, max) of hold-out normal scores", "final_loss": loss,
+            "pretrain_epochs": pre, "finetune_epochs": fine, **losses, "seconds": seconds, "data": str(data),
+            "weights": None}
     path = save_checkpoint(detector, out, extra=info)
     return FitResult(path, len(train), len(hold), thr, tuple(float(s) for s in hold_scores), loss, seconds)

@@ -21,7 +21,7 @@ SPEC_FORMAT = 1
 TOPK_LIMIT = 3840
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FAMILIES = ("fbft", "dinomaly", "vitad", "nf", "gmm")
+FAMILIES = ("fbft", "dinomaly", "vitad", "nf", "gmm", "mae")
 NORMS = ("layernorm", "dyt")
 
 

@@ -25,33 +25,54 @@ def synth(
     console.print(f"synthetic set written to [bold]{out}[/] (categories: texture, object)")
 
 
+def parse_size(text: str | None) -> int | tuple[int, int] | None:
+    """``--size``: ``N`` (square) or ``HxW``."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
+        values = [int(p) for p in parts]
+        return values[0] if len(values) == 1 else (values[0], values[1])
+    raise ConfigError(f"expected --size as N or HxW in pixels (e.g. 256 or 256x320), found '{text}'")
+
+
 def fit(
     data: Annotated[Path, typer.Argument(help="Normal images: an image folder or an MVTec category.")],
-    model: Annotated[str, typer.Option("--model", help="fbft | dinomaly | vitad | nf | gmm")] = "fbft",
-    backbone: Annotated[str, typer.Option(help="Backbone name (e.g. vit_small_patch14_dinov2).")]
-    = "vit_small_patch14_dinov2",
+    model: Annotated[str, typer.Option("--model", help="fbft | dinomaly | vitad | nf | gmm | mae")] = "fbft",
+    backbone: Annotated[str | None, typer.Option(
+        help="Backbone name (default vit_small_patch14_dinov2; for mae the configuration, default mae_patch16).")]
+    = None,
     weights: Annotated[Path | None, typer.Option(help="Local backbone weights (safetensors or torch file).")] = None,
     norm: Annotated[str, typer.Option(help="layernorm | dyt")] = "layernorm",
     convert_dyt: Annotated[bool, typer.Option(help="Load LayerNorm weights, convert the norms to DyT.")] = False,
-    size: Annotated[int, typer.Option(help="Input side in pixels (a multiple of the patch size).")] = 224,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs (default per family).")] = None,
+    size: Annotated[str | None, typer.Option(
+        help="Input size in pixels, N or HxW, a multiple of the patch size (default 224; mae 256).")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Training epochs (default per family); for mae the pre-training phase (default 100).")] = None,
     layers: Annotated[str | None, typer.Option(help="Tapped blocks or stages, 0-based, comma-separated "
                                                "(default per family and backbone).")] = None,
+    finetune_epochs: Annotated[int | None, typer.Option(
+        help="mae only: fine-tuning epochs, reconstruction MSE only (default 20).")] = None,
+    mask_ratio: Annotated[float | None, typer.Option(
+        help="mae only: share of patches masked (in blocks) during training, in (0, 1) (default 0.75).")] = None,
     out: OutDir = Path("runs/detector"),
     seed: int = 0,
     json_out: JsonFlag = False,
 ) -> None:
-    """Train the head on normal images (CPU), set the threshold from held-out normals, write a checkpoint.
+    """Train on normal images (CPU): the head, or the whole mae network; threshold from held-out normals.
 
     OUT: the checkpoint folder (detector.safetensors, spec.json), written atomically."""
     require("torch", "torch", "edgead fit")
+    if model != "mae" and (finetune_epochs is not None or mask_ratio is not None):
+        raise ConfigError(f"--finetune-epochs and --mask-ratio apply to --model mae only, found --model {model}")
     from edgead.fit import fit as fit_detector
     from edgead.fsutil import check_output_target
 
     check_output_target(out, inputs=(data,) + ((weights,) if weights else ()))
     with progress_bar(quiet=json_out) as cb:
-        r = fit_detector(data, out, model, backbone, norm, size, weights, convert_dyt, epochs, seed=seed,
-                         progress=cb, layers=parse_layers(layers))
+        r = fit_detector(data, out, model, backbone, norm, parse_size(size), weights, convert_dyt, epochs, seed=seed,
+                         progress=cb, layers=parse_layers(layers), finetune_epochs=finetune_epochs,
+                         mask_ratio=mask_ratio)
     result = {"checkpoint": str(r.checkpoint), "train_images": r.train_images, "holdout_images": r.holdout_images,
               "threshold": r.threshold, "final_loss": r.final_loss, "seconds": round(r.seconds, 1)}
     if json_out:

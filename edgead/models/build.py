@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from edgead.errors import ConfigError
+from edgead.models import mae
 from edgead.models.backbone import Backbone, backbone_config, create_vit
 from edgead.models.detector import Detector
 from edgead.models.dinomaly import DinomalyHead
@@ -41,9 +42,22 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     # GMM mixture density head: K = 100 Gaussians over 16 whitened principal components of the 7th block.
     "gmm": dict(layers=(6,), post=PostSpec(smooth="gaussian", ksize=5, sigma=4.0, score_fraction=0.01),
                 head=dict(tap_norm=True, components=100, proj_dim=16, hidden=128, pos_dim=8)),
+    # MAE: trained from scratch at 256, patch 16; pyramid taps at the ends of the encoder's quarters (None: from
+    # the depth); map smoothed by a Gaussian of sigma 4 (+-2 sigma), top 1 % score.
+    "mae": dict(layers=None, input_size=256, backbone="mae_patch16",
+                post=PostSpec(smooth="gaussian", ksize=17, sigma=4.0, score_fraction=0.01),
+                head=dict(mae.HEAD_DEFAULTS)),
 }
 #: Families whose head is built for ViT token sequences (class/register tokens, one width, attention heads).
 VIT_ONLY = ("dinomaly", "vitad")
+
+#: families whose whole network is built from the spec (no timm backbone, no frozen part)
+_WHOLE_MODELS: dict[str, Callable[[DetectorSpec], nn.Module]] = {"mae": mae.MAEDetector}
+
+
+def default_backbone(family: str) -> str:
+    """The backbone (or, for ``mae``, the configuration) a family uses when none is named."""
+    return str(FAMILY_DEFAULTS.get(family, {}).get("backbone", "vit_small_patch14_dinov2"))
 
 
 def detector_spec(
@@ -62,7 +76,10 @@ def detector_spec(
         raise ConfigError(f"model family must be one of {', '.join(FAMILY_DEFAULTS)}, found '{family}'")
     d = FAMILY_DEFAULTS[family]
     head = dict(d["head"])
-    if is_hierarchical(backbone):
+    if family == "mae":  # trained from scratch; the input is still normalised with ImageNet statistics
+        default_layers = mae.pyramid_layers(mae.mae_config(backbone).depth)
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif is_hierarchical(backbone):
         if family in VIT_ONLY:
             raise ConfigError(f"{family} needs a ViT backbone, found the hierarchical '{backbone}'")
         default_layers = HIERARCHICAL[backbone].taps
@@ -141,6 +158,10 @@ _HEADS: dict[str, Callable[[DetectorSpec, Backbone, Callable[..., nn.Module]], n
 
 def build_detector(spec: DetectorSpec, backbone_weights: str | Path | None = None) -> Detector:
     """A detector for ``spec``; the backbone is random unless ``backbone_weights`` names a local file."""
+    if spec.family in _WHOLE_MODELS:
+        if backbone_weights is not None:
+            raise ConfigError(f"the {spec.family} family trains from scratch and takes no backbone weights")
+        return _WHOLE_MODELS[spec.family](spec).eval()  # type: ignore[return-value]
     if spec.family not in _HEADS:
         raise ConfigError(f"no head for family '{spec.family}'")
     bb = build_backbone(spec, backbone_weights)
