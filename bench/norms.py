@@ -182,8 +182,8 @@ def _measure(
 
 
 def run_norm_study(
-    backbone: str = "vit_small_patch14_dinov2",
-    size: int = 224,
+    backbone: str | None = None,
+    size: int | None = None,
     family: str = "fbft",
     out: str | Path = "bench-norms",
     iters: int = 20,
@@ -196,9 +196,14 @@ def run_norm_study(
     """Run the study, print its tables, write ``OUT/norms.json`` and ``OUT/norms.png``; return the
     measurements."""
     from edgead.export.flops import agreement, onnx_flops, torch_flops
+    from edgead.models.build import FAMILY_DEFAULTS, default_backbone
     from edgead.synth import make_synthetic
     from edgead.term import make_console
 
+    if family not in FAMILY_DEFAULTS:
+        raise EdgeadError(f"model family must be one of {', '.join(FAMILY_DEFAULTS)}, found '{family}'")
+    backbone = backbone or default_backbone(family)
+    size = size or int(FAMILY_DEFAULTS[family].get("input_size", 224))
     console = console or make_console()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,9 +291,18 @@ def _ratio_row(label: str, dyt: float | None, ln: float | None, fmt: str) -> lis
     return [label, format(dyt, fmt), format(ln, fmt), f"{dyt - ln:+{fmt}}", f"{dyt / ln:.3f}"]
 
 
+#: The published study each family's row is compared with: (metric, DyT, LayerNorm, format). The MAE seed
+#: counted its own network at 256x256 with its own counter; its GPU is not ours and its CPU is not this one.
+SEED_REFERENCE: dict[str, list[tuple[str, float, float, str]]] = {
+    "mae": [("seed FLOPs (its counter, 256x256)", 2_955_149_312, 2_936_799_232, ",.0f"),
+            ("seed GPU ms", 12.57, 14.27, ".2f"), ("seed CPU ms", 141.25, 127.83, ".2f")],
+}
+
+
 def study_rows(study: NormStudy, batches: Sequence[int]) -> list[list[str]]:
     """The study's table as text rows: metric, DyT, LayerNorm, DyT - LayerNorm, DyT / LayerNorm."""
-    rows = [
+    rows = [_ratio_row(name, d, ln, fmt) for name, d, ln, fmt in SEED_REFERENCE.get(study.family, [])]
+    rows += [
         _ratio_row(
             f"FLOPs ({how}, batch 1)",
             study.flops["dyt"][how]["total"],

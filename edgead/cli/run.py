@@ -92,9 +92,12 @@ def bench(
     iters: Annotated[int, typer.Option(help="Timed iterations per configuration.")] = 20,
     json_file: Annotated[Path | None, typer.Option("--json-out", help="Also write the results as JSON to this file "
                                                    "(the norms study: its folder).")] = None,
-    backbone: Annotated[str, typer.Option(help="Backbone for the norms study.")] = "vit_small_patch14_dinov2",
-    size: Annotated[int, typer.Option(help="Input size for the norms study.")] = 224,
-    family: Annotated[str, typer.Option(help="Detector family for the norms study.")] = "fbft",
+    backbone: Annotated[str | None, typer.Option(
+        help="Backbone (mae: configuration) for the norms study (default: the family's).")] = None,
+    size: Annotated[int | None, typer.Option(help="Input size for the norms study (default 224; vitad, mae 256).")]
+    = None,
+    family: Annotated[str, typer.Option(help="Detector family for the norms study (fbft, dinomaly, vitad, mae).")]
+    = "fbft",
     peak: Annotated[bool, typer.Option("--peak/--no-peak", help="Measure this machine's peak matmul rates and show "
                                        "each row's share of it (a few seconds).")] = True,
     json_out: JsonFlag = False,
