@@ -25,10 +25,10 @@ def synth(
     console.print(f"synthetic set written to [bold]{out}[/] (categories: texture, object)")
 
 
-def parse_size(text: str | None) -> int | tuple[int, int] | None:
-    """``--size``: ``N`` (square) or ``HxW``."""
-    if text is None:
-        return None
+def parse_size(text: str | int | None) -> int | tuple[int, int] | None:
+    """``--size``: ``N`` (square) or ``HxW``; an int (a caller in Python) passes through."""
+    if text is None or isinstance(text, int):
+        return text
     parts = text.lower().split("x")
     if len(parts) in (1, 2) and all(p.strip().isdigit() for p in parts):
         values = [int(p) for p in parts]
