@@ -3,7 +3,8 @@
 1. **Plan** the candidates that make sense on this CPU (``plan``): every engine installed here at FP32; BF16 only
    where the CPU has BF16 instructions (elsewhere OpenVINO silently runs f32); INT8 only where it has VNNI or AMX
    (elsewhere INT8 is slower than FP32) and calibration images were given; OpenVINO in latency and, for batches
-   above one, throughput mode. Candidates left out are listed with the reason.
+   above one, throughput mode; each with the batch axis dynamic and fixed at the requested batch size (static
+   shapes let the engine plan every tensor once). Candidates left out are listed with the reason.
 2. **Build** missing artifacts with ``edgead compile`` (reduced precisions pass its compile-time fidelity gate).
 3. **Gate** every candidate again here against the FP32 export on held-out images (``--data``, else the
    calibration images, else a deterministic synthetic batch) with the project's targets (``edgead.fidelity``):
@@ -41,13 +42,16 @@ class Candidate:
     engine: str
     precision: str
     mode: str = "latency"  # the engine's latency or throughput setting (OpenVINO)
+    static: int | None = None  # batch axis fixed at this size when the session is built (else dynamic)
 
     @property
     def name(self) -> str:
-        return f"{self.engine} {self.precision}" + (f" ({self.mode})" if self.mode != "latency" else "")
+        tags = ([self.mode] if self.mode != "latency" else []) + ([f"static {self.static}"] if self.static else [])
+        return f"{self.engine} {self.precision}" + (f" ({', '.join(tags)})" if tags else "")
 
     def runner_options(self) -> dict[str, Any]:
-        return {"mode": self.mode} if self.engine == "openvino" else {}
+        opts: dict[str, Any] = {"mode": self.mode} if self.engine == "openvino" else {}
+        return {**opts, "static_batch": self.static} if self.static else opts
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,8 @@ def plan(flags: dict[str, bool], available: Sequence[str], has_calib: bool, batc
                 out.append(Measured(c[0], skipped="no VNNI/AMX: INT8 runs slower than FP32 on this CPU"))
             elif precision == "int8" and not has_calib:
                 out.append(Measured(c[0], skipped="no calibration images (--calib DIR)"))
-            else:
-                keep += c
+            else:  # each setting with the batch axis dynamic, and fixed at the line's batch size
+                keep += [v for x in c for v in (x, replace(x, static=batch))]
     return keep, out
 
 
@@ -210,7 +214,8 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     chosen = choose(results, noise)
     decision = {
         "chosen": {"engine": chosen.candidate.engine, "precision": chosen.candidate.precision,
-                   "mode": chosen.candidate.mode, "folder": chosen.folder, "ms_per_image": chosen.ms_per_image},
+                   "mode": chosen.candidate.mode, "static_batch": chosen.candidate.static, "folder": chosen.folder,
+                   "ms_per_image": chosen.ms_per_image},
         "batch": batch, "rounds": rounds, "iters": iters, "noise": noise,
         "machine": {"cpu_model": machine["cpu_model"], "cores": machine["cores"], "flags": cpu_flags},
         "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

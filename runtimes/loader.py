@@ -71,8 +71,13 @@ def tuned_choice(folder: Path, extra: dict) -> tuple[Path, str, dict] | None:
     if not isinstance(chosen, dict):
         return None
     engine, rel, mode = str(chosen.get("engine", "")), str(chosen.get("folder", "")), str(chosen.get("mode", ""))
-    if rel == "." or not rel:
-        return None  # the export itself: load it as usual
+    static = chosen.get("static_batch")
+    options: dict = {"mode": mode} if engine == "openvino" and mode else {}
+    if isinstance(static, int) and not isinstance(static, bool) and static > 0:
+        options["static_batch"] = static
+    if (rel == "." or not rel) and not options:
+        return None  # the export itself, as exported: load it as usual
+    rel = rel or "."
     if "/" in rel or "\\" in rel or rel == ".." or not (folder / rel).is_dir():
         raise ArtifactError(f"{folder / registry.MANIFEST} names a tuned artifact '{rel}' that is not a folder of "
                             f"{folder}; run edgead tune {folder} again")
@@ -80,4 +85,4 @@ def tuned_choice(folder: Path, extra: dict) -> tuple[Path, str, dict] | None:
         cpu = (decision.get("machine") or {}).get("cpu_model")
         warnings.warn(f"{folder}: the artifact was chosen by edgead tune on another machine ({cpu}); run "
                       f"'edgead tune {folder}' here to choose for this CPU", stacklevel=3)
-    return folder / rel, engine, ({"mode": mode} if engine == "openvino" and mode else {})
+    return (folder if rel == "." else folder / rel), engine, options

@@ -24,18 +24,24 @@ def names(cands):
 def test_plan_builds_only_what_makes_sense_on_the_cpu():
     both = ["openvino", "onnxruntime"]
     keep, out = plan(AVX2, both, has_calib=True, batch=1)
-    assert names(keep) == ["onnxruntime fp32", "openvino fp32"]
+    assert names(keep) == ["onnxruntime fp32", "onnxruntime fp32 (static 1)", "openvino fp32",
+                           "openvino fp32 (static 1)"]
     reasons = {m.candidate.name: m.skipped for m in out}
     assert "no BF16 instructions" in reasons["openvino bf16"]
     assert reasons.get("onnxruntime fp16", "FP16 graphs are for GPUs").startswith("FP16 graphs are for GPUs")
     assert "no VNNI/AMX" in reasons["openvino int8"] and "no VNNI/AMX" in reasons["onnxruntime int8"]
 
     keep, out = plan(VNNI_BF16, both, has_calib=True, batch=8)
-    assert names(keep) == ["onnxruntime fp32", "onnxruntime int8", "openvino bf16", "openvino bf16 (throughput)",
-                           "openvino fp32", "openvino fp32 (throughput)", "openvino int8",
-                           "openvino int8 (throughput)"]
+    dynamic = [c for c in keep if c.static is None]
+    assert names(dynamic) == ["onnxruntime fp32", "onnxruntime int8", "openvino bf16", "openvino bf16 (throughput)",
+                              "openvino fp32", "openvino fp32 (throughput)", "openvino int8",
+                              "openvino int8 (throughput)"]
+    assert sorted(c.name for c in keep if c.static) == sorted(
+        c.name[:-1] + ", static 8)" if c.name.endswith(")") else c.name + " (static 8)" for c in dynamic)
+    assert [c.runner_options() for c in keep if c.name == "openvino int8 (throughput, static 8)"] == [
+        {"mode": "throughput", "static_batch": 8}]
     keep, out = plan(VNNI_BF16, ["onnxruntime"], has_calib=False, batch=1)
-    assert names(keep) == ["onnxruntime fp32"]
+    assert names(keep) == ["onnxruntime fp32", "onnxruntime fp32 (static 1)"]
     assert {m.candidate.name: m.skipped for m in out}["onnxruntime int8"] == "no calibration images (--calib DIR)"
     assert [m.skipped for m in out if m.candidate.engine == "openvino"] != [""]
 
@@ -84,6 +90,27 @@ def tuned_export(tiny_export, tmp_path):
                 "machine": {"cpu_model": m["cpu_model"], "cores": m["cores"], "flags": m["flags"]}, "candidates": []}
     record(out, decision)
     return out, decision
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_a_static_batch_session_matches_the_dynamic_one_for_any_batch(tiny_export, engine):
+    """Batch axis fixed at 2: batches of 1, 2 and 3 run chunked and padded, with the dynamic session's results."""
+    import numpy as np
+
+    import edgead.runtimes as rt
+    from edgead.export.openvino import compile_openvino
+
+    export = tiny_export("fbft") / "export"
+    folder = compile_openvino(export, "fp32") if engine == "openvino" else export
+    images = np.random.default_rng(3).integers(0, 256, (3, *rt.load(export).spec.input_size, 3), dtype=np.uint8)
+    dynamic, static = rt.load(folder, engine), rt.load(folder, engine, static_batch=2)
+    assert (static.min_batch, static.max_batch) == (2, 2)
+    for n in (1, 2, 3):
+        a, b = dynamic.predict(images[:n]), static.predict(images[:n])
+        assert b.maps.shape == a.maps.shape and np.abs(b.maps - a.maps).max() <= 1e-5
+        assert np.abs(b.scores - a.scores).max() <= 1e-5
+    with pytest.raises(EdgeadError, match="expected a positive static batch size, found 0"):
+        rt.load(folder, engine, static_batch=0)
 
 
 def test_load_runs_the_tuned_choice_and_warns_on_another_machine(tuned_export):
@@ -153,16 +180,26 @@ def test_per_op_profile_groups_every_executed_node(tiny_export, engine):
     assert classify("/Cast", "Cast", True) == "layout" and classify("/Mul", "Multiply", True) == "preprocess"
 
 
-def test_tune_end_to_end_on_a_tiny_export(tiny_export, tiny_synthetic, tmp_path):
-    """Plan, build (through the compile-time gate), gate again, time and record; load(OUT) then runs the choice."""
+def test_compile_precision_auto_end_to_end_on_a_tiny_export(tiny_export, tiny_synthetic, tmp_path):
+    """``compile --precision auto`` = tune: plan, build (through the compile-time gate), gate again, time and
+    record; load(OUT) then runs the choice."""
+    import json
     import shutil
 
+    from typer.testing import CliRunner
+
     import edgead.runtimes as rt
-    from edgead.tune import tune
+    from edgead.cli.app import app
 
     out = tmp_path / "export"
     shutil.copytree(tiny_export("fbft") / "export", out)
-    decision = tune(out, batch=1, calib=tiny_synthetic / "train" / "good", iters=2, rounds=1)
+    bad = CliRunner().invoke(app, ["compile", str(out), "--precision", "auto", "--batch", "1:x"])
+    assert str(bad.exception) == "expected --batch N or MIN:OPT:MAX with --precision auto, found '1:x'"
+    res = CliRunner().invoke(app, ["compile", str(out), "--precision", "auto", "--calib",
+                                   str(tiny_synthetic / "train" / "good"), "--batch", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    decision = json.loads(res.stdout)
+    assert decision["batch"] == 1
     cands = {c["candidate"]["name"]: c for c in decision["candidates"]}
     assert {"openvino fp32", "onnxruntime fp32"} <= set(cands)
     for c in cands.values():  # every candidate is either timed after passing its gate, or says why not

@@ -53,7 +53,8 @@ def _engines(text: str, compiling: bool = False, extra: tuple[str, ...] = ()) ->
 
 
 def _compile_precisions() -> str:
-    return "Per engine: " + "; ".join(f"{e.name}: {', '.join(e.compiles)}" for e in registry.compilable()) + "."
+    return ("Per engine: " + "; ".join(f"{e.name}: {', '.join(e.compiles)}" for e in registry.compilable())
+            + "; or auto (any engine: edgead tune, the fastest artifact that passes its gate on this CPU).")
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]

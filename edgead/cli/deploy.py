@@ -84,6 +84,9 @@ def compile_cmd(
     INT8/BF16 artifacts are measured against FP32 before they are written and refused when they miss the
     budget (map r >= 0.99 and <= 0.5 AUROC points by default) unless --accept-drop is given.
     """
+    if precision == "auto":
+        _compile_auto(out, calib, val, data, batch, json_out)
+        return
     from edgead.export.compile import compile_artifact
     from edgead.fidelity import Budget
 
@@ -93,6 +96,25 @@ def compile_cmd(
                             max_float_layers=max_float_layers, batch=batch, workspace=workspace, int8_mode=int8_mode,
                             data=data)
     _report_compile(path, json_out)
+
+
+def _compile_auto(out: Path, calib: Path | None, val: Path | None, data: Path | None, batch: str,
+                  json_out: bool) -> None:
+    """``--precision auto`` is ``edgead tune``: every candidate this CPU makes sense for, gated, timed, fastest kept.
+
+    The batch the candidates are timed at is --batch's OPT (``MIN:OPT:MAX``) or --batch itself when it is one number.
+    """
+    from edgead.cli.tune import tune
+    from edgead.errors import InputError
+
+    parts = batch.split(":")
+    try:
+        size = int(parts[1] if len(parts) == 3 else parts[0]) if len(parts) in (1, 3) else None
+    except ValueError:
+        size = None
+    if size is None:
+        raise InputError(f"expected --batch N or MIN:OPT:MAX with --precision auto, found {batch!r}")
+    tune(out, batch=size, calib=calib, data=data or val, json_out=json_out)
 
 
 def _report_compile(path: Path, json_out: bool) -> None:

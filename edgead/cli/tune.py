@@ -45,8 +45,11 @@ def tune(
         ms = "-" if c["ms_per_image"] is None else f"{c['ms_per_image']:.2f}"
         runs = " ".join(f"{x:.1f}" for x in c["runs_ms"])
         mark = "[bold green]chosen[/]" if (c["folder"] == chosen["folder"] and c["candidate"]["engine"] ==
-                                           chosen["engine"] and c["candidate"]["mode"] == chosen["mode"]) else ""
+                                           chosen["engine"] and c["candidate"]["mode"] == chosen["mode"]
+                                           and c["candidate"]["static"] == chosen.get("static_batch")) else ""
         t.add_row(name, c["executed"] or "-", gate, ms, runs, mark)
     console.print(t)
-    console.print(f"chosen: [bold]{chosen['engine']} {chosen['precision']}[/] ({chosen['mode']}) in {chosen['folder']}"
+    static = f", batch fixed at {chosen['static_batch']}" if chosen.get("static_batch") else ""
+    console.print(f"chosen: [bold]{chosen['engine']} {chosen['precision']}[/] ({chosen['mode']}{static}) in "
+                  f"{chosen['folder']}"
                   f"; edgead.runtimes.load({out}) runs it")
