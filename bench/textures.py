@@ -47,27 +47,45 @@ def _write(path: Path, img: np.ndarray) -> None:
         raise InputError(f"could not write {path}")
 
 
+def _write_test(root: Path, band: np.ndarray, tile: int, size: int, n_good: int, n_defect: int,
+                seed: tuple[int, ...]) -> None:
+    rng = np.random.default_rng([*seed, 1])
+    for i in range(n_good):
+        _write(root / "test" / "good" / f"{i:03d}.png", _tile(band, tile, size, rng))
+    for d, defect in enumerate(DEFECTS):
+        rng = np.random.default_rng([*seed, 2 + d])
+        for i in range(n_defect):
+            bad, mask = paint_defect(_tile(band, tile, size, rng), defect, rng)
+            _write(root / "test" / defect / f"{i:03d}.png", bad)
+            _write(root / "ground_truth" / defect / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
+
+
 def make_textures(out: str | Path, photos: tuple[str, ...] = PHOTOS, size: int = 224, tile: int = 192,
-                  n_train: int = 40, n_test_good: int = 20, n_test_defect: int = 5, seed: int = 0) -> Path:
-    """Write ``out/<photo>/{train/good, test/good, test/<defect>, ground_truth/<defect>}``; returns ``out``."""
+                  n_train: int = 40, n_test_good: int = 20, n_test_defect: int = 5, seed: int = 0,
+                  n_val_good: int = 0, n_val_defect: int = 0) -> Path:
+    """Write ``out/<photo>/{train/good, test/good, test/<defect>, ground_truth/<defect>}``; returns ``out``.
+
+    With ``n_val_good`` > 0 a labelled validation category ``out/<photo>_val`` (test/ and ground_truth/ only)
+    is written too, for ``edgead compile --val``: the test band is then split in two halves side by side, the
+    left one for validation and the right one for the test split, so no pixel is in both.
+    """
     out = Path(out)
     for k, name in enumerate(photos):
         img = _photo(name)
         cut = int(TRAIN_BAND * img.shape[0])
         train_band, test_band = img[:cut], img[cut:]
+        val_band = None
+        if n_val_good > 0:
+            half = test_band.shape[1] // 2
+            val_band, test_band = test_band[:, :half], test_band[:, half:]
         if min(test_band.shape[:2]) < tile:
             raise InputError(f"expected tiles of at most {min(test_band.shape[:2])} px for {name}, found {tile}")
         with atomic_dir(out / name) as tmp:
             rng = np.random.default_rng([seed, k, 0])
             for i in range(n_train):
                 _write(tmp / "train" / "good" / f"{i:03d}.png", _tile(train_band, tile, size, rng))
-            rng = np.random.default_rng([seed, k, 1])
-            for i in range(n_test_good):
-                _write(tmp / "test" / "good" / f"{i:03d}.png", _tile(test_band, tile, size, rng))
-            for d, defect in enumerate(DEFECTS):
-                rng = np.random.default_rng([seed, k, 2 + d])
-                for i in range(n_test_defect):
-                    bad, mask = paint_defect(_tile(test_band, tile, size, rng), defect, rng)
-                    _write(tmp / "test" / defect / f"{i:03d}.png", bad)
-                    _write(tmp / "ground_truth" / defect / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
+            _write_test(tmp, test_band, tile, size, n_test_good, n_test_defect, (seed, k))
+        if val_band is not None:
+            with atomic_dir(out / f"{name}_val") as tmp:
+                _write_test(tmp, val_band, tile, size, n_val_good, n_val_defect, (seed, k, 7))
     return out

@@ -16,6 +16,7 @@ bisection), until the budget holds. The chosen layers are written into the manif
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgead.calib import always_float
 from edgead.calib.dataset import CalibrationSet
 from edgead.calib.validation import AccuracyTarget
 from edgead.errors import EdgeadError, FidelityError, require
@@ -40,8 +42,10 @@ METHODS = ("minmax", "percentile", "entropy")
 QUANTIZED_OPS = ("MatMul", "Gemm")
 
 
-def _post_nodes(model: onnx.ModelProto) -> list[str]:
-    return [n.name for n in model.graph.node if n.name.startswith("/post/")]
+def _post_nodes(model: onnx.ModelProto, family: str = "") -> list[str]:
+    """Nodes left in float whatever the budget: the postprocessing, and a density family's head."""
+    patterns = [re.compile(p) for p in always_float(family)]
+    return [n.name for n in model.graph.node if any(p.match(n.name) for p in patterns)]
 
 
 def quantized_layers(model: onnx.ModelProto) -> list[str]:
@@ -218,10 +222,12 @@ def search_float_layers(qmodel: onnx.ModelProto, float_weights: dict[str, np.nda
 
     def impossible(best: Fidelity, n: int, cap: int | None = None) -> FidelityError:
         drop = best.drop(metric)
-        how = f"even with all {n} layers" if cap is None else f"with at most {cap} of {n} layers"
+        how = f"even with all {n} layers in float" if cap is None else f"with at most {cap} of {n} layers in float"
+        if cap == n - 1 and n > 0:
+            how += " (all of them would be the FP32 model, not INT8)"
         return FidelityError(
             f"Q/DQ INT8 cannot meet the budget ({metric} drop <= {budget.max_drop}, map r >= {budget.min_map_r}) "
-            f"{how} in float; best reached: {metric} drop "
+            f"{how}; best reached: {metric} drop "
             f"{'n/a' if drop is None else f'{drop:.6f}'}, map r {best.map_r:.6f}; nothing written")
 
     full = measure([])
@@ -248,7 +254,10 @@ def search_float_layers(qmodel: onnx.ModelProto, float_weights: dict[str, np.nda
             step(ranked[:k], tried[k])
         return not budget.failures(tried[k])
 
-    top = len(ranked) if max_float is None else min(max_float, len(ranked))
+    # at least one layer stays INT8: keeping every layer in float would write the FP32 model as an INT8 artifact
+    top = len(ranked) - 1 if max_float is None else min(max_float, len(ranked) - 1)
+    if top < 1:
+        raise impossible(min(tried.values(), key=lambda f: _loss(f, metric)), len(ranked), top)
     lo, hi = 0, 1  # the budget fails at lo and (after the loop) holds at hi
     while hi < top and not ok_at(hi):
         lo, hi = hi, min(2 * hi, top)
@@ -291,7 +300,7 @@ def quantize_qdq(artifact_dir: str | Path, calib: CalibrationSet | str | Path, o
                  "entropy": q.CalibrationMethod.Entropy}[method]
     model = onnx.load(str(onnx_path))
     out = Path(out) if out else artifact_folder(artifact_dir, ONNX.name, "int8")
-    post = _post_nodes(model)
+    post = _post_nodes(model, src.spec.family)
     with atomic_dir(out) as tmp, tempfile.TemporaryDirectory() as work:
         pre = Path(work) / "pre.onnx"
         q.quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)

@@ -156,3 +156,44 @@ def test_impossible_budget_names_the_best_drop_reached(fitted_export, tiny_synth
                        r"\d\.\d{6}; nothing written"):
         compile_artifact(fitted_export, "onnxruntime", "int8", tiny_synthetic, val=tiny_synthetic,
                          budget=impossible, accuracy_aware=True, max_float_layers=0)
+
+
+def test_a_budget_only_all_float_meets_is_refused_not_written_as_int8(fitted_export, tiny_synthetic, tmp_path):
+    """Keeping every layer in float would be the FP32 model under an INT8 name: the search stops one short."""
+    import shutil
+
+    from edgead.export.compile import compile_artifact
+
+    export = shutil.copytree(fitted_export, tmp_path / "export", ignore=shutil.ignore_patterns("*-*"))
+    class ExactCopy(Budget):  # test harness: a budget only an exact copy of the FP32 maps meets
+        def failures(self, f):
+            return [] if f.map_r == 1.0 else [f"map r {f.map_r!r} is not exactly 1"]
+
+    impossible = ExactCopy(metric="map_r", max_drop=0.0)
+    with pytest.raises(FidelityError, match=r"with at most (\d+) of \d+ layers in float \(all of them would be the "
+                       r"FP32 model, not INT8\); best reached: map_r drop \d\.\d{6}"):
+        compile_artifact(export, "onnxruntime", "int8", tiny_synthetic, val=tiny_synthetic, budget=impossible,
+                         accuracy_aware=True)
+    assert not (export / "onnx-int8").exists()
+
+
+def test_openvino_accuracy_control_reverts_layers_without_breaking_them(fitted_export, tiny_synthetic, tmp_path):
+    """NNCF reverts the most sensitive layers until a budget of half the plain INT8 map error holds; the reverted
+    layers compute what FP32 computes (with SmoothQuant on, NNCF restored the original weights behind a scaled
+    input and the result missed by far)."""
+    import shutil
+
+    from edgead.export.compile import compile_artifact
+
+    export = shutil.copytree(fitted_export, tmp_path / "export", ignore=shutil.ignore_patterns("*-*"))
+    plain = compile_artifact(export, "openvino", "int8", tiny_synthetic, val=tiny_synthetic, accept_drop=True,
+                             budget=Budget(metric="map_r"))
+    drop = rt.load(plain).manifest.extra["fidelity"]["drop"]
+    shutil.rmtree(plain)
+    budget = Budget(metric="map_r", max_drop=drop / 2)
+    folder = compile_artifact(export, "openvino", "int8", tiny_synthetic, val=tiny_synthetic, budget=budget,
+                              accuracy_aware=True)
+    extra = rt.load(folder).manifest.extra
+    q, fid = extra["quantization"], extra["fidelity"]
+    assert q["accuracy_control"] and q["smooth_quant"] is False and len(q["float_layers"]) >= 1
+    assert fid["passed"] and fid["drop"] <= drop / 2, (drop, fid)

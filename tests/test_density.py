@@ -149,3 +149,40 @@ def test_density_fp32_engines_match_torch(tmp_path, family, backbone, norm, size
     for n in (1, 8):
         for d in compare(ref, cands, check_batch(n, n, (size, size))):
             assert d.max_abs_maps <= ATOL and d.max_abs_scores <= ATOL, d
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_density_int8_keeps_the_head_in_float(tmp_path, tiny_synthetic, engine):
+    """INT8 of a density detector quantises the backbone only: the mixture head's matrix products read float."""
+    import onnx
+
+    from edgead.export import export_onnx
+    from edgead.export.compile import compile_artifact
+    from edgead.models.checkpoint import save_checkpoint
+    from edgead.runtimes.manifest import read_manifest
+
+    torch.manual_seed(0)
+    det = build_detector(detector_spec("gmm", "vit_tiny_test_patch14", "layernorm", input_size=56))
+    save_checkpoint(det, tmp_path / "ckpt")
+    export_onnx(det, tmp_path / "export", source=tmp_path / "ckpt")
+    folder = compile_artifact(tmp_path / "export", engine, "int8", tiny_synthetic / "train" / "good",
+                              accept_drop=True)
+    quant = read_manifest(folder).extra["quantization"]
+    if engine == "onnxruntime":
+        model = onnx.load(str(folder / "model.onnx"))
+        producer = {o: n.op_type for n in model.graph.node for o in n.output}
+        reads_dq = {n.name: any(producer.get(i) == "DequantizeLinear" for i in n.input)
+                    for n in model.graph.node if n.op_type == "MatMul"}
+        assert "/ctx_in/MatMul" in quant["always_float"] and "/post/Conv" in quant["always_float"]
+    else:
+        import openvino as ov
+
+        model = ov.Core().read_model(str(folder / "model.xml"))
+        reads_dq = {op.get_friendly_name(): any(op.input_value(i).get_node().get_type_name() == "FakeQuantize"
+                                                for i in range(op.get_input_size()))
+                    for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"}
+        assert quant["always_float"] == [".*/post/.*", "(?!/backbone/).*"]
+    head = {n: q for n, q in reads_dq.items() if not n.startswith("/backbone/")}
+    backbone = {n: q for n, q in reads_dq.items() if n.startswith("/backbone/")}
+    assert len(head) >= 4 and not any(head.values()), head
+    assert sum(backbone.values()) >= 4, backbone

@@ -25,6 +25,12 @@ def test_real_texture_set_layout_and_masks(tmp_path):
     train = [read_image(p) for p in list_images(cat / "train" / "good")]
     good = [read_image(it.path) for it in items if it.label == 0]
     assert not any(np.array_equal(a, b) for a in train for b in good)  # disjoint bands of the photograph
+    make_textures(tmp_path / "v", photos=("grass",), size=64, tile=96, n_train=1, n_test_good=2, n_test_defect=1,
+                  n_val_good=3, n_val_defect=1)
+    val = data.test_items(tmp_path / "v" / "grass_val")
+    test = data.test_items(tmp_path / "v" / "grass")
+    assert len(val) == 3 + 4 and len(test) == 2 + 4 and not (tmp_path / "v" / "grass_val" / "train").exists()
+    assert not any(np.array_equal(read_image(a.path), read_image(b.path)) for a in val for b in test)
     with pytest.raises(InputError, match="expected a texture photograph in brick, grass, gravel, found 'sky'"):
         make_textures(tmp_path, photos=("sky",))
 
