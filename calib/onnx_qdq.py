@@ -19,7 +19,6 @@ import contextlib
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,9 @@ from onnx import numpy_helper
 
 from edgead.calib import always_float
 from edgead.calib.dataset import CalibrationSet
+from edgead.calib.search import Search, fewest_float_layers
 from edgead.calib.validation import AccuracyTarget
-from edgead.errors import EdgeadError, FidelityError, require
+from edgead.errors import EdgeadError, require
 from edgead.export.qdq_check import restore_island_inputs
 from edgead.fidelity import Fidelity
 from edgead.fsutil import atomic_dir
@@ -187,89 +187,15 @@ def _run(model: onnx.ModelProto, images: np.ndarray, batch: int = 8, optimize: b
     return np.concatenate(scores), np.concatenate(maps)
 
 
-@dataclass(frozen=True)
-class Search:
-    """The outcome of the accuracy-aware search: the float layers chosen and what each step measured."""
-
-    float_layers: list[str]
-    sensitivity: dict[str, float]
-    steps: list[dict[str, Any]]
-    fidelity: Fidelity
-
-
-def _loss(f: Fidelity, metric: str) -> float:
-    """A continuous badness for ranking: map error plus the metric drop (NaN counts as worst)."""
-    drop = f.drop(metric) if metric != "map_r" else 0.0
-    v = (1.0 - f.map_r) + max(0.0, drop or 0.0)
-    return float(v) if np.isfinite(v) else float("inf")
-
-
 def search_float_layers(qmodel: onnx.ModelProto, float_weights: dict[str, np.ndarray], target: AccuracyTarget,
                         progress: Any = None, max_float: int | None = None) -> Search:
-    """Fewest layers of ``qmodel`` to keep in float for ``target``'s budget (see the module docstring)."""
-    budget, metric = target.budget, target.budget.metric
+    """Fewest layers of ``qmodel`` to keep in float for ``target``'s budget (``edgead.calib.search``)."""
 
-    def measure(layers: list[str], optimize: bool = True) -> Fidelity:
-        s, m = _run(float_island(qmodel, layers, float_weights), target.val.images, optimize=optimize)
+    def measure(layers: list[str], quick: bool = False) -> Fidelity:
+        s, m = _run(float_island(qmodel, layers, float_weights), target.val.images, optimize=not quick)
         return target.measure(s, m, f"Q/DQ with {len(layers)} float layers", "int8")
 
-    steps: list[dict[str, Any]] = []
-
-    def step(layers: list[str], f: Fidelity) -> bool:
-        ok = not budget.failures(f)
-        steps.append({"float_layers": len(layers), "map_r": f.map_r, "drop": f.drop(metric), "passed": ok})
-        return ok
-
-    def impossible(best: Fidelity, n: int, cap: int | None = None) -> FidelityError:
-        drop = best.drop(metric)
-        how = f"even with all {n} layers in float" if cap is None else f"with at most {cap} of {n} layers in float"
-        if cap == n - 1 and n > 0:
-            how += " (all of them would be the FP32 model, not INT8)"
-        return FidelityError(
-            f"Q/DQ INT8 cannot meet the budget ({metric} drop <= {budget.max_drop}, map r >= {budget.min_map_r}) "
-            f"{how}; best reached: {metric} drop "
-            f"{'n/a' if drop is None else f'{drop:.6f}'}, map r {best.map_r:.6f}; nothing written")
-
-    full = measure([])
-    if step([], full):
-        return Search([], {}, steps, full)
-    layers = quantized_layers(qmodel)
-    if max_float == 0:  # pure INT8 or nothing
-        raise impossible(full, len(layers), 0)
-    every = measure(layers)  # a budget that all-float misses cannot be met: say so before ranking anything
-    if not step(layers, every):
-        raise impossible(min((full, every), key=lambda f: _loss(f, metric)), len(layers))
-    sens: dict[str, float] = {}
-    base = _loss(measure([], optimize=False), metric)
-    for i, name in enumerate(layers):  # how much floating this one layer alone helps
-        sens[name] = base - _loss(measure([name], optimize=False), metric)
-        if progress:
-            progress("sensitivity", i + 1, len(layers))
-    ranked = sorted(layers, key=lambda n: -sens[n])
-    tried: dict[int, Fidelity] = {0: full, len(layers): every}
-
-    def ok_at(k: int) -> bool:
-        if k not in tried:
-            tried[k] = measure(ranked[:k])
-            step(ranked[:k], tried[k])
-        return not budget.failures(tried[k])
-
-    # at least one layer stays INT8: keeping every layer in float would write the FP32 model as an INT8 artifact
-    top = len(ranked) - 1 if max_float is None else min(max_float, len(ranked) - 1)
-    if top < 1:
-        raise impossible(min(tried.values(), key=lambda f: _loss(f, metric)), len(ranked), top)
-    lo, hi = 0, 1  # the budget fails at lo and (after the loop) holds at hi
-    while hi < top and not ok_at(hi):
-        lo, hi = hi, min(2 * hi, top)
-    if not ok_at(hi):
-        raise impossible(min(tried.values(), key=lambda f: _loss(f, metric)), len(ranked), top)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok_at(mid):
-            hi = mid
-        else:
-            lo = mid
-    return Search(ranked[:hi], {n: sens[n] for n in ranked[:hi]}, steps, tried[hi])
+    return fewest_float_layers(quantized_layers(qmodel), measure, target.budget, "Q/DQ INT8", progress, max_float)
 
 
 def quantize_qdq(artifact_dir: str | Path, calib: CalibrationSet | str | Path, out: str | Path | None = None,

@@ -1,11 +1,16 @@
-"""INT8 for OpenVINO: NNCF post-training quantisation (transformer model type, symmetric preset), optionally
-accuracy-controlled.
+"""INT8 for OpenVINO: NNCF post-training quantisation (transformer model type, symmetric preset, SmoothQuant),
+optionally held to an accuracy budget.
 
-The postprocessing (smoothing convolution, top-k score) stays in float: it is a few cheap ops whose precision
-decides the score, and quantising them buys nothing. With an ``AccuracyTarget`` the build is NNCF's
-``quantize_with_accuracy_control``: it ranks the quantised layers by their effect on the outputs and reverts
-the most harmful to float until the validation function (edgead's own metric on the validation set, as a
-drop from FP32) is within the budget. The matrix products left in float are listed in the manifest.
+Always float: the postprocessing (smoothing convolution, top-k score: a few cheap ops whose precision decides
+the score), the first layer, which reads the normalised image (``image_layer``), and a density family's head
+(``edgead.calib.always_float``). With an ``AccuracyTarget`` the quantised model goes through the same search as
+Q/DQ (``edgead.calib.search``): layers are ranked by how much putting each one alone back in float helps on the
+validation set, and the fewest most sensitive ones are put back until the budget holds. Putting a layer back
+means skipping the FakeQuantize nodes in front of its inputs; SmoothQuant's scaling stays on both sides of it, so
+it computes what the float layer computes. (NNCF's ``quantize_with_accuracy_control`` was used before: its
+revert restores the original model's weights while SmoothQuant's activation scaling stays, which broke every
+reverted layer, map r 0.059; without SmoothQuant its result missed the map target, map r 0.942, because its
+validation function sees one metric only.) The layers left in float are listed in the manifest.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import numpy as np
 from edgead.calib import always_float
 from edgead.calib.dataset import CalibrationSet
 from edgead.calib.validation import AccuracyTarget
-from edgead.errors import EdgeadError, FidelityError, require
+from edgead.errors import EdgeadError, require
+from edgead.registry import OUTPUTS
 from edgead.spec import DetectorSpec
 
 #: ONNX node-name patterns of the in-graph postprocessing, kept in float for every family (``always_float``
@@ -31,9 +37,6 @@ FLOAT_PATTERNS = always_float("")
 METHODS = {"minmax": "MINMAX", "mean_minmax": "MEAN_MINMAX", "percentile": "MEAN_QUANTILE",
            "histogram": "HISTOGRAM"}
 _COMPUTE = ("MatMul", "Convolution")
-#: NNCF reverts one group of quantisers to float per iteration; beyond this many it gives up (the gate then
-#: reports the best it reached)
-MAX_ITERATIONS = 40
 
 
 def _advanced(nncf: Any, method: str | None) -> Any:
@@ -75,61 +78,70 @@ def float_layers(model: Any, patterns: tuple[str, ...] = FLOAT_PATTERNS) -> tupl
     return kept, total
 
 
-def _validation_fn(target: AccuracyTarget) -> Any:
-    """NNCF's validation function: edgead's metric on the validation set (items are indices into it).
+def _bypass(model: Any, layers: set[str]) -> Any:
+    """A copy of the quantised ``model`` in which each op named in ``layers`` reads float inputs: the FakeQuantize
+    in front of each input (activation and weight; directly, or behind one Convert/Reshape/Transpose) is skipped.
+    SmoothQuant's scaling stays on both sides, so the layer computes what the float layer computes (weights must
+    still be float behind their FakeQuantize: NNCF's ``compress_weights`` off)."""
+    m = model.clone()
+    for op in m.get_ordered_ops():
+        if op.get_friendly_name() not in layers:
+            continue
+        for i in range(op.get_input_size()):
+            node = op.input_value(i).get_node()
+            if node.get_type_name() == "FakeQuantize":
+                op.input(i).replace_source_output(node.input_value(0))
+            elif node.get_type_name() in ("Convert", "Reshape", "Transpose") and \
+                    node.input_value(0).get_node().get_type_name() == "FakeQuantize":
+                node.input(0).replace_source_output(node.input_value(0).get_node().input_value(0))
+    m.validate_nodes_and_infer_types()
+    return m
 
-    Given fewer items than the whole set (NNCF probes with one item to choose its ranking mode) it returns no
-    metric, so NNCF ranks layers by how much their reverting moves the outputs.
-    """
 
-    def validate(compiled: Any, items: Any) -> tuple[float | None, None]:
-        idx = [int(i) for i in items]
-        if len(idx) < len(target.val):
-            return None, None
+def _quantized_ops(model: Any, always: tuple[str, ...], first: str | None) -> list[str]:
+    """Names of the convolutions / matrix products with a FakeQuantize input, in graph order."""
+    post = [re.compile(p) for p in always]
+    return [n for n, q in _fq_inputs(model).items() if q and n != first and not any(p.match(n) for p in post)]
+
+
+def _fq_inputs(model: Any) -> dict[str, bool]:
+    return {op.get_friendly_name(): any(op.input_value(i).get_node().get_type_name() == "FakeQuantize"
+                                        for i in range(op.get_input_size()))
+            for op in model.get_ordered_ops() if op.get_type_name() in _COMPUTE}
+
+
+def _measure_fn(model: Any, target: AccuracyTarget) -> Any:
+    import openvino as ov
+
+    core = ov.Core()
+
+    def measure(layers: list[str], quick: bool = False) -> Any:
+        compiled = core.compile_model(_bypass(model, set(layers)) if layers else model, "CPU",
+                                      {"INFERENCE_PRECISION_HINT": "f32"})
         scores, maps = [], []
-        for i in idx:
-            out = compiled(target.val.images[i : i + 1])
-            scores.append(np.asarray(out[0]).reshape(-1))
-            maps.append(np.asarray(out[1]).reshape((1, *out[1].shape[-2:])))
-        fid = target.measure(np.concatenate(scores), np.concatenate(maps), "candidate", "int8")
-        drop = fid.drop(target.budget.metric)
-        return (1.0 - float(drop)), None  # NNCF maximises; FP32 itself measures 1.0
+        for i in range(0, len(target.val), 8):
+            out = compiled(target.val.images[i : i + 8])
+            scores.append(np.asarray(out[compiled.output(OUTPUTS[0])]).reshape(-1))
+            maps.append(np.asarray(out[compiled.output(OUTPUTS[1])]))
+        return target.measure(np.concatenate(scores), np.concatenate(maps), f"OpenVINO INT8, {len(layers)} float",
+                              "int8")
 
-    return validate
+    return measure
 
 
-def _quantize(nncf: Any, model: Any, dataset: Any, common: dict, advanced: Any,
-              target: AccuracyTarget | None) -> Any:
-    if target is None:
-        return nncf.quantize(model, dataset, advanced_parameters=advanced, **common)
-    from dataclasses import replace
+def _search(model: Any, target: AccuracyTarget, always: tuple[str, ...], first: str | None,
+            max_float: int | None) -> Any:
+    """The search record: the fewest layers of ``model`` back in float that meet ``target``'s budget."""
+    from edgead.calib.search import fewest_float_layers
 
-    from nncf.quantization.advanced_parameters import (
-        AdvancedAccuracyRestorerParameters,
-        AdvancedQuantizationParameters,
-        AdvancedSmoothQuantParameters,
-    )
-
-    # No SmoothQuant under accuracy control: NNCF reverts a layer by restoring the weights of the *original*
-    # model, while the activation scaling SmoothQuant inserted in front of it stays, so every reverted layer
-    # computes x/s @ W instead of x @ W (measured on FBFT ViT-S/14, grass: map r 0.059 after the revert, 0.998
-    # before it).
-    advanced = replace(advanced or AdvancedQuantizationParameters(),
-                       smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=-1, matmul=-1))
-    val = nncf.Dataset(list(range(len(target.val))), lambda i: target.val.images[i : i + 1])
-    try:
-        return nncf.quantize_with_accuracy_control(
-            model, dataset, val, _validation_fn(target), max_drop=target.budget.max_drop,
-            drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=advanced,
-            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                max_num_iterations=MAX_ITERATIONS, num_ranking_workers=1), **common)
-    except nncf.errors.Error as exc:  # NNCF gives up when even reverting every layer does not reach it
-        raise FidelityError(f"OpenVINO INT8 could not meet a {target.budget.metric} drop of "
-                            f"{target.budget.max_drop}: {exc}") from exc
+    layers = _quantized_ops(model, always, first)
+    return fewest_float_layers(layers, _measure_fn(model, target), target.budget, "OpenVINO INT8",
+                               max_float=max_float)
 
 
 def quantize_openvino(model: Any, spec: DetectorSpec, calib: CalibrationSet, method: str | None = None,
-                      target: AccuracyTarget | None = None) -> tuple[Any, dict, dict]:
+                      target: AccuracyTarget | None = None, max_float_layers: int | None = None
+                      ) -> tuple[Any, dict, dict]:
     """(quantised model, calibration record, quantisation record) for the manifest."""
     nncf = require("nncf", "nncf", "INT8 quantisation for OpenVINO")
     nncf.set_log_level(logging.WARNING)  # its per-node INFO lines drown the CLI output
@@ -144,18 +156,38 @@ def quantize_openvino(model: Any, spec: DetectorSpec, calib: CalibrationSet, met
         subset_size=len(calib),
         ignored_scope=nncf.IgnoredScope(names=[first] if first else [], patterns=list(always), validate=False),
     )
+    advanced = _advanced(nncf, method)
+    found = None
     with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars; stdout is for --json
-        quantized = _quantize(nncf, model, dataset, common, _advanced(nncf, method), target)
+        if target is not None:
+            # searched on a model whose weights keep their FakeQuantize (not folded to int8 constants), so a layer
+            # put back in float reads its exact float weights; the artifact is then quantised again with the
+            # chosen layers in NNCF's ignored scope (no SmoothQuant or bias correction on them: exact float)
+            from dataclasses import replace
+
+            from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+            probe_params = replace(advanced or AdvancedQuantizationParameters(),
+                                   backend_params={"compress_weights": False})
+            probe = nncf.quantize(model.clone(), dataset, advanced_parameters=probe_params, **common)
+            found = _search(probe, target, always, first, max_float_layers)
+            del probe
+            if found.float_layers:
+                common["ignored_scope"] = nncf.IgnoredScope(names=[*([first] if first else []),
+                                                                   *found.float_layers],
+                                                            patterns=list(always), validate=False)
+        quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **common)
     kept, total = float_layers(quantized, always)
     if first in kept:  # float by rule, like the postprocessing: not counted among the layers left out
         kept.remove(first)
         total -= 1
     calib_rec = {**calib.describe(), "method": method or "default (NNCF, transformer model type)"}
     quant_rec = {"tool": "nncf", "accuracy_control": target is not None, "float_layers": kept,
-                 "float_reason": "kept in float by NNCF accuracy control" if target else "not quantised by NNCF",
+                 "float_reason": "kept in float by the accuracy-aware search" if target else "not quantised by NNCF",
                  "quantized_layers": total - len(kept), "compute_layers": total,
                  "always_float": list(always), "image_layer": first}
     if target is not None:
         quant_rec["budget"] = {"metric": target.budget.metric, "max_drop": target.budget.max_drop}
-        quant_rec["smooth_quant"] = False  # see _quantize
+        quant_rec["search"] = found.steps if found else []
+        quant_rec["sensitivity"] = found.sensitivity if found else {}
     return quantized, calib_rec, quant_rec

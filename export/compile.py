@@ -25,10 +25,11 @@ from edgead.fsutil import atomic_dir
 
 def build_openvino(out: Path, precision: str, calib: Path | None, *, dest: Path | None = None,
                    calib_set: CalibrationSet | None = None, calib_method: str | None = None,
-                   target: AccuracyTarget | None = None, **_: Any) -> Path:
+                   target: AccuracyTarget | None = None, max_float_layers: int | None = None, **_: Any) -> Path:
     from edgead.export.openvino import compile_openvino
 
-    return compile_openvino(out, precision, calib_set or calib, dest, method=calib_method, target=target)
+    return compile_openvino(out, precision, calib_set or calib, dest, method=calib_method, target=target,
+                            max_float_layers=max_float_layers)
 
 
 def build_onnxruntime(out: Path, precision: str, calib: Path | None, *, dest: Path | None = None,

@@ -29,8 +29,8 @@ INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 def compile_openvino(artifact_dir: str | Path, precision: str = "fp32",
                      calib: CalibrationSet | str | Path | None = None, out: str | Path | None = None,
-                     subset_size: int = 300, method: str | None = None, target: AccuracyTarget | None = None
-                     ) -> Path:
+                     subset_size: int = 300, method: str | None = None, target: AccuracyTarget | None = None,
+                     max_float_layers: int | None = None) -> Path:
     """Write the OpenVINO ``precision`` artifact folder in ``OUT`` (model.xml, model.bin, manifest.json); its path."""
     if precision not in PRECISIONS:
         raise EdgeadError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, found '{precision}'")
@@ -49,7 +49,7 @@ def compile_openvino(artifact_dir: str | Path, precision: str = "fp32",
         if not isinstance(calib, CalibrationSet):
             calib = CalibrationSet(calib, src.spec, batch_size=1, limit=subset_size)
         model, extra["calibration"], extra["quantization"] = quantize_openvino(model, src.spec, calib, method,
-                                                                                target)
+                                                                                target, max_float_layers)
         versions["nncf"] = require("nncf", "nncf").__version__
     model.set_rt_info(src.spec.to_json(), ["edgead", "spec"])
     model.set_rt_info(precision, ["edgead", "precision"])
