@@ -69,14 +69,24 @@ class Runner(ABC):
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run one validated, contiguous uint8 chunk of at most ``max_batch`` images; return (scores, maps)."""
 
+    #: batch axis fixed when the engine's session was built (``static_batch=N``); None: the manifest's range
+    static_batch: int | None = None
+
+    def fix_batch(self, n: int | None) -> int | None:
+        """Record a static batch size for the session about to be built (validated); returns it."""
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise InputError(f"expected a positive static batch size, found {n!r}")
+        self.static_batch = n
+        return n
+
     @property
     def max_batch(self) -> int | None:
         """Largest batch one ``_infer`` call takes (None: any)."""
-        return self.manifest.batch[1]
+        return self.static_batch or self.manifest.batch[1]
 
     @property
     def min_batch(self) -> int:
-        return int(self.manifest.batch[0])
+        return self.static_batch or int(self.manifest.batch[0])
 
     def executed_precision(self) -> str:
         """The precision the engine computes its matrix products in, as the engine reports it.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead.errors import InputError, require
+from edgead.errors import require
 from edgead.registry import OUTPUTS
 from edgead.runtimes.base import Predictions, Runner
 from edgead.runtimes.manifest import Manifest
@@ -27,7 +27,7 @@ class OpenVINORunner(Runner):
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", threads: int | None = None,
                  mode: str = "latency", precision_hint: str | None = None, static_batch: int | None = None) -> None:
         super().__init__(folder, manifest)
-        self._static = _static_batch(static_batch)
+        static = self.fix_batch(static_batch)
         ov = require("openvino", "openvino", "running OpenVINO artifacts")
         self._ov = ov
         core = ov.Core()
@@ -40,21 +40,13 @@ class OpenVINORunner(Runner):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         model = core.read_model(str(self.folder / manifest.model))
         self.check_model_input([d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()])
-        if self._static:  # a fixed batch: shapes known at compile time; other batch sizes run chunked and padded
+        if static:  # a fixed batch: shapes known at compile time; other batch sizes run chunked and padded
             shape = model.input(0).get_partial_shape()
-            model.reshape({model.input(0): [self._static, *(d.get_length() for d in list(shape)[1:])]})
+            model.reshape({model.input(0): [static, *(d.get_length() for d in list(shape)[1:])]})
         self.compiled = core.compile_model(model, device, config)
         self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self._local = threading.local()
         self._outputs = [self.compiled.output(name) for name in OUTPUTS]
-
-    @property
-    def max_batch(self) -> int | None:
-        return self._static or super().max_batch
-
-    @property
-    def min_batch(self) -> int:
-        return self._static or super().min_batch
 
     def _request(self):
         req = getattr(self._local, "request", None)
@@ -117,12 +109,6 @@ class OpenVINORunner(Runner):
 _PRODUCTS = ("fullyconnected", "matmul", "convolution")
 _SPELLING = {"u8": "int8", "uint8_t": "int8", "i8": "int8", "int8_t": "int8", "f32": "f32", "float32": "f32",
              "bf16": "bf16", "bfloat16": "bf16", "f16": "f16", "float16": "f16"}
-
-
-def _static_batch(n: int | None) -> int | None:
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise InputError(f"expected a positive static batch size, found {n!r}")
-    return n
 
 
 def _type_name(value: object) -> str:

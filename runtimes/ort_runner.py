@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead.errors import InputError, require
+from edgead.errors import require
 from edgead.runtimes.base import Runner
 from edgead.runtimes.manifest import Manifest
 
@@ -24,9 +24,7 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, folder: Path, manifest: Manifest, threads: int | None = None,
                  providers: list[str] | None = None, static_batch: int | None = None) -> None:
         super().__init__(folder, manifest)
-        if static_batch is not None and (not isinstance(static_batch, int) or static_batch < 1):
-            raise InputError(f"expected a positive static batch size, found {static_batch!r}")
-        self._static = static_batch
+        self.fix_batch(static_batch)
         ort = require("onnxruntime", "onnxruntime", "running ONNX artifacts")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -38,14 +36,6 @@ class OnnxRuntimeRunner(Runner):
         self.check_model_input(self.session.get_inputs()[0].shape)
         self._input = self.session.get_inputs()[0].name
         self._outputs = [o.name for o in self.session.get_outputs()]
-
-    @property
-    def max_batch(self) -> int | None:
-        return self._static or super().max_batch
-
-    @property
-    def min_batch(self) -> int:
-        return self._static or super().min_batch
 
     def _infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, maps = self.session.run(self._outputs, {self._input: images})
