@@ -89,9 +89,9 @@ def run(out: Path, source: str = "grass", family: str = "fbft", backbone: str | 
     fit_s = time.time() - t0
     export = out / "export"
     export_onnx(load_checkpoint(r.checkpoint), export, source=r.checkpoint)
-    compile_artifact(export, "openvino", "fp32")
+    ov_fp32 = compile_artifact(export, "openvino", "fp32")
     rows: list[dict[str, Any]] = []
-    timed: dict[str, tuple[Path, str]] = {"openvino fp32": (export / "openvino-fp32", "openvino"),
+    timed: dict[str, tuple[Path, str]] = {"openvino fp32": (ov_fp32, "openvino"),
                                           "onnxruntime fp32": (export, "onnxruntime")}
     for label, kwargs in (("plain", {"accept_drop": True}),
                           ("budget", {"budget": Budget(max_drop=max_drop), "accuracy_aware": True})):

@@ -146,7 +146,7 @@ def _help(*command: str) -> str:
 def test_fake_engine_in_compile_help(fake_engine) -> None:
     text = _help("compile")
     assert "One of: onnxruntime, openvino, trt, fake." in text
-    assert "fake: fp32." in text
+    assert "fake: fp32; or auto (any engine: edgead tune" in text
     text = _help("predict")
     assert "One of: onnxruntime, openvino, trt, torch, fake." in text
 
