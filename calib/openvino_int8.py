@@ -30,9 +30,6 @@ from edgead.errors import EdgeadError, require
 from edgead.registry import OUTPUTS
 from edgead.spec import DetectorSpec
 
-#: ONNX node-name patterns of the in-graph postprocessing, kept in float for every family (``always_float``
-#: adds the density heads)
-FLOAT_PATTERNS = always_float("")
 #: statistics methods NNCF offers for activation ranges (None: NNCF's default for the model type)
 METHODS = {"minmax": "MINMAX", "mean_minmax": "MEAN_MINMAX", "percentile": "MEAN_QUANTILE",
            "histogram": "HISTOGRAM"}
@@ -63,19 +60,17 @@ def image_layer(model: Any) -> str | None:
     return next((op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() in _COMPUTE), None)
 
 
-def float_layers(model: Any, patterns: tuple[str, ...] = FLOAT_PATTERNS) -> tuple[list[str], int]:
-    """(names of matrix products / convolutions outside ``patterns`` (always float) with no quantised input, how
-    many such ops there are in all)."""
-    post = [re.compile(p) for p in patterns]
-    kept, total = [], 0
-    for op in model.get_ordered_ops():
-        if op.get_type_name() not in _COMPUTE or any(p.match(op.get_friendly_name()) for p in post):
-            continue
-        total += 1
-        sources = {op.input_value(i).get_node().get_type_name() for i in range(op.get_input_size())}
-        if "FakeQuantize" not in sources:
-            kept.append(op.get_friendly_name())
-    return kept, total
+def _compute_ops(model: Any, always: tuple[str, ...], first: str | None) -> dict[str, bool]:
+    """Matrix products / convolutions that the quantiser may touch (not ``always`` float, not the image layer),
+    in graph order, each with whether it reads a FakeQuantize (is INT8)."""
+    post = [re.compile(p) for p in always]
+    return {n: q for n, q in _fq_inputs(model).items() if n != first and not any(p.match(n) for p in post)}
+
+
+def float_layers(model: Any, always: tuple[str, ...], first: str | None) -> tuple[list[str], int]:
+    """(names of the quantisable ops left in float, how many quantisable ops there are)."""
+    ops = _compute_ops(model, always, first)
+    return [n for n, q in ops.items() if not q], len(ops)
 
 
 def _bypass(model: Any, layers: set[str]) -> Any:
@@ -99,9 +94,8 @@ def _bypass(model: Any, layers: set[str]) -> Any:
 
 
 def _quantized_ops(model: Any, always: tuple[str, ...], first: str | None) -> list[str]:
-    """Names of the convolutions / matrix products with a FakeQuantize input, in graph order."""
-    post = [re.compile(p) for p in always]
-    return [n for n, q in _fq_inputs(model).items() if q and n != first and not any(p.match(n) for p in post)]
+    """Names of the quantisable ops that are INT8 (a FakeQuantize input), in graph order."""
+    return [n for n, q in _compute_ops(model, always, first).items() if q]
 
 
 def _fq_inputs(model: Any) -> dict[str, bool]:
@@ -177,10 +171,7 @@ def quantize_openvino(model: Any, spec: DetectorSpec, calib: CalibrationSet, met
                                                                    *found.float_layers],
                                                             patterns=list(always), validate=False)
         quantized = nncf.quantize(model, dataset, advanced_parameters=advanced, **common)
-    kept, total = float_layers(quantized, always)
-    if first in kept:  # float by rule, like the postprocessing: not counted among the layers left out
-        kept.remove(first)
-        total -= 1
+    kept, total = float_layers(quantized, always, first)  # the image layer is float by rule: not counted
     calib_rec = {**calib.describe(), "method": method or "default (NNCF, transformer model type)"}
     quant_rec = {"tool": "nncf", "accuracy_control": target is not None, "float_layers": kept,
                  "float_reason": "kept in float by the accuracy-aware search" if target else "not quantised by NNCF",

@@ -56,6 +56,18 @@ def _paths(d: object, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
+def _mutate(d: dict, data: st.DataObject) -> None:
+    """Delete one drawn key of ``d`` (in place) or replace its value with a drawn JSON value."""
+    path = data.draw(st.sampled_from(_paths(d)))
+    parent = d
+    for key in path[:-1]:
+        parent = parent[key]
+    if data.draw(st.booleans()) and isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = data.draw(json_values)
+
+
 def _read(folder: Path, text: str | bytes) -> None:
     path = folder / MANIFEST
     path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
@@ -71,15 +83,7 @@ def test_any_field_mutation_is_an_edgead_error(artifact, data):
     folder, good = artifact
     d = json.loads(json.dumps(good))
     for _ in range(data.draw(st.integers(1, 3))):
-        paths = _paths(d)
-        path = data.draw(st.sampled_from(paths))
-        parent = d
-        for key in path[:-1]:
-            parent = parent[key]
-        if data.draw(st.booleans()) and isinstance(parent, dict):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = data.draw(json_values)
+        _mutate(d, data)
         if not isinstance(d, dict):
             break
     _read(folder, json.dumps(d))
@@ -125,14 +129,7 @@ def test_checkpoint_spec_mutation_is_an_edgead_error(tmp_path_factory, data):
 
     folder = tmp_path_factory.mktemp("ck", numbered=True)
     d = _spec().to_dict()
-    path = data.draw(st.sampled_from(_paths(d)))
-    parent = d
-    for key in path[:-1]:
-        parent = parent[key]
-    if data.draw(st.booleans()) and isinstance(parent, dict):
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = data.draw(json_values)
+    _mutate(d, data)
     (folder / SPEC).write_text(json.dumps(d))
     try:
         read_spec(folder)
