@@ -4,7 +4,8 @@ One place for "does this artifact still do the job": ``edgead verify`` (artifact
 checkpoint) and the compile-time gate (INT8/FP16/BF16 artifact against the FP32 export) both measure with
 ``measure`` and judge with ``Budget.failures``. Imports no torch.
 
-The targets (DESIGN.md): an FP32 artifact matches its reference within ``atol`` on every map pixel and score; a
+The targets (DESIGN.md): an FP32 artifact matches its reference within ``atol`` on every map pixel and score
+(absolute where the reference's magnitude is at most 1, relative above: ``runtimes.compare.scaled_error``); a
 reduced-precision artifact keeps the Pearson correlation of its maps with the reference's at or above
 ``min_map_r`` and, on labelled data, loses at most ``max_drop`` of ``metric`` (0.005 = 0.5 AUROC points).
 Label flips against the artifact's threshold are always counted; they fail the verdict only when
@@ -20,7 +21,7 @@ import numpy as np
 
 from edgead.errors import InputError
 from edgead.metrics import evaluate
-from edgead.runtimes.compare import pearson
+from edgead.runtimes.compare import pearson, scaled_error
 
 #: metrics a budget can be stated in; ``map_r`` is the Pearson correlation of maps with the reference's.
 METRICS = ("image_auroc", "aupro", "pixel_auroc", "map_r")
@@ -62,10 +63,12 @@ class Budget:
         """What ``f`` misses, one readable phrase per target; empty when it meets the budget."""
         out: list[str] = []
         if f.precision in FULL_PRECISION:
-            if f.max_abs_maps > self.atol or not np.isfinite(f.max_abs_maps):
-                out.append(f"max |diff| of maps {f.max_abs_maps:.2e} > {self.atol:.0e}")
-            if f.max_abs_scores > self.atol or not np.isfinite(f.max_abs_scores):
-                out.append(f"max |diff| of scores {f.max_abs_scores:.2e} > {self.atol:.0e}")
+            for what, absolute, scaled in (("maps", f.max_abs_maps, f.max_scaled_maps),
+                                           ("scores", f.max_abs_scores, f.max_scaled_scores)):
+                err = absolute if scaled is None else scaled
+                if not err <= self.atol:  # NaN fails too
+                    rel = "" if err == absolute else f" ({err:.2e} relative)"
+                    out.append(f"max |diff| of {what} {absolute:.2e}{rel} > {self.atol:.0e}")
         else:
             if not f.map_r >= self.min_map_r:  # NaN fails too
                 out.append(f"map r {f.map_r:.4f} < {self.min_map_r}")
@@ -104,6 +107,8 @@ class Fidelity:
     flips_to_normal: int | None = None
     metrics: dict[str, float | None] = field(default_factory=dict)
     reference_metrics: dict[str, float | None] = field(default_factory=dict)
+    max_scaled_maps: float | None = None  # worst |diff| / max(1, |reference|): what the FP32 target judges
+    max_scaled_scores: float | None = None
 
     @property
     def flips(self) -> int | None:
@@ -160,4 +165,5 @@ def measure(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, ma
         met = _metrics(labels, scores, masks, maps)
         ref_met["map_r"], met["map_r"] = 1.0, r
     return Fidelity(reference, candidate, precision, int(scores.size), float(dm.max()), float(dm.mean()),
-                    float(ds.max()), float(ds.mean()), r, threshold, rel, flips_up, flips_down, met, ref_met)
+                    float(ds.max()), float(ds.mean()), r, threshold, rel, flips_up, flips_down, met, ref_met,
+                    scaled_error(ref_maps, maps), scaled_error(ref_scores, scores))

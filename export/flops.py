@@ -45,6 +45,7 @@ Elementwise ops on integer tensors (shape arithmetic) count 0. Ops with no rule 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Iterable
@@ -461,7 +462,13 @@ def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...] 
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError:
         return None
-    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its "Unable to determine ... treat as equal" guesses are not the user's concern
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    finally:
+        log.setLevel(level)
     if inferred is None:
         return None
     table: dict[str, tuple[tuple[int, ...] | None, int]] = {}
@@ -469,6 +476,48 @@ def _symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...] 
         tt = vi.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
         table[vi.name] = (dims if all(d >= 0 for d in dims) else None, tt.elem_type)
+    for init in model.graph.initializer:
+        table[init.name] = (tuple(init.dims), init.data_type)
+    return table
+
+
+def _runtime_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...] | None, int]] | None:
+    """Last fallback: run the graph once on zeros in ONNX Runtime with every value as an output, and read the shapes.
+
+    Needed where a shape is *computed* from data-independent but inference-opaque ops, e.g. timm's Swin padding
+    (``Pad`` whose pads come from ``Shape``/``Mod`` arithmetic), which neither ONNX nor ORT's symbolic inference
+    makes static. The graph's input shapes must be static (the batch is already fixed).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    feeds = {}
+    inits = {i.name for i in m.graph.initializer}
+    for inp in m.graph.input:
+        if inp.name in inits:
+            continue
+        tt = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if any(d < 0 for d in dims):
+            return None
+        feeds[inp.name] = np.zeros(dims, dtype=helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    known = {o.name for o in m.graph.output}
+    names = [o for n in m.graph.node for o in n.output if o and o not in known]
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    table: dict[str, tuple[tuple[int, ...] | None, int]] = {}
+    for name, value in zip(outs, sess.run(outs, feeds), strict=True):
+        arr = np.asarray(value)
+        table[name] = (tuple(arr.shape), helper.np_dtype_to_tensor_dtype(arr.dtype))
+    for name, arr in feeds.items():
+        table[name] = (tuple(arr.shape), helper.np_dtype_to_tensor_dtype(arr.dtype))
     for init in model.graph.initializer:
         table[init.name] = (tuple(init.dims), init.data_type)
     return table
@@ -541,8 +590,10 @@ def onnx_flops(model: str | Path | onnx.ModelProto, batch: int = 1) -> FlopCount
     needed = [
         o for n in fixed.graph.node if n.op_type not in _ONNX_ZERO for o in [*n.output, *n.input[:2]] if o
     ]
-    if any(table.get(o, (None, 0))[0] is None for o in needed):
-        table = _symbolic_shapes(fixed) or table
+    for fallback in (_symbolic_shapes, _runtime_shapes):
+        if all(table.get(o, (None, 0))[0] is not None for o in needed):
+            break
+        table = fallback(fixed) or table
 
     def shape(name: str) -> tuple[tuple[int, ...], int]:
         s, t = table.get(name, (None, 0))

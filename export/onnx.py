@@ -126,8 +126,7 @@ def _checked_pass(name: str, graph_pass: Callable[[onnx.ModelProto], onnx.ModelP
     diff = difference(ref, _ort_outputs(path, images), "torch", f"onnx+{name}")
     path.unlink()
     if not diff.within(atol):
-        notes.append(f"{name} graph failed the parity check (max |diff| maps {diff.max_abs_maps:.3g}); "
-                     "graph kept without it")
+        notes.append(f"{name} graph failed the parity check ({diff.describe()}); graph kept without it")
         return None
     return candidate, diff
 
@@ -163,10 +162,8 @@ def export_onnx(
         onnx.save(model, str(raw))
         raw_diff = difference(ref, _ort_outputs(raw, images), "torch", "onnx-raw")
         if not raw_diff.within(atol):
-            raise ArtifactError(
-                f"exported ONNX does not match PyTorch: max |diff| maps {raw_diff.max_abs_maps:.3g}, "
-                f"scores {raw_diff.max_abs_scores:.3g}, expected <= {atol:g}"
-            )
+            raise ArtifactError(f"exported ONNX does not match PyTorch: {raw_diff.describe()}, expected <= {atol:g} "
+                                "(absolute up to magnitude 1, relative above)")
         passes: list[tuple[str, Callable[[onnx.ModelProto], onnx.ModelProto]]] = []
         if simplifier != "none":
             passes.append((simplifier, lambda m: _simplify(m, simplifier)))

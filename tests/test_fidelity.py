@@ -69,3 +69,24 @@ def test_budget_rejects_bad_values():
     with pytest.raises(InputError, match="expected outputs of the same images"):
         measure(np.zeros(3), np.zeros((3, 2, 2)), np.zeros(2), np.zeros((2, 2, 2)), reference="r",
                 candidate="c", precision="int8")
+
+
+def test_fp32_rule_is_absolute_up_to_one_and_relative_above():
+    # a density head's NLL far from its training data: float32 keeps ~7 digits of 9e7, so two correct
+    # kernels differ by ~100 there; the same rule still holds unit-scale maps to 1e-4 absolute
+    ref_m = np.array([[[9.17e7, 0.5]]])
+    ref_s = np.array([5.9e7])
+    big = measure(ref_s, ref_m, ref_s + 40.0, ref_m + np.array([[[108.0, 0.0]]]), reference="r", candidate="c",
+                  precision="fp32")
+    assert big.max_abs_maps == pytest.approx(108.0) and big.max_scaled_maps == pytest.approx(108 / 9.17e7)
+    assert Budget().failures(big) == []
+    small = measure(ref_s, ref_m, ref_s, ref_m + np.array([[[0.0, 2e-4]]]), reference="r", candidate="c",
+                    precision="fp32")
+    assert small.max_scaled_maps == pytest.approx(2e-4) and Budget().failures(small) == [
+        "max |diff| of maps 2.00e-04 > 1e-04"]
+    # 1e-3 of a large value is a real miss, reported with its relative size
+    off = measure(ref_s, ref_m, ref_s, ref_m * np.array([[[1.001, 1.0]]]), reference="r", candidate="c",
+                  precision="fp32")
+    assert Budget().failures(off) == ["max |diff| of maps 9.17e+04 (1.00e-03 relative) > 1e-04"]
+    nan = measure(ref_s, ref_m, ref_s, ref_m * np.nan, reference="r", candidate="c", precision="fp32")
+    assert len(Budget().failures(nan)) == 1

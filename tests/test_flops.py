@@ -192,3 +192,17 @@ def test_dyt_and_layernorm_norm_costs_differ_as_defined(tiny: tuple[object, Path
         assert o.by_op["LayerNormalization"] == 26 * (7 * 544 + 2 * 17)
     else:
         assert o.by_op["Tanh"] == 26 * 544
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_swin_padding_shapes_are_read_by_running_the_graph(tmp_path: Path, batch: int) -> None:
+    """timm's Swin window padding exports as a Pad whose amounts are computed from Shape ops; neither ONNX nor
+    ORT's symbolic shape inference makes it static, so the counter runs the graph once on zeros to read shapes."""
+    from edgead.models import build_detector, detector_spec
+
+    torch.manual_seed(0)
+    det = build_detector(detector_spec("fbft", "swin_tiny_test", input_size=64)).eval()
+    export_onnx(det, tmp_path, fold_norms=False)
+    t, o = torch_flops(det, batch), onnx_flops(tmp_path / "model.onnx", batch)
+    assert t.matmul == o.matmul and agreement([t, o]) <= 0.01
+    assert o.total == 7_967_652 * batch
