@@ -12,6 +12,28 @@ from edgead.fsutil import atomic_file
 _FAMILY_MARKERS = {"fbft": "o", "dinomaly": "s", "vitad": "D", "nf": "^", "gmm": "v"}
 
 
+def _label_front(fig: Any, ax: Any, pts: Sequence[Any]) -> None:
+    """Label each front point below-right of it; a label that would overlap one already placed moves down a line
+    at a time (with a leader line), so close points (two candidates at the same AUROC and ms) stay readable."""
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    for r in sorted(pts, key=lambda r: (-r.image_auroc, r.p50_ms)):
+        text = f"{r.family}/{r.backbone}" + ("/dyt" if r.norm == "dyt" else "")
+        for step in range(12):
+            dy = -10 - 11 * step
+            ann = ax.annotate(text, (r.p50_ms, r.image_auroc), textcoords="offset points", xytext=(6, dy),
+                              fontsize=7, arrowprops=None if step == 0 else
+                              {"arrowstyle": "-", "color": "grey", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3})
+            ann.update_positions(renderer)  # an annotation places its text only when drawn
+            box = Text.get_window_extent(ann, renderer)  # the text alone, not its leader line
+            if not any(box.overlaps(b) for b in placed) or step == 11:
+                break
+            ann.remove()
+        placed.append(box)
+
+
 def plot_pareto(results: Sequence[Any], front: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Image AUROC against ms/image (log scale); front points joined and labelled; written atomically."""
     matplotlib = require("matplotlib", "torch", "the Pareto plot of edgead select")
@@ -30,9 +52,6 @@ def plot_pareto(results: Sequence[Any], front: Sequence[str], path: str | Path, 
     pts = [by_key[k] for k in front]
     ax.plot([r.p50_ms for r in pts], [r.image_auroc for r in pts], color="black", linewidth=1, linestyle="--",
             zorder=2, label="Pareto front")
-    for r in pts:
-        ax.annotate(f"{r.family}/{r.backbone}" + ("/dyt" if r.norm == "dyt" else ""), (r.p50_ms, r.image_auroc),
-                    textcoords="offset points", xytext=(6, -10), fontsize=7)
     for b in backbones:
         ax.scatter([], [], color=colours[b], label=b, s=40)
     for fam in sorted({r.family for r in results}):
@@ -40,6 +59,7 @@ def plot_pareto(results: Sequence[Any], front: Sequence[str], path: str | Path, 
     ax.set_xscale("log")
     ms = [r.p50_ms for r in results]
     ax.set_xlim(min(ms) / 1.6, max(ms) * 1.6)  # a span over 2.5x always holds one of the 1-2-5 ticks
+    _label_front(fig, ax, pts)  # after the limits: it measures where labels land
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

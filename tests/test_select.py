@@ -20,6 +20,29 @@ def test_pareto_front_keeps_only_undominated_points_fastest_first():
     assert pareto_front(rs) == ["fast-ok", "mid", "slow-best"]
 
 
+def test_front_labels_of_close_points_do_not_overlap(tmp_path, monkeypatch):
+    """Session 3's default grid put nf/ViT-S and fbft/ViT-S at the same AUROC 0.5 ms apart: their labels were
+    drawn over each other. Labels now move down a line at a time until they are clear of each other."""
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Annotation, Text
+
+    import edgead.selectplot as sp
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    rs = [_result("a", 1.0, 0.95, 13.7), _result("b", 1.0, 0.94, 14.5), _result("c", 0.5, 0.3, 3.8)]
+    rs = [CandidateResult(**{**r.__dict__, "backbone": f"backbone_{r.key}"}) for r in rs]
+    sp.plot_pareto(rs, ["c", "a", "b"], tmp_path / "p.png")
+    fig = figs[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [c for c in fig.axes[0].get_children() if isinstance(c, Annotation)]
+    assert sorted(a.get_text() for a in labels) == ["fbft/backbone_a", "fbft/backbone_b", "fbft/backbone_c"]
+    boxes = [Text.get_window_extent(a, renderer) for a in labels]
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(3) for j in range(i + 1, 3))
+    monkeypatch.undo()
+    plt.close(fig)
+
+
 def test_grid_skips_invalid_combinations_with_reasons():
     grid, skipped = make_grid(["fbft", "dinomaly"], ["vit_tiny_test_patch14", "resnet_tiny_test"],
                               ["layernorm", "dyt"], 56)
