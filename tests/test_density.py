@@ -130,6 +130,12 @@ def test_hierarchical_norm_rules():
 @pytest.mark.parametrize("family,backbone,norm,size", [
     ("nf", "vit_tiny_test_patch14", "dyt", 56),
     ("gmm", "resnet_tiny_test", "layernorm", 64),
+    # the three hierarchical backbones, each with FBFT and a density head (Swin with both of its norms)
+    ("fbft", "resnet_tiny_test", "layernorm", 64),
+    ("fbft", "efficientformer_tiny_test", "layernorm", 64),
+    ("gmm", "efficientformer_tiny_test", "layernorm", 64),
+    ("fbft", "swin_tiny_test", "dyt", 64),
+    ("nf", "swin_tiny_test", "layernorm", 64),
 ])
 def test_density_fp32_engines_match_torch(tmp_path, family, backbone, norm, size):
     if family == "nf":
