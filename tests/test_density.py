@@ -129,6 +129,7 @@ def test_hierarchical_norm_rules():
 
 @pytest.mark.parametrize("family,backbone,norm,size", [
     ("nf", "vit_tiny_test_patch14", "dyt", 56),
+    ("gmm", "vit_tiny_test_patch14", "dyt", 56),
     ("gmm", "resnet_tiny_test", "layernorm", 64),
     # the three hierarchical backbones, each with FBFT and a density head (Swin with both of its norms)
     ("fbft", "resnet_tiny_test", "layernorm", 64),
