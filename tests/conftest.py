@@ -21,6 +21,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+# -- the CPU the tests see --------------------------------------------------------------------------------
+# Every CI machine is a different CPU (AMX, AVX-512 VNNI/BF16, AVX2 only). What edgead decides from the CPU's
+# flags (tune's candidates, the roofline's peaks, "chosen on another machine") must not make a test pass on one
+# and fail on another, so the whole session sees one fixed machine. A test that needs other flags sets them.
+TEST_CPU = ("edgead test CPU (AVX2, FMA)", frozenset({"avx2", "fma"}))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pinned_cpu_flags():
+    """``edgead.bench.machine`` reports ``TEST_CPU``, never the flags of the machine the tests run on."""
+    from edgead.bench import machine
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(machine, "_cpuinfo", lambda: (TEST_CPU[0], set(TEST_CPU[1])))
+        yield TEST_CPU
+
+
 # -- shared artifacts, made once per session --------------------------------------------------------------
 TINY = {"fbft": "vit_tiny_test_patch14", "dinomaly": "vit_tiny_test_patch14_reg4"}
 
