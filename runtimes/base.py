@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from edgead.errors import ArtifactError, InputError
-from edgead.runtimes.manifest import Manifest
+from edgead.runtimes.manifest import Manifest, read_verified
 from edgead.spec import DetectorSpec
 
 
@@ -63,6 +63,11 @@ class Runner(ABC):
         if len(dims) != 4 or any(d is not None and d != w for d, w in zip(dims[1:], want, strict=True)):
             raise ArtifactError(f"{self.folder / self.manifest.model} takes input {list(shape)}, but the manifest's "
                                 f"spec says (N, {want[0]}, {want[1]}, 3); the manifest and the model disagree")
+
+    def read_artifact(self, name: str) -> bytes:
+        """The bytes of the listed file ``name``, checked against the manifest's sha256 as read. Engines compile
+        from these bytes, never from a path: a file swapped after the check cannot be run unseen."""
+        return read_verified(self.folder, self.manifest, name)
 
     # -- engine hooks -------------------------------------------------------------------------------------
     @abstractmethod

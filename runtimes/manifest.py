@@ -170,6 +170,35 @@ def _open_regular(p: Path) -> int:
     return fd
 
 
+def _hashed(p: Path, digest: str, keep: bool) -> bytes:
+    """Hash the regular file ``p`` and compare with ``digest``; with ``keep``, the bytes that were hashed (else b"")."""
+    h = hashlib.sha256()
+    blocks: list[bytes] = []
+    with os.fdopen(_open_regular(p), "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+            if keep:
+                blocks.append(block)
+    if h.hexdigest() != digest.lower():
+        raise ArtifactError(f"artifact file {p} was changed or is corrupt: its sha256 differs from the manifest")
+    return b"".join(blocks)
+
+
+def read_verified(folder: Path, m: Manifest, name: str) -> bytes:
+    """The bytes of the listed file ``name``, hashed from exactly these bytes.
+
+    Runners compile from what this returns, never from the path: a file swapped on disk after ``verify_files``
+    checked it is either refused here (its hash differs) or never read at all (time of check to time of use).
+    """
+    where = Path(folder) / MANIFEST
+    if not safe_name(name):
+        raise ArtifactError(f"{where} is corrupt: expected a plain file name, found '{str(name)[:100]}'")
+    if name not in m.files:
+        raise ArtifactError(f"{where} does not list {name}, which the model needs; an unlisted file could be changed "
+                            f"undetected, so the artifact is refused (re-export it)")
+    return _hashed(Path(folder) / name, m.files[name], keep=True)
+
+
 def verify_files(folder: Path, m: Manifest) -> None:
     """Every listed file is a regular file with its sha256, the model is listed, and nothing beside the
     manifest goes unlisted (OpenVINO's model.bin, for one, is read although the manifest names model.xml)."""
@@ -179,14 +208,7 @@ def verify_files(folder: Path, m: Manifest) -> None:
     for name, digest in m.files.items():
         if not safe_name(name):
             raise ArtifactError(f"{where} is corrupt: expected plain file names in 'files', found '{name[:100]}'")
-        p = folder / name
-        fd = _open_regular(p)
-        h = hashlib.sha256()
-        with os.fdopen(fd, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        if h.hexdigest() != digest.lower():
-            raise ArtifactError(f"artifact file {p} was changed or is corrupt: its sha256 differs from the manifest")
+        _hashed(folder / name, digest, keep=False)
     unlisted = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and not p.name.startswith(".")
                       and not p.is_dir() and p.name not in m.files)
     if unlisted:

@@ -1,8 +1,10 @@
 """OpenVINO runner (CPU): IR artifacts in f32 / bf16 / int8, or an ONNX export read directly.
 
 The inference precision is set explicitly from the manifest (``f32`` for fp32 and int8 artifacts) because some
-CPUs default to bf16. Thread safe: each thread gets its own infer request of the one compiled model. The
-throughput mode overlaps batches on several asynchronous infer requests.
+CPUs default to bf16. The model (and an IR's weights) is read into memory once, checked against the manifest's
+sha256 and compiled from those same bytes, so a file swapped on disk after the check is never run. Thread safe:
+each thread gets its own infer request of the one compiled model. The throughput mode overlaps batches on several
+asynchronous infer requests.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead.errors import require
+from edgead.errors import ArtifactError, require
 from edgead.registry import OUTPUTS
 from edgead.runtimes.base import Predictions, Runner
 from edgead.runtimes.manifest import Manifest
+from edgead.runtimes.onnx_data import external_files
 
 
 class OpenVINORunner(Runner):
@@ -38,7 +41,7 @@ class OpenVINORunner(Runner):
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        model = core.read_model(str(self.folder / manifest.model))
+        model = self._read_model(core)
         self.check_model_input([d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()])
         if static:  # a fixed batch: shapes known at compile time; other batch sizes run chunked and padded
             shape = model.input(0).get_partial_shape()
@@ -47,6 +50,25 @@ class OpenVINORunner(Runner):
         self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self._local = threading.local()
         self._outputs = [self.compiled.output(name) for name in OUTPUTS]
+
+    def _read_model(self, core):  # noqa: ANN001, ANN202 - openvino types
+        """The model from hashed bytes: an IR's XML with its weights (``model.bin`` beside ``model.xml``), or an
+        ONNX export, which must carry its weights inside (OpenVINO would look external data up by path)."""
+        name = self.manifest.model
+        where = str(self.folder / name)
+        data = self.read_artifact(name)
+        if name.endswith(".xml"):
+            weights_name = name[: -len(".xml")] + ".bin"
+            weights = self.read_artifact(weights_name) if weights_name in self.manifest.files else b""
+        else:
+            weights = b""
+            if external := external_files(data, where):
+                raise ArtifactError(f"{where} keeps its weights in {', '.join(external[:3])}, which OpenVINO would "
+                                    f"read by path after the hash check; expected an ONNX model with its weights "
+                                    f"inside (as edgead exports are), or compile it: edgead compile "
+                                    f"{self.folder} --engine openvino")
+        self._model_bytes = (data, weights)  # OpenVINO may share the weights' memory: keep it alive
+        return core.read_model(data, weights)
 
     def _request(self):
         req = getattr(self._local, "request", None)
@@ -104,6 +126,7 @@ class OpenVINORunner(Runner):
 
     def close(self) -> None:
         self.compiled = None
+        self._model_bytes = None
 
 
 _PRODUCTS = ("fullyconnected", "matmul", "convolution")

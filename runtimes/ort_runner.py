@@ -1,4 +1,8 @@
-"""ONNX Runtime runner: the portable reference for exported (FP32) and Q/DQ INT8 ONNX artifacts."""
+"""ONNX Runtime runner: the portable reference for exported (FP32) and Q/DQ INT8 ONNX artifacts.
+
+The session is built from the model bytes that were checked against the manifest's sha256 (and, for a model with
+external data, from the listed data files read and checked the same way), never from a path read again later.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead.errors import require
+from edgead.errors import ArtifactError, require
 from edgead.runtimes.base import Runner
 from edgead.runtimes.manifest import Manifest
+from edgead.runtimes.onnx_data import external_files
 
 
 class OnnxRuntimeRunner(Runner):
@@ -31,8 +36,16 @@ class OnnxRuntimeRunner(Runner):
         opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
         if static_batch:  # the exported batch axis is named "batch": fixed, ORT plans every shape once
             opts.add_free_dimension_override_by_name("batch", static_batch)
-        self.session = ort.InferenceSession(str(self.folder / manifest.model), opts,
-                                            providers=providers or ["CPUExecutionProvider"])
+        model = self.read_artifact(manifest.model)
+        external = external_files(model, str(self.folder / manifest.model))
+        if external:  # weights in other files: hand ONNX Runtime their checked bytes, so it opens no path itself
+            if not hasattr(opts, "add_external_initializers_from_files_in_memory"):
+                raise ArtifactError(f"{self.folder / manifest.model} keeps its weights in {', '.join(external[:3])}; "
+                                    f"this onnxruntime {ort.__version__} cannot take them from memory, and reading "
+                                    f"them by path would skip the hash check; upgrade onnxruntime")
+            data = [self.read_artifact(name) for name in external]
+            opts.add_external_initializers_from_files_in_memory(external, data, [len(d) for d in data])
+        self.session = ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
         self.check_model_input(self.session.get_inputs()[0].shape)
         self._input = self.session.get_inputs()[0].name
         self._outputs = [o.name for o in self.session.get_outputs()]

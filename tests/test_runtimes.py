@@ -169,3 +169,78 @@ def test_core_modules_import_without_optional_dependencies():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+# -- time of check to time of use (issue 25, item 8) ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def swap_pair(tiny_export):
+    """{kind: (artifact folder, a different model's folder of the same kind)}: the FBFT export and its OpenVINO IR,
+    each with the DyT twin (other weights, other scores) as the file an attacker swaps in."""
+    from edgead.export.openvino import compile_openvino
+
+    good, evil = tiny_export("fbft", "layernorm") / "export", tiny_export("fbft", "dyt") / "export"
+    ir = {name: compile_openvino(d, "fp32", out=d.parent / "ov-swap") for name, d in (("good", good), ("evil", evil))}
+    return {"onnx": (good, evil), "ir": (ir["good"], ir["evil"])}
+
+
+def _swap_in(src, dst) -> None:
+    """Replace dst's model files (not its manifest) with src's, each by an atomic rename."""
+    for p in src.iterdir():
+        if p.name.startswith("model."):
+            shutil.copy(p, dst / f".{p.name}.tmp")
+            (dst / f".{p.name}.tmp").replace(dst / p.name)
+
+
+@pytest.mark.parametrize("when", ["after_check", "at_engine_read"])
+@pytest.mark.parametrize(("engine", "kind"), [("onnxruntime", "onnx"), ("openvino", "onnx"), ("openvino", "ir")])
+def test_model_swapped_after_the_hash_check_never_runs(swap_pair, tmp_path, monkeypatch, engine, kind, when):
+    """The model file is replaced by another model between the sha256 check and the engine's read: right after
+    ``verify_files`` returns, or inside the engine's own read call. The runner refuses the changed file or runs
+    the bytes it hashed; before the fix it ran the swapped model silently (its scores, not the manifest's)."""
+    import onnxruntime
+    import openvino
+
+    from edgead.runtimes import manifest as manifest_mod
+
+    good, evil = swap_pair[kind]
+    images = check_batch(3, 4, (56, 56))
+    with rt.load(good, engine) as r:
+        expected = r.predict(images).scores
+    with rt.load(evil, engine) as r:
+        swapped = r.predict(images).scores
+    assert np.abs(expected - swapped).min() > 1e-3  # the two models are told apart by their scores
+    folder = tmp_path / "artifact"
+    shutil.copytree(good, folder)
+    if when == "after_check":
+        real_verify = manifest_mod.verify_files
+
+        def verify_then_swap(f, m):
+            real_verify(f, m)
+            _swap_in(evil, folder)
+
+        monkeypatch.setattr(manifest_mod, "verify_files", verify_then_swap)
+    elif engine == "onnxruntime":
+        real_session = onnxruntime.InferenceSession
+
+        def swap_then_session(*args, **kwargs):
+            _swap_in(evil, folder)
+            return real_session(*args, **kwargs)
+
+        monkeypatch.setattr(onnxruntime, "InferenceSession", swap_then_session)
+    else:
+        real_read = openvino.Core.read_model
+
+        def swap_then_read(self, *args, **kwargs):
+            _swap_in(evil, folder)
+            return real_read(self, *args, **kwargs)
+
+        monkeypatch.setattr(openvino.Core, "read_model", swap_then_read)
+    if when == "after_check":  # the file the engine would read is not the one hashed: refused
+        with pytest.raises(ArtifactError) as info:
+            rt.load(folder, engine)
+        model = "model.onnx" if kind == "onnx" else "model.xml"
+        assert str(info.value) == (f"artifact file {folder / model} was changed or is corrupt: its sha256 differs "
+                                   f"from the manifest")
+        return
+    with rt.load(folder, engine) as r:  # the bytes were hashed before the swap: they are what runs
+        np.testing.assert_allclose(r.predict(images).scores, expected, atol=1e-5)
