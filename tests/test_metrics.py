@@ -6,7 +6,19 @@ import numpy as np
 import pytest
 
 from edgead.errors import EdgeadError
-from edgead.metrics import Metrics, aupro, auroc, best_f1, evaluate, f1_max, pixel_auroc, pro_curve
+from edgead.metrics import (
+    Metrics,
+    aupro,
+    aupro_by_size,
+    auroc,
+    best_f1,
+    defect_areas,
+    evaluate,
+    f1_max,
+    pixel_auroc,
+    pro_curve,
+    robustness,
+)
 
 
 def _pairwise_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -178,3 +190,116 @@ def test_evaluate() -> None:
     assert only_image == Metrics(pytest.approx(0.75), pytest.approx(0.8), None, None)
     with pytest.raises(EdgeadError, match="both masks and anomaly maps, found only one"):
         evaluate([0, 1], [0.1, 0.2], masks=masks)
+
+
+# -- AUPRO by defect size (docs/metrics.md) ------------------------------------------------------------------
+
+
+def _four_sizes() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Regions of 1, 2, 4 and 8 px in three images of different sizes; 105 normal px, 21 of them at 0.5.
+
+    A (1 px) scores 0.9 and B (2 px) 0.6, both above every normal pixel; C (4 px) scores 0.3, found once the 21
+    normals at 0.5 (FPR 0.2) are; D (8 px) scores 0.0 like the other 84 normals, found only at FPR 1.
+    """
+    masks = [np.zeros((4, 10), np.uint8), np.zeros((5, 8), np.uint8), np.zeros((4, 10), np.uint8)]
+    maps = [np.zeros(m.shape) for m in masks]
+    masks[0][0, 0] = 1
+    maps[0][0, 0] = 0.9  # A
+    masks[0][2, 5:7] = 1
+    maps[0][2, 5:7] = 0.6  # B
+    masks[1][0:2, 0:2] = 1
+    maps[1][0:2, 0:2] = 0.3  # C
+    masks[2][0:2, 0:4] = 1  # D, scores 0.0
+    normal_left = 21
+    for mask, amap in zip(masks, maps, strict=True):
+        for y, x in zip(*np.nonzero(mask == 0), strict=True):
+            if normal_left:
+                amap[y, x], normal_left = 0.5, normal_left - 1
+    return masks, maps
+
+
+def test_aupro_by_size_by_hand() -> None:
+    masks, maps = _four_sizes()
+    assert sum(int((m == 0).sum()) for m in masks) == 105
+    r = aupro_by_size(masks, maps)
+    # np.quantile of [1, 2, 4, 8]: 1.75, 3, 5 -> Q1 = {A}, Q2 = {A, B}, Q3 = {A, B, C}, Q4 = all
+    assert r.area_edges == (1.75, 3.0, 5.0) and r.regions == (1, 2, 3, 4)
+    np.testing.assert_array_equal(np.sort(defect_areas(masks)), [1, 2, 4, 8])
+    # Q1, Q2: every region found before the first false positive.
+    # Q3: PRO 2/3 from FPR 0 to 0.2, then 1: (2/3 * 0.2 + 1 * 0.1) / 0.3; at 5 %: 2/3.
+    # Q4: PRO 2/4 up to FPR 0.2, 3/4 at 0.2, then a straight line to (1, 1): 0.78125 at 0.3.
+    q4_30 = (0.5 * 0.2 + 0.1 * (0.75 + 0.78125) / 2) / 0.3
+    expected_30 = (1.0, 1.0, (2 / 3 * 0.2 + 0.1) / 0.3, q4_30)
+    expected_5 = (1.0, 1.0, 2 / 3, 0.5)
+    np.testing.assert_allclose(r.aupro, [expected_30, expected_5], rtol=0, atol=1e-12)
+    assert r.at(1) == r.q1 == 1.0 and r.at(4, 0.05) == pytest.approx(0.5)
+    assert r.at(4) == pytest.approx(aupro(masks, maps))  # Q4 is the plain AUPRO
+    # robustness: mean over Q1..Q4 times min(Q1, Q4) / max(Q1, Q4)
+    rho_30 = np.mean(expected_30) * q4_30 / 1.0
+    assert r.robustness_at(0.3) == pytest.approx(rho_30) and r.robustness_at(0.3) == pytest.approx(0.49530, abs=1e-5)
+    assert r.robustness_at(0.05) == pytest.approx(np.mean(expected_5) * 0.5)
+    d = r.to_dict()
+    assert d["regions"] == [1, 2, 3, 4] and d["aupro_30"][2] == pytest.approx(expected_30[2])
+    assert d["robustness_5"] == pytest.approx(r.robustness[1])
+    with pytest.raises(EdgeadError, match=r"measured up to FPR \[0.3, 0.05\], found a request for 0.1"):
+        r.at(1, 0.1)
+
+
+def test_robustness_formula() -> None:
+    assert robustness([0.9, 0.9, 0.9, 0.9]) == pytest.approx(0.9)
+    assert robustness([0.4, 0.6, 0.7, 0.8]) == pytest.approx(0.625 * 0.5)
+    assert robustness([0.8, 0.6, 0.5, 0.4]) == pytest.approx(0.575 * 0.5)  # symmetric in Q1 and Q4
+    assert robustness([0.0, 0.0, 0.0, 0.0]) == 0.0
+
+
+def _reference_aupro_by_size(masks: list[np.ndarray], maps: list[np.ndarray], max_fpr: float) -> list[float]:
+    """Outside reference: regions and areas from scikit-image (label + regionprops), the curve by brute force
+    over every distinct threshold, the area by scikit-learn's trapezoid ``auc`` on the curve cut at ``max_fpr``."""
+    from skimage.measure import label, regionprops
+    from sklearn.metrics import auc
+
+    regions = []  # (image index, pixel coordinates, area)
+    for i, mask in enumerate(masks):
+        for prop in regionprops(label(mask > 0, connectivity=2)):
+            regions.append((i, tuple(prop.coords.T), prop.area))
+    areas = np.array([a for _, _, a in regions], dtype=float)
+    normal = np.concatenate([amap[mask == 0] for mask, amap in zip(masks, maps, strict=True)])
+    thresholds = np.unique(np.concatenate([amap.ravel() for amap in maps]))[::-1]
+    out = []
+    for edge in [*np.quantile(areas, (0.25, 0.5, 0.75)), np.inf]:
+        chosen = [(i, c) for i, c, a in regions if a <= edge]
+        fpr, pro = [0.0], [0.0]
+        for t in thresholds:
+            fpr.append(float((normal >= t).mean()))
+            pro.append(float(np.mean([(maps[i][c] >= t).mean() for i, c in chosen])))
+        x, y = np.array(fpr), np.array(pro)
+        y_end = np.interp(max_fpr, x, y)
+        keep = x < max_fpr
+        out.append(auc(np.r_[x[keep], max_fpr], np.r_[y[keep], y_end]) / max_fpr)
+    return out
+
+
+def test_aupro_by_size_matches_outside_reference() -> None:
+    rng = np.random.default_rng(7)
+    masks, maps = [], []
+    for h, w in ((20, 30), (24, 18), (16, 16), (30, 22)):
+        mask = np.zeros((h, w), np.uint8)
+        for _ in range(3):
+            side = int(rng.integers(1, 7))
+            y, x = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
+            mask[y : y + side, x : x + int(rng.integers(1, 7))] = 1
+        masks.append(mask)
+        maps.append(np.round(rng.random((h, w)) * 50) / 50 + 0.3 * mask)  # many ties
+    for max_fpr in (0.3, 0.05):
+        got = aupro_by_size(masks, maps, (max_fpr,)).aupro[0]
+        np.testing.assert_allclose(got, _reference_aupro_by_size(masks, maps, max_fpr), rtol=0, atol=1e-9)
+
+
+def test_pixel_metrics_take_masks_of_different_sizes() -> None:
+    masks, maps = _four_sizes()
+    expected = _pairwise_auroc(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps]))
+    assert pixel_auroc(masks, maps) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(EdgeadError, match=r"mask 1 and map 1 of the same \(H, W\), found \(5, 8\) and \(4, 10\)"):
+        pixel_auroc(masks, [maps[0], maps[0], maps[2]])
+    with pytest.raises(EdgeadError, match="one anomaly map per mask, found 2 maps for 3 masks"):
+        aupro(masks, maps[:2])
