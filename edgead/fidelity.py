@@ -1,15 +1,26 @@
 """Fidelity of an artifact against its reference: measured figures over a whole data set, and a verdict.
 
 One place for "does this artifact still do the job": ``edgead verify`` (artifact against the PyTorch
-checkpoint) and the compile-time gate (INT8/FP16/BF16 artifact against the FP32 export) both measure with
-``measure`` and judge with ``Budget.failures``. Imports no torch.
+checkpoint), the compile-time gate and the accuracy-aware search (INT8/FP16/BF16 artifact against the FP32
+export) and ``edgead tune`` all measure with ``measure`` and judge with ``Budget.failures``. Imports no torch.
 
 The targets (DESIGN.md): an FP32 artifact matches its reference within ``atol`` on every map pixel and score
 (absolute where the reference's magnitude is at most 1, relative above: ``runtimes.compare.scaled_error``); a
 reduced-precision artifact keeps the Pearson correlation of its maps with the reference's at or above
 ``min_map_r`` and, on labelled data, loses at most ``max_drop`` of ``metric`` (0.005 = 0.5 AUROC points).
-Label flips against the artifact's threshold are always counted; they fail the verdict only when
-``max_flips`` is set.
+
+Outputs that cannot be right fail every check with their own reason, whatever the tolerances: NaN/Inf in a
+score or a map, or a flat map, on either side (``runtimes.compare.output_problems``); a map r that is undefined
+(a side without variance) fails the map-r target.
+
+The image-AUROC drop is judged with the uncertainty the labelled set allows (``auroc_drop``, docs/int8.md):
+score differences within the reference's own numerical noise are ties, the drop gets a 95 % paired bootstrap
+interval over images, and the artifact passes only when the interval's upper end is within the budget. When
+the interval reaches past the budget but not wholly, the set is too small to tell, and the verdict says about
+how many labelled images would be.
+
+Label flips against the threshold and the largest score shift as a fraction of it are always measured and
+reported; flips fail the verdict only when ``max_flips`` is set.
 """
 
 from __future__ import annotations
@@ -21,13 +32,28 @@ import numpy as np
 
 from edgead.errors import InputError
 from edgead.metrics import evaluate
-from edgead.runtimes.compare import pearson, scaled_error
+from edgead.runtimes.compare import pearson, problems_of, scaled_error
 
 #: metrics a budget can be stated in; ``map_r`` is the Pearson correlation of maps with the reference's.
 METRICS = ("image_auroc", "aupro", "pixel_auroc", "map_r")
 _ALIASES = {"auroc": "image_auroc", "image-auroc": "image_auroc", "pro": "aupro", "pixel-auroc": "pixel_auroc",
             "map-r": "map_r"}
 FULL_PRECISION = ("fp32",)
+#: relative score difference that is numerical noise of an FP32 engine when nothing measured says more: float32
+#: keeps ~7 digits, and two correct FP32 kernels differ by a few units of the last one (docs/int8.md)
+NOISE = 1e-6
+#: the paired bootstrap behind the AUROC-drop interval: resamples, seed, two-sided level
+RESAMPLES, SEED, LEVEL = 2000, 0, 0.95
+
+
+def score_noise(extra: dict[str, Any] | None) -> float:
+    """The reference's own score noise from an export's manifest ``extra``: its measured FP32-vs-PyTorch parity
+    (worst scaled score difference, ``parity_vs_torch``), never below ``NOISE``."""
+    parity = (extra or {}).get("parity_vs_torch") or {}
+    measured = parity.get("max_scaled_scores") if isinstance(parity, dict) else None
+    if isinstance(measured, (int, float)) and np.isfinite(measured):
+        return float(max(NOISE, measured))
+    return NOISE
 
 
 def metric_name(name: str) -> str:
@@ -60,21 +86,31 @@ class Budget:
             raise InputError(f"expected a maximum number of label flips >= 0, found {self.max_flips}")
 
     def failures(self, f: Fidelity) -> list[str]:
-        """What ``f`` misses, one readable phrase per target; empty when it meets the budget."""
-        out: list[str] = []
+        """What ``f`` misses, one readable phrase per target; empty when it meets the budget.
+
+        NaN/Inf or flat outputs (``f.problems``) come first and fail whatever the tolerances.
+        """
+        out: list[str] = list(f.problems)
         if f.precision in FULL_PRECISION:
             for what, absolute, scaled in (("maps", f.max_abs_maps, f.max_scaled_maps),
                                            ("scores", f.max_abs_scores, f.max_scaled_scores)):
                 err = absolute if scaled is None else scaled
+                if not np.isfinite(err) and f.problems:
+                    continue  # the NaN/Inf is named above
                 if not err <= self.atol:  # NaN fails too
                     rel = "" if err == absolute else f" ({err:.2e} relative)"
                     out.append(f"max |diff| of {what} {absolute:.2e}{rel} > {self.atol:.0e}")
         else:
-            if not f.map_r >= self.min_map_r:  # NaN fails too
+            if np.isnan(f.map_r):
+                out.append("map r undefined (a side's maps have no variance or hold NaN/Inf)")
+            elif not f.map_r >= self.min_map_r:
                 out.append(f"map r {f.map_r:.4f} < {self.min_map_r}")
-            drop = f.drop(self.metric)
-            if drop is not None and not drop <= self.max_drop + 1e-12:
-                out.append(f"{self.metric} drop {100 * drop:.2f} points > {100 * self.max_drop:.2f}")
+            if self.metric == "image_auroc" and f.auroc_interval is not None:
+                out += f.auroc_interval.failures(self.max_drop)
+            else:
+                drop = f.drop(self.metric)
+                if drop is not None and not drop <= self.max_drop + 1e-12:
+                    out.append(f"{self.metric} drop {100 * drop:.2f} points > {100 * self.max_drop:.2f}")
         if self.max_flips is not None and f.flips is not None and f.flips > self.max_flips:
             out.append(f"{f.flips} label flips > {self.max_flips}")
         return out
@@ -109,6 +145,8 @@ class Fidelity:
     reference_metrics: dict[str, float | None] = field(default_factory=dict)
     max_scaled_maps: float | None = None  # worst |diff| / max(1, |reference|): what the FP32 target judges
     max_scaled_scores: float | None = None
+    problems: tuple[str, ...] = ()  # NaN/Inf or flat outputs of either side: each fails every budget
+    auroc_interval: DropInterval | None = None  # labelled data: the image-AUROC drop with its interval
 
     @property
     def flips(self) -> int | None:
@@ -121,6 +159,8 @@ class Fidelity:
         metric = metric_name(metric)
         if metric == "map_r":
             return 1.0 - self.map_r
+        if metric == "image_auroc" and self.auroc_interval is not None:
+            return self.auroc_interval.drop  # near-ties counted as ties: what the verdict judges
         a, b = self.reference_metrics.get(metric), self.metrics.get(metric)
         return None if a is None or b is None else float(a - b)
 
@@ -139,19 +179,24 @@ def _metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, m
 def measure(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, maps: np.ndarray, *,
             reference: str, candidate: str, precision: str, threshold: float | None = None,
             labels: np.ndarray | None = None, masks: np.ndarray | None = None,
-            reference_metrics: dict[str, float | None] | None = None) -> Fidelity:
+            reference_metrics: dict[str, float | None] | None = None, noise: float = NOISE) -> Fidelity:
     """Compare an artifact's outputs with the reference's over the same images (all of them at once).
 
-    ``labels`` (0 good / 1 defect, both present) adds metrics; ``masks`` adds pixel metrics. Pass
-    ``reference_metrics`` to reuse the reference's metrics across several artifacts.
+    ``labels`` (0 good / 1 defect, both present) adds metrics and the image-AUROC drop interval (score
+    differences within ``noise``, relative above magnitude 1, are ties); ``masks`` adds pixel metrics. Pass
+    ``reference_metrics`` to reuse the reference's metrics across several artifacts. Metrics are left out
+    (None) when either side's outputs hold NaN/Inf: the problem itself fails the verdict.
     """
     ref_scores = np.asarray(ref_scores, np.float64).ravel()
     scores = np.asarray(scores, np.float64).ravel()
     if ref_scores.shape != scores.shape or np.shape(ref_maps) != np.shape(maps):
         raise InputError(f"expected outputs of the same images, found scores {ref_scores.shape} vs "
                          f"{scores.shape}, maps {np.shape(ref_maps)} vs {np.shape(maps)}")
-    dm = np.abs(np.asarray(ref_maps, np.float64) - maps)
-    ds = np.abs(ref_scores - scores)
+    problems = problems_of(ref_scores, ref_maps, scores, maps)
+    finite = not any("not finite" in p for p in problems)
+    with np.errstate(invalid="ignore"):
+        dm = np.abs(np.asarray(ref_maps, np.float64) - maps)
+        ds = np.abs(ref_scores - scores)
     rel = flips_up = flips_down = None
     if threshold is not None and np.isfinite(threshold):
         ref_lab, lab = ref_scores > threshold, scores > threshold
@@ -160,10 +205,107 @@ def measure(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, ma
     met: dict[str, float | None] = {}
     ref_met: dict[str, float | None] = {}
     r = pearson(ref_maps, maps)
-    if labels is not None:
+    interval = None
+    if labels is not None and finite:
+        labels = np.asarray(labels).ravel()
         ref_met = dict(reference_metrics) if reference_metrics else _metrics(labels, ref_scores, masks, ref_maps)
         met = _metrics(labels, scores, masks, maps)
         ref_met["map_r"], met["map_r"] = 1.0, r
+        interval = auroc_drop(labels, ref_scores, scores, noise)
     return Fidelity(reference, candidate, precision, int(scores.size), float(dm.max()), float(dm.mean()),
                     float(ds.max()), float(ds.mean()), r, threshold, rel, flips_up, flips_down, met, ref_met,
-                    scaled_error(ref_maps, maps), scaled_error(ref_scores, scores))
+                    scaled_error(ref_maps, maps), scaled_error(ref_scores, scores), problems, interval)
+
+
+# -- the image-AUROC drop, judged with what the labelled set can resolve -----------------------------------------
+@dataclass(frozen=True)
+class DropInterval:
+    """Image-AUROC drop of a candidate against its reference on the same labelled images (positive = worse).
+
+    Both AUROCs count a normal/defect pair whose scores differ by at most the reference's noise as a tie (one
+    half), and a candidate score within that noise of the reference's is the reference's score: an artifact
+    that reproduces its reference up to numerical noise has a drop of exactly 0. ``low``/``high`` bound the
+    drop at ``level`` by a paired, label-stratified bootstrap over images (``resamples`` draws, fixed ``seed``).
+    """
+
+    drop: float
+    low: float
+    high: float
+    level: float
+    normals: int
+    defects: int
+    changed_pairs: int  # normal/defect pairs whose outcome (above, tie, below) differs from the reference's
+    noise: float
+    resamples: int
+    seed: int
+
+    @property
+    def images(self) -> int:
+        return self.normals + self.defects
+
+    def needed_images(self, max_drop: float) -> int | None:
+        """About how many labelled images (same defect share, same rate of changed pairs) would put the whole
+        interval on one side of ``max_drop``: its half-width shrinks as 1/sqrt(n). None when the drop equals it."""
+        if self.drop < max_drop:
+            ratio = (self.high - self.drop) / (max_drop - self.drop)
+        elif self.drop > max_drop:
+            ratio = (self.drop - self.low) / (self.drop - max_drop)
+        else:
+            return None
+        return int(np.ceil(self.images * max(1.0, ratio) ** 2))
+
+    def failures(self, max_drop: float) -> list[str]:
+        """Empty when the interval lies within ``max_drop``; else why not (a real drop, or a set too small)."""
+        if self.high <= max_drop + 1e-12:
+            return []
+        pts = (f"image_auroc drop {100 * self.drop:.2f} points ({100 * self.level:.0f}% CI {100 * self.low:.2f} "
+               f"to {100 * self.high:.2f})")
+        if self.low > max_drop + 1e-12:
+            return [f"{pts} > {100 * max_drop:.2f}"]
+        n = self.needed_images(max_drop)
+        need = ("no number of images separates a drop equal to the budget" if n is None else
+                f"about {n} labelled images ({self.defects * n // max(1, self.images)} with defects) would be "
+                f"needed to tell")
+        return [f"{pts} cannot be told from the {100 * max_drop:.2f}-point budget on {self.images} labelled images "
+                f"({self.defects} with defects): {need}"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pair_outcomes(scores: np.ndarray, labels: np.ndarray, tol: np.ndarray) -> np.ndarray:
+    """(normals x defects) outcome of each pair: 1 defect above, 0.5 within ``tol`` (a tie), 0 below."""
+    neg, pos = scores[~labels], scores[labels]
+    d = pos[None, :] - neg[:, None]
+    t = np.maximum(tol[~labels][:, None], tol[labels][None, :])
+    return np.where(d > t, 1.0, np.where(d < -t, 0.0, 0.5))
+
+
+def auroc_drop(labels: np.ndarray, ref_scores: np.ndarray, scores: np.ndarray, noise: float = NOISE,
+               resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> DropInterval:
+    """The image-AUROC drop of ``scores`` against ``ref_scores`` with its bootstrap interval (see ``DropInterval``).
+
+    The bootstrap resamples normals and defects separately, with replacement, the same images for both sides;
+    only pairs whose outcome changed contribute, so it is exact and cheap: drop* = c_n' D c_d / (n_n n_d) with
+    c the draw counts and D the reference's minus the candidate's pair outcomes.
+    """
+    y = np.asarray(labels).ravel().astype(bool)
+    r = np.asarray(ref_scores, np.float64).ravel()
+    c = np.asarray(scores, np.float64).ravel()
+    if y.all() or not y.any():
+        raise InputError("expected normal and defect images for an AUROC drop, found one class only")
+    tol = noise * np.maximum(1.0, np.abs(r))
+    c = np.where(np.abs(c - r) <= tol, r, c)  # within the reference's own noise: the reference's value
+    diff = _pair_outcomes(r, y, tol) - _pair_outcomes(c, y, tol)
+    n_neg, n_pos = diff.shape
+    drop = float(diff.mean())
+    rows, cols = np.flatnonzero(diff.any(1)), np.flatnonzero(diff.any(0))
+    low = high = drop
+    if rows.size:
+        rng = np.random.default_rng(seed)
+        cn = rng.multinomial(n_neg, np.full(n_neg, 1.0 / n_neg), size=resamples)[:, rows]
+        cp = rng.multinomial(n_pos, np.full(n_pos, 1.0 / n_pos), size=resamples)[:, cols]
+        boot = np.einsum("bi,ij,bj->b", cn, diff[np.ix_(rows, cols)], cp) / (n_neg * n_pos)
+        low, high = (float(v) for v in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]))
+    return DropInterval(drop, min(low, drop), max(high, drop), level, n_neg, n_pos,
+                        int(np.count_nonzero(diff)), float(noise), resamples, seed)

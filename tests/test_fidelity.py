@@ -5,6 +5,8 @@ import pytest
 
 from edgead.errors import InputError
 from edgead.fidelity import Budget, measure
+from edgead.runtimes.base import Predictions
+from edgead.runtimes.compare import difference, pearson
 
 
 def _outputs(n=50, seed=0):
@@ -30,7 +32,7 @@ def test_differences_cover_every_image_not_only_the_first_batch():
 
 def test_label_flips_against_the_threshold():
     s = np.array([0.1, 0.2, 0.3, 0.4])
-    m = np.zeros((4, 2, 2)) + s[:, None, None]
+    m = np.array([[0.0, 0.01], [0.02, 0.03]]) + s[:, None, None]  # maps that vary over the image (flat ones fail)
     f = measure(s, m, s + np.array([0.0, 0.15, 0.0, -0.15]), m, reference="r", candidate="c", precision="int8",
                 threshold=0.3)
     # 0.2 -> 0.35 crosses up; 0.4 -> 0.25 crosses down; 0.3 stays at the threshold (not > it): normal
@@ -51,8 +53,12 @@ def test_reduced_precision_budget_map_r_and_auroc_drop():
     f = measure(s, m, s_bad, noisy, reference="r", candidate="c", precision="int8", labels=labels)
     assert f.reference_metrics["image_auroc"] == 1.0 and f.metrics["image_auroc"] == pytest.approx(0.90)
     assert f.drop("auroc") == pytest.approx(0.10) and f.map_r < 0.99
-    assert Budget().failures(f) == [f"map r {f.map_r:.4f} < 0.99", "image_auroc drop 10.00 points > 0.50"]
-    assert Budget(min_map_r=0.5, max_drop=0.10).failures(f) == []
+    # one normal of ten above every defect: 10 points, but 20 images cannot tell it from 0.5 (35 % of draws miss it)
+    assert Budget().failures(f) == [
+        f"map r {f.map_r:.4f} < 0.99", "image_auroc drop 10.00 points (95% CI 0.00 to 30.00) cannot be told from the "
+        "0.50-point budget on 20 labelled images (10 with defects): about 23 labelled images (11 with defects) would "
+        "be needed to tell"]
+    assert Budget(min_map_r=0.5, max_drop=0.30).failures(f) == []
     assert Budget(metric="map_r", max_drop=0.001, min_map_r=0).failures(f) == [
         f"map_r drop {100 * (1 - f.map_r):.2f} points > 0.10"]
     assert f.to_dict()["delta_vs_reference"]["image_auroc"] == pytest.approx(-0.10)
@@ -90,3 +96,113 @@ def test_fp32_rule_is_absolute_up_to_one_and_relative_above():
     assert Budget().failures(off) == ["max |diff| of maps 9.17e+04 (1.00e-03 relative) > 1e-04"]
     nan = measure(ref_s, ref_m, ref_s, ref_m * np.nan, reference="r", candidate="c", precision="fp32")
     assert len(Budget().failures(nan)) == 1
+
+
+def test_flat_or_nan_outputs_fail_every_budget_with_their_own_reason():
+    """A flat map once had map r 1.0 and a NaN one passed too (``den > 0`` is False for NaN): both met 0.99."""
+    rng = np.random.default_rng(4)
+    labels = np.array([0] * 6 + [1] * 6)
+    s = np.concatenate([rng.uniform(0, 1, 6), rng.uniform(2, 3, 6)])
+    m = 0.05 * rng.random((12, 8, 8)) + s[:, None, None]
+    flat = np.zeros_like(m) + s[:, None, None]  # each map one value (its score): r over the set is high
+    assert pearson(m, flat) > 0.99 and pearson(m, np.zeros_like(m)) != pearson(m, np.zeros_like(m))  # NaN
+    for lab in (labels, None):
+        f = measure(s, m, s, flat, reference="r", candidate="c", precision="int8", labels=lab, threshold=1.5)
+        assert Budget().failures(f) == ["candidate maps flat (one value) in 12 of 12 images"]
+        const = measure(s, m, s, np.full_like(m, 0.7), reference="r", candidate="c", precision="int8",
+                        labels=lab)
+        assert np.isnan(const.map_r) and Budget().failures(const) == [
+            "candidate maps flat (one value) in 12 of 12 images",
+            "map r undefined (a side's maps have no variance or hold NaN/Inf)"]
+        nan_maps = m.copy()
+        nan_maps[3, 2, 2] = np.nan
+        f = measure(s, m, s, nan_maps, reference="r", candidate="c", precision="int8", labels=lab)
+        assert Budget().failures(f) == ["candidate maps not finite (NaN/Inf) in 1 of 12 images",
+                                        "map r undefined (a side's maps have no variance or hold NaN/Inf)"]
+        assert f.metrics == {}  # no metric of NaN outputs; the problem itself is the verdict
+        f = measure(s, m, np.where(labels == 1, np.inf, s), m, reference="r", candidate="c", precision="fp32",
+                    labels=lab)
+        assert Budget().failures(f) == ["candidate scores not finite (NaN/Inf) in 6 of 12 images"]
+    # the reference's own problems are named too; an FP32 copy of a flat reference is no pass
+    f = measure(s, flat, s, flat, reference="r", candidate="c", precision="fp32")
+    assert Budget().failures(f) == ["reference maps flat (one value) in 12 of 12 images",
+                                    "candidate maps flat (one value) in 12 of 12 images"]
+
+
+def test_parity_difference_fails_on_nan_and_flat_maps():
+    """Export parity (``Difference.within``) and the precision graphs read the same problems."""
+    rng = np.random.default_rng(5)
+    maps = rng.random((2, 8, 8)).astype(np.float32)
+    ref = Predictions(maps.max((1, 2)), maps, None)
+    assert difference(ref, Predictions(ref.scores.copy(), maps.copy(), None)).within(1e-4)
+    flat = Predictions(ref.scores.copy(), np.zeros_like(maps), None)
+    d = difference(Predictions(ref.scores, np.zeros_like(maps), None), flat)
+    assert d.max_abs_maps == 0.0 and not d.within(1e-4)  # equal, and still not a working detector
+    assert d.problems == ("reference maps flat (one value) in 2 of 2 images",
+                          "candidate maps flat (one value) in 2 of 2 images")
+    assert d.describe().startswith("reference maps flat (one value) in 2 of 2 images; candidate maps flat")
+    nan = difference(ref, Predictions(np.array([np.nan, 0.5], np.float32), maps, None))
+    assert not nan.within(1.0) and nan.problems == ("candidate scores not finite (NaN/Inf) in 1 of 2 images",)
+
+
+def _proxy_with_a_near_tie():
+    """The issue's tiny proxy: 5 normals and 5 painted copies; one normal and one defect one float32 ulp apart."""
+    labels = np.array([0] * 5 + [1] * 5)
+    s = np.array([0.61, 0.72, 0.83, 0.94, 1.0775469, 1.0775471, 1.21, 1.32, 1.43, 1.54])
+    maps = np.random.default_rng(6).random((10, 8, 8)) + s[:, None, None]
+    return labels, s, maps
+
+
+def test_near_ties_are_ties_and_the_float_model_always_passes_its_budget():
+    labels, s, maps = _proxy_with_a_near_tie()
+    swapped = s.copy()
+    swapped[4], swapped[5] = s[5], s[4]  # within float32 noise the pair changes order: 4 "points" of 25 pairs
+    f = measure(s, maps, swapped, maps + 1e-7, reference="r", candidate="all-float", precision="int8",
+                labels=labels)
+    assert f.reference_metrics["image_auroc"] == 1.0 and f.metrics["image_auroc"] == pytest.approx(0.96)
+    assert Budget().failures(f) == [] and Budget(max_drop=0.0).failures(f) == []  # was "drop 4.00 points > 0.50"
+    iv = f.auroc_interval
+    assert (iv.drop, iv.low, iv.high, iv.changed_pairs) == (0.0, 0.0, 0.0, 0) and f.drop("auroc") == 0.0
+    # beyond the noise the order is real: the tied pair (one half) now below, 2 points, and 10 images cannot tell
+    # that from 0.5 points
+    real = s.copy()
+    real[4] = 1.09
+    f = measure(s, maps, real, maps + 1e-3, reference="r", candidate="int8", precision="int8", labels=labels)
+    assert f.auroc_interval.changed_pairs == 1 and f.drop("auroc") == pytest.approx(0.02)
+    assert Budget().failures(f) == [
+        "image_auroc drop 2.00 points (95% CI 0.00 to 12.00) cannot be told from the 0.50-point budget on 10 "
+        "labelled images (5 with defects): about 18 labelled images (9 with defects) would be needed to tell"]
+    # a bigger noise (the export's measured parity) makes the same swap a tie again
+    assert measure(s, maps, real, maps, reference="r", candidate="int8", precision="int8", labels=labels,
+                   noise=0.02).auroc_interval.drop == 0.0
+
+
+def test_auroc_drop_interval_separates_a_real_drop_from_a_small_set():
+    from edgead.fidelity import auroc_drop
+
+    rng = np.random.default_rng(2)
+    labels = np.array([0] * 40 + [1] * 40)
+    s = np.concatenate([rng.uniform(0, 1, 40), rng.uniform(2, 3, 40)])
+    bad = s.copy()
+    bad[:6] = 5.0  # six normals above every defect: 15 points, significant on 80 images
+    iv = auroc_drop(labels, s, bad)
+    assert (iv.drop, iv.low, iv.high, iv.changed_pairs) == (pytest.approx(0.15), pytest.approx(0.05),
+                                                            pytest.approx(0.275), 240)
+    assert iv.failures(0.005) == ["image_auroc drop 15.00 points (95% CI 5.00 to 27.50) > 0.50"]
+    one = s.copy()
+    one[0] = 2.5  # one normal in the middle of the defects: 1.06 points
+    iv = auroc_drop(labels, s, one)
+    assert iv.drop == pytest.approx(17 / 1600) and iv.needed_images(0.005) == 286
+    assert iv.failures(0.1) == [] and iv.failures(0.005)[0].endswith(
+        "cannot be told from the 0.50-point budget on 80 labelled images (40 with defects): about 286 labelled "
+        "images (143 with defects) would be needed to tell")
+    assert auroc_drop(labels, s, one) == iv  # fixed seed: the same interval every time
+    assert auroc_drop(labels, s, s[::-1].copy() * 0 + s).high == 0.0
+
+
+def test_reference_noise_comes_from_the_exports_parity_record():
+    from edgead.fidelity import NOISE, score_noise
+
+    assert score_noise({"parity_vs_torch": {"max_scaled_scores": 3.2e-6}}) == 3.2e-6
+    assert score_noise({"parity_vs_torch": {"max_scaled_scores": 1e-9}}) == NOISE == 1e-6
+    assert score_noise({}) == NOISE and score_noise(None) == NOISE
