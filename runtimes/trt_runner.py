@@ -7,7 +7,8 @@ without device memory of its own (``USER_MANAGED``) and gets the one scratch blo
 the engine: calls are serialised, so one block serves the plain context and every CUDA-graph context. With
 ``cuda_graph=True`` each batch size is captured once (copy in, enqueue, copy out) into a CUDA graph on an
 execution context of its own, and replayed. An engine built for another TensorRT version or GPU model is
-refused before TensorRT tries to deserialize it. Imports neither tensorrt nor torch at module level.
+refused before TensorRT tries to deserialize it; the plan is deserialized from the bytes whose sha256 was
+checked, never read again by path. Imports neither tensorrt nor torch at module level.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class TensorRTRunner(Runner):
                                 manifest.precision)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)  # must outlive the engine
-        plan = (self.folder / manifest.model).read_bytes()
+        plan = self.read_artifact(manifest.model)  # deserialized from the very bytes whose sha256 was checked
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             raise ArtifactError(f"TensorRT {trt.__version__} could not deserialize "

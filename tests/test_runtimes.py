@@ -244,3 +244,53 @@ def test_model_swapped_after_the_hash_check_never_runs(swap_pair, tmp_path, monk
         return
     with rt.load(folder, engine) as r:  # the bytes were hashed before the swap: they are what runs
         np.testing.assert_allclose(r.predict(images).scores, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("when", ["after_check", "at_engine_read"])
+def test_tensorrt_plan_swapped_after_the_hash_check_never_runs(tmp_path, monkeypatch, when):
+    """The TensorRT runner through the fake TensorRT harness (tests/fake_tensorrt.py, nothing real runs): a plan
+    swapped after the sha256 check is refused, and one swapped while TensorRT deserializes does not reach it."""
+    import edgead.runtimes.trt_runner as trt_runner
+    from edgead.models import detector_spec
+    from edgead.runtimes import manifest as manifest_mod
+    from edgead.runtimes.manifest import write_manifest
+    from tests.fake_tensorrt import NumpyCuda, make_tensorrt
+
+    trt, cuda = make_tensorrt("10.8.0", [], max_batch=4, input_size=(14, 14)), NumpyCuda()
+    trt.cuda_for_test = cuda
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(trt_runner, "open_cuda", lambda device=0: cuda)
+    folder = tmp_path / "trt-fp16"
+    folder.mkdir()
+    plan, evil = b"fake-plan:10.8.0 hashed", b"fake-plan:10.8.0 swapped in"
+    (folder / "model.engine").write_bytes(plan)
+    gpu = {"tensorrt_version": "10.8.0", "gpu_name": "Fake GPU", "compute_capability": "8.9"}
+    spec = detector_spec("fbft", "vit_tiny_test_patch14", "layernorm", input_size=14)
+    write_manifest(folder, "tensorrt", "fp16", "model.engine", spec, batch=(1, 4), extra=gpu)
+    seen: list[bytes] = []
+    real_deserialize = trt.Runtime.deserialize_cuda_engine
+
+    def deserialize(self, data):
+        if when == "at_engine_read":
+            (folder / "model.engine").write_bytes(evil)
+        seen.append(bytes(data))
+        return real_deserialize(self, data)
+
+    monkeypatch.setattr(trt.Runtime, "deserialize_cuda_engine", deserialize)
+    if when == "after_check":
+        real_verify = manifest_mod.verify_files
+
+        def verify_then_swap(f, m):
+            real_verify(f, m)
+            (folder / "model.engine").write_bytes(evil)
+
+        monkeypatch.setattr(manifest_mod, "verify_files", verify_then_swap)
+        with pytest.raises(ArtifactError) as info:
+            rt.load(folder)
+        assert str(info.value) == (f"artifact file {folder / 'model.engine'} was changed or is corrupt: its sha256 "
+                                   f"differs from the manifest")
+        assert seen == []
+        return
+    with rt.load(folder) as r:
+        assert r.predict(check_batch(0, 2, (14, 14))).scores.shape == (2,)
+    assert seen == [plan]
