@@ -23,24 +23,40 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 RGB (H, W, 3).
+    """Read an image file as uint8 RGB (H, W, 3) through ``decode_image`` (its checks, its conversions).
 
-    Grayscale is replicated to three channels, RGBA drops alpha, 16-bit is scaled to 8 bits. A file that is not
-    a readable image raises ``InputError`` naming the file.
+    A file that is missing, empty or not a readable image raises ``InputError`` naming the file.
     """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"expected an image file, found nothing at {p}")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    if data.size == 0:
-        raise InputError(f"expected an image, found an empty file: {p}")
-    check_header(data.tobytes()[:1 << 20] if data.size > 1 << 20 else data.tobytes(), str(p))
-    if data[:2].tobytes() == b"\xff\xd8":
-        check_jpeg_structure(data.tobytes(), str(p))
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    return decode_image(p.read_bytes(), str(p))
+
+
+def decode_image(
+    data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS, cap_option: str = "EDGEAD_MAX_PIXELS"
+) -> np.ndarray:
+    """Decode an encoded image (a file's bytes, an upload) as uint8 RGB (H, W, 3): the one checked decode path.
+
+    Refuses, naming ``name``: an empty buffer; a header declaring more than ``max_pixels`` (before decoding; for a
+    format whose header edgead does not parse, right after); a truncated JPEG or one with impossible markers in its
+    scan data; anything OpenCV cannot decode. Grayscale is replicated to three channels, RGBA drops alpha, 16-bit is
+    scaled to 8 bits. ``cap_option`` is what the refusal tells the user to raise.
+    """
+    if not data:
+        raise InputError(f"expected an image, found an empty file: {name}")
+    check_header(data[: 1 << 20], name, max_pixels, cap_option)
+    if data[:2] == b"\xff\xd8":
+        check_jpeg_structure(data, name)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV's message names its own source files; the caller gets one line about the input
+        img = None
     if img is None:
-        raise InputError(f"expected a readable image (png, jpg, bmp, tif), found a corrupt or unknown file: {p}")
-    return to_rgb8(img, str(p), bgr=True)
+        raise InputError(f"expected a readable image (png, jpg, bmp, tif, webp), found a corrupt or unknown file: "
+                         f"{name}")
+    _check_pixels(img.shape[1], img.shape[0], name, max_pixels, cap_option)
+    return to_rgb8(img, name, bgr=True)
 
 
 def declared_size(head: bytes) -> tuple[int, int] | None:
@@ -98,13 +114,17 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return (size[1], size[0]) if size is not None else read_image(path).shape[:2]
 
 
-def check_header(head: bytes, name: str) -> None:
-    """Refuse a frame whose header declares more than ``MAX_PIXELS`` pixels, before any decoding."""
+def check_header(head: bytes, name: str, max_pixels: int = MAX_PIXELS, cap_option: str = "EDGEAD_MAX_PIXELS") -> None:
+    """Refuse a frame whose header declares more than ``max_pixels`` pixels, before any decoding."""
     size = declared_size(head)
-    if size is not None and size[0] * size[1] > MAX_PIXELS:
-        w, h = size
-        raise InputError(f"expected an image of at most {MAX_PIXELS / 1e6:.0f} Mpx, found {name} declaring {w}x{h} "
-                         f"({w * h / 1e6:.0f} Mpx; a decompression bomb?); raise EDGEAD_MAX_PIXELS to allow it")
+    if size is not None:
+        _check_pixels(size[0], size[1], name, max_pixels, cap_option)
+
+
+def _check_pixels(w: int, h: int, name: str, max_pixels: int, cap_option: str) -> None:
+    if w * h > max_pixels:
+        raise InputError(f"expected an image of at most {max_pixels / 1e6:.1f} Mpx, found {name} declaring {w}x{h} "
+                         f"({w * h / 1e6:.1f} Mpx; a decompression bomb?); raise {cap_option} to allow it")
 
 
 #: Markers that may follow 0xFF in JPEG entropy-coded data: byte stuffing and restarts; the end of image; and

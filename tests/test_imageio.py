@@ -155,3 +155,59 @@ def test_load_batch_and_list_images(tmp_path: Path) -> None:
         list_images(tmp_path / "sub")
     with pytest.raises(InputError, match="found no folder"):
         list_images(tmp_path / "missing")
+
+
+# -- one decode path for files and uploads (issue 25 item 2) ----------------------------------------------------
+def _corrupt_scan_jpeg() -> tuple[bytes, int]:
+    """A valid 64x64 JPEG with a 0xFF 0x42 marker written into its scan data (OpenCV decodes it anyway)."""
+    rgb = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ok, buf = cv2.imencode(".jpg", rgb)
+    assert ok
+    data = bytearray(buf.tobytes())
+    at = data.find(b"\xff\xda") + 40  # inside the entropy-coded data of the first scan
+    data[at : at + 2] = b"\xff\x42"
+    assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_UNCHANGED) is not None
+    return bytes(data), at
+
+
+def test_decode_image_refuses_what_read_image_refuses(tmp_path: Path) -> None:
+    from edgead.imageio import decode_image
+
+    data, at = _corrupt_scan_jpeg()
+    (tmp_path / "scan.jpg").write_bytes(data)
+    with pytest.raises(InputError) as from_file:
+        read_image(tmp_path / "scan.jpg")
+    with pytest.raises(InputError) as from_bytes:
+        decode_image(data, "scan.jpg")
+    assert str(from_bytes.value) == f"expected valid JPEG scan data, found a corrupt marker 0xFF42 at byte {at}: " \
+                                    f"scan.jpg"
+    assert str(from_file.value) == str(from_bytes.value).replace("scan.jpg", str(tmp_path / "scan.jpg"))
+    with pytest.raises(InputError, match="^expected an image, found an empty file: up.png$"):
+        decode_image(b"", "up.png")
+    ok, png = cv2.imencode(".png", np.full((5, 7, 3), (10, 20, 30), np.uint8))  # BGR on disk
+    np.testing.assert_array_equal(decode_image(png.tobytes(), "ok.png")[0, 0], [30, 20, 10])
+
+
+def test_decode_image_pixel_cap_is_checked_from_the_header_before_decoding() -> None:
+    from edgead.imageio import decode_image
+
+    header_only = _png_bytes(np.zeros((1, 1, 3), np.uint8), 2).replace(
+        struct.pack(">II", 1, 1), struct.pack(">II", 8000, 8000), 1)  # declares 8000x8000, holds almost nothing
+    assert len(header_only) < 100
+    with pytest.raises(InputError) as e:
+        decode_image(header_only, "big.png", max_pixels=1 << 24, cap_option="--max-upload-mpx")
+    assert str(e.value) == ("expected an image of at most 16.8 Mpx, found big.png declaring 8000x8000 (64.0 Mpx; a "
+                            "decompression bomb?); raise --max-upload-mpx to allow it")
+
+
+def test_an_opencv_failure_is_one_line_without_opencvs_source_path(tmp_path: Path) -> None:
+    from edgead.imageio import decode_image
+
+    pnm = b"P6\n40000 40000\n255\n" + bytes(100)  # a header edgead does not parse; OpenCV asserts on its size
+    with pytest.raises(InputError) as e:
+        decode_image(pnm, "huge.ppm")
+    assert str(e.value) == "expected a readable image (png, jpg, bmp, tif, webp), found a corrupt or unknown file: " \
+                           "huge.ppm"
+    (tmp_path / "huge.ppm").write_bytes(pnm)
+    with pytest.raises(InputError, match="corrupt or unknown file: .*huge.ppm$"):
+        read_image(tmp_path / "huge.ppm")
