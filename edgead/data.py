@@ -106,18 +106,38 @@ def read_mask(path: str | Path) -> np.ndarray:
     return (img > 0).astype(np.uint8)
 
 
+def _checked_mask(path: Path, image: Path) -> np.ndarray:
+    """The mask at ``path``, refused unless it has the size of its ``image``."""
+    mask = read_mask(path)
+    size = image_size(image)
+    if mask.shape[:2] != size:
+        raise InputError(f"expected the mask {path} to have its image's size {size[0]}x{size[1]}, found "
+                         f"{mask.shape[0]}x{mask.shape[1]}; a stretched mask would score the wrong pixels")
+    return mask
+
+
+def read_masks(items: list[TestItem]) -> list[np.ndarray]:
+    """Masks of ``items`` at their images' own resolution, never resized: (H_i, W_i) uint8 in {0, 1} each.
+
+    A good image gets an all-zero mask of its own size (read from the file header). ``edgead eval`` scores these
+    against anomaly maps brought onto each frame (``edgead.geometry.map_to_frame``).
+    """
+    return [np.zeros(image_size(it.path), np.uint8) if it.mask is None else _checked_mask(it.mask, it.path)
+            for it in items]
+
+
 def load_masks(items: list[TestItem], spec: DetectorSpec) -> np.ndarray:
-    """Masks of ``items`` fitted to the detector input like the images: (N, H, W) uint8 in {0, 1}."""
+    """Masks of ``items`` shrunk to the detector input like the images: (N, H, W) uint8 in {0, 1}.
+
+    Nearest-neighbour resize and centre crop (``prepare``): a defect thinner than the resize step can vanish, so
+    pixel metrics should use ``read_masks`` instead; this stays for callers that compare engines at the model's
+    resolution.
+    """
     h, w = spec.input_size
     out = np.zeros((len(items), h, w), dtype=np.uint8)
     for i, item in enumerate(items):
         if item.mask is not None:
-            mask = read_mask(item.mask)
-            size = image_size(item.path)
-            if mask.shape[:2] != size:
-                raise InputError(f"expected the mask {item.mask} to have its image's size {size[0]}x{size[1]}, found "
-                                 f"{mask.shape[0]}x{mask.shape[1]}; a stretched mask would score the wrong pixels")
-            out[i] = prepare(mask, spec, nearest=True)
+            out[i] = prepare(_checked_mask(item.mask, item.path), spec, nearest=True)
     return out
 
 

@@ -1,4 +1,10 @@
-"""Evaluate any runner (checkpoint or compiled artifact) on a labelled MVTec-layout folder. Imports no torch."""
+"""Evaluate any runner (checkpoint or compiled artifact) on a labelled MVTec-layout folder. Imports no torch.
+
+Pixel metrics are computed at each ground truth's own resolution: the masks are read as they are on disk and
+never resized; each anomaly map is brought back onto its frame by ``edgead.geometry.map_to_frame`` (the inverse
+of ``prepare``'s resize and centre crop). Besides pixel AUROC and AUPRO, the AUPRO per cumulative quartile of
+defect area and the robustness score (``edgead.metrics.aupro_by_size``, docs/metrics.md) are reported.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,25 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead.data import TestItem, load_masks, test_items
+from edgead.data import TestItem, read_masks, test_items
+from edgead.geometry import map_to_frame
 from edgead.imageio import load_batch
-from edgead.metrics import Metrics, evaluate
+from edgead.metrics import AuproBySize, Metrics, aupro_by_size, auroc, f1_max, pixel_auroc
 from edgead.runtimes.base import Runner
+from edgead.spec import DetectorSpec
 
 
 @dataclass(frozen=True)
 class Evaluation:
+    """``maps`` as the runner returned them (N, h, w) at the model's map size; ``masks`` one (H_i, W_i) array
+    per image at its own resolution, which is where ``metrics`` and ``by_size`` were measured."""
+
     metrics: Metrics
     items: list[TestItem]
     scores: np.ndarray
     maps: np.ndarray
-    masks: np.ndarray
+    masks: list[np.ndarray]
+    by_size: AuproBySize | None = None
 
 
 def run_on_items(runner: Runner, items: list[TestItem], batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -31,9 +43,18 @@ def run_on_items(runner: Runner, items: list[TestItem], batch: int = 8) -> tuple
     return np.concatenate(scores), np.concatenate(maps)
 
 
+def frame_maps(maps: np.ndarray, masks: list[np.ndarray], spec: DetectorSpec) -> list[np.ndarray]:
+    """Each model-size map brought onto the frame of its mask (same order, same (H_i, W_i))."""
+    return [map_to_frame(amap, mask.shape, spec) for amap, mask in zip(maps, masks, strict=True)]
+
+
 def evaluate_runner(runner: Runner, data: str | Path, batch: int = 8) -> Evaluation:
     items = test_items(data)
     scores, maps = run_on_items(runner, items, batch)
-    masks = load_masks(items, runner.spec)
+    masks = read_masks(items)
     labels = np.array([it.label for it in items])
-    return Evaluation(evaluate(labels, scores, masks, maps), items, scores, maps, masks)
+    image = auroc(labels, scores), f1_max(labels, scores)
+    full = frame_maps(maps, masks, runner.spec)
+    by_size = aupro_by_size(masks, full)  # its Q4 at 30 % FPR is the plain AUPRO
+    metrics = Metrics(*image, pixel_auroc(masks, full), by_size.at(4, 0.3))
+    return Evaluation(metrics, items, scores, maps, masks, by_size)

@@ -98,6 +98,18 @@ def test_load_masks_follow_prepare(tmp_path: Path) -> None:
     np.testing.assert_array_equal(masks[2], expected)
 
 
+def test_read_masks_keep_their_own_resolution(tmp_path: Path) -> None:
+    root = _category(tmp_path)
+    _png(root / "test" / "good" / "002.png", size=(30, 50))  # frames of a set may differ in size
+    masks = data.read_masks(data.test_items(root))
+    assert [m.shape for m in masks] == [(20, 20), (20, 20), (30, 50), (20, 20)]
+    assert [int(m.sum()) for m in masks] == [0, 0, 0, 50] and masks[3].dtype == np.uint8
+    assert masks[3][5:10, 5:15].all()
+    cv2.imwrite(str(root / "ground_truth" / "scratch" / "000_mask.png"), np.zeros((20, 21), np.uint8))
+    with pytest.raises(InputError, match="image's size 20x20, found 20x21"):
+        data.read_masks(data.test_items(root))
+
+
 def test_corrupt_mask_is_an_input_error(tmp_path: Path) -> None:
     root = _category(tmp_path)
     (root / "ground_truth" / "scratch" / "000_mask.png").write_bytes(b"garbage")

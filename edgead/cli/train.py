@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from edgead.cli.common import JsonFlag, OutDir, RunEngine, console, emit_json, progress_bar
 from edgead.errors import ConfigError, require
+
+if TYPE_CHECKING:
+    from edgead.metrics import AuproBySize
 
 
 def synth(
@@ -98,14 +101,17 @@ def eval_cmd(
     engine: RunEngine = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Image AUROC, F1-max, pixel AUROC and AUPRO (to 30 % FPR) on a labelled set."""
+    """Image AUROC, F1-max, pixel AUROC, AUPRO (to 30 % FPR), and AUPRO per defect-size quartile with the
+    robustness score; pixel metrics against the masks at their own resolution (docs/metrics.md)."""
     import edgead.runtimes as rt
     from edgead.evaluate import evaluate_runner
 
     ev = evaluate_runner(rt.load(target, engine), data)
-    m = ev.metrics
+    m, size = ev.metrics, ev.by_size
     result = {"image_auroc": m.image_auroc, "image_f1_max": m.image_f1_max, "pixel_auroc": m.pixel_auroc,
-              "aupro": m.aupro, "images": len(ev.items)}
+              "aupro": m.aupro, "images": len(ev.items),
+              "mask_sizes": sorted({f"{k.shape[0]}x{k.shape[1]}" for k in ev.masks}),
+              "aupro_by_size": size.to_dict() if size else None}
     if json_out:
         emit_json(result)
         return
@@ -114,3 +120,22 @@ def eval_cmd(
         table.add_column(k, justify="right")
     table.add_row(*(f"{v:.4f}" for v in (m.image_auroc, m.image_f1_max, m.pixel_auroc, m.aupro)))
     console.print(table)
+    if size is not None:
+        console.print(size_table(size, result["mask_sizes"]))
+
+
+def size_table(size: AuproBySize, mask_sizes: list[str]) -> Table:
+    """AUPRO per cumulative quartile of defect area and the robustness score, one row per quartile."""
+    shown = ", ".join(mask_sizes[:3]) + (", ..." if len(mask_sizes) > 3 else "")
+    table = Table(title=f"AUPRO by defect size (masks at their own resolution: {shown})")
+    table.add_column("quartile")
+    table.add_column("defect area (px)", justify="right")
+    table.add_column("regions", justify="right")
+    limits = [f"{x * 100:g}%" for x in size.max_fprs]
+    for limit in limits:
+        table.add_column(f"AUPRO@{limit}", justify="right")
+    for q in range(4):
+        area = f"<= {size.area_edges[q]:.6g}" if q < 3 else "all"
+        table.add_row(f"Q{q + 1}", area, str(size.regions[q]), *(f"{row[q]:.4f}" for row in size.aupro))
+    table.add_row("robustness", "", "", *(f"{r:.4f}" for r in size.robustness), end_section=True)
+    return table
