@@ -34,15 +34,16 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def decode_image(
-    data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS, cap_option: str = "EDGEAD_MAX_PIXELS"
+    data: bytes, name: str = "image", max_pixels: int | None = None, cap_option: str = "EDGEAD_MAX_PIXELS"
 ) -> np.ndarray:
     """Decode an encoded image (a file's bytes, an upload) as uint8 RGB (H, W, 3): the one checked decode path.
 
     Refuses, naming ``name``: an empty buffer; a header declaring more than ``max_pixels`` (before decoding; for a
     format whose header edgead does not parse, right after); a truncated JPEG or one with impossible markers in its
     scan data; anything OpenCV cannot decode. Grayscale is replicated to three channels, RGBA drops alpha, 16-bit is
-    scaled to 8 bits. ``cap_option`` is what the refusal tells the user to raise.
+    scaled to 8 bits. ``max_pixels`` defaults to ``MAX_PIXELS``; ``cap_option`` is what a refusal says to raise.
     """
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if not data:
         raise InputError(f"expected an image, found an empty file: {name}")
     check_header(data[: 1 << 20], name, max_pixels, cap_option)
@@ -114,11 +115,13 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return (size[1], size[0]) if size is not None else read_image(path).shape[:2]
 
 
-def check_header(head: bytes, name: str, max_pixels: int = MAX_PIXELS, cap_option: str = "EDGEAD_MAX_PIXELS") -> None:
-    """Refuse a frame whose header declares more than ``max_pixels`` pixels, before any decoding."""
+def check_header(
+    head: bytes, name: str, max_pixels: int | None = None, cap_option: str = "EDGEAD_MAX_PIXELS"
+) -> None:
+    """Refuse a frame whose header declares more than ``max_pixels`` (default ``MAX_PIXELS``), before decoding."""
     size = declared_size(head)
     if size is not None:
-        _check_pixels(size[0], size[1], name, max_pixels, cap_option)
+        _check_pixels(size[0], size[1], name, MAX_PIXELS if max_pixels is None else max_pixels, cap_option)
 
 
 def _check_pixels(w: int, h: int, name: str, max_pixels: int, cap_option: str) -> None:
