@@ -2,9 +2,17 @@
 
 The reference is the checkpoint recorded in the export's manifest (or one given explicitly) run in PyTorch;
 without PyTorch installed, the FP32 ONNX export run in ONNX Runtime stands in for it (the report says which).
-With ``--data`` every test image of the category is compared (differences, map r, label flips against the
-artifact's threshold) and metrics are computed; without it, a fixed synthetic parity batch is. Each artifact is
-judged against the targets of its precision (``edgead.fidelity.Budget``).
+Every artifact folder is checked as what it is, with the engine its manifest names: an export that ``edgead
+tune`` decided is not followed to its choice (``load(OUT)``'s redirect) but checked itself, the chosen artifact
+is checked in its own folder, and, when the choice runs with settings of its own (OpenVINO throughput mode, a
+static batch), once more with them.
+
+``--data``: an MVTec-layout category (every test image is compared: differences, map r, label flips and score
+shift against the artifact's threshold; metrics and the accuracy drop with its interval), or a plain folder of
+normal images with no labels (what a line has before it sees a defect): then the verdict rests on map r, the
+score shift, the flips and the NaN/flat checks, and the report says no accuracy drop was measured. Without
+``--data`` a fixed synthetic parity batch is used. Each artifact is judged against the targets of its precision
+(``edgead.fidelity.Budget``).
 """
 
 from __future__ import annotations
@@ -16,13 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from edgead.data import load_masks, test_items
+from edgead import registry
+from edgead.data import GOOD, TestItem, load_masks, test_items
 from edgead.errors import ArtifactError, InputError
 from edgead.evaluate import run_on_items
-from edgead.fidelity import Budget, Fidelity, measure
+from edgead.fidelity import Budget, Fidelity, measure, score_noise
+from edgead.imageio import list_images
 from edgead.runtimes.base import Runner
 from edgead.runtimes.compare import check_batch
-from edgead.runtimes.loader import load, missing_engine
+from edgead.runtimes.loader import load, missing_engine, tuned_choice
 from edgead.runtimes.manifest import find_artifacts, read_manifest
 
 REFERENCE_NAMES = {"torch": "PyTorch checkpoint", "onnxruntime fp32": "FP32 ONNX export in ONNX Runtime "
@@ -38,15 +48,20 @@ class ArtifactCheck:
     failures: list[str] = field(default_factory=list)
     quantization: dict[str, Any] | None = None  # the manifest's record: layers kept in float, why
     compiled: dict[str, Any] | None = None  # the compile-time gate's record: drop and map r measured then
+    settings: str = ""  # runner settings it was checked with: "" (as built) or the tuned choice's, e.g. throughput
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def name(self) -> str:
+        return f"{self.engine} {self.precision}" + (f" (tuned: {self.settings})" if self.settings else "")
+
     def to_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "engine": self.engine, "precision": self.precision,
-                "passed": self.passed, "failures": self.failures, **self.fidelity.to_dict(),
-                "quantization": self.quantization, "compile_time_fidelity": self.compiled}
+                "settings": self.settings, "passed": self.passed, "failures": self.failures,
+                **self.fidelity.to_dict(), "quantization": self.quantization, "compile_time_fidelity": self.compiled}
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,7 @@ class Report:
     images: int
     data: str | None
     checks: list[ArtifactCheck]
+    accuracy: str = ""  # what the accuracy verdict rests on, e.g. "not measured: ... normal images, no labels"
 
     @property
     def passed(self) -> bool:
@@ -68,7 +84,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "reference_is": self.reference_label, "passed": self.passed,
                 "budget": self.budget.to_dict(), "images": self.images, "data": self.data,
-                "artifacts": [c.to_dict() for c in self.checks]}
+                "accuracy": self.accuracy, "artifacts": [c.to_dict() for c in self.checks]}
 
 
 def _reference(out: Path, ckpt: Path | None) -> tuple[Runner, str]:
@@ -83,9 +99,31 @@ def _reference(out: Path, ckpt: Path | None) -> tuple[Runner, str]:
     return load(out, engine), f"{engine} fp32"
 
 
+def _data_items(data: Path) -> tuple[list[TestItem], str]:
+    """The images of ``data`` and what the accuracy verdict can rest on: an MVTec category's test split
+    (labelled), else a plain folder of normal images (no labels)."""
+    if (data / "test").is_dir():
+        return test_items(data), ""
+    items = [TestItem(p, 0, GOOD, None) for p in list_images(data)]
+    return items, f"not measured: {data} holds normal images only (no labels); the verdict rests on map r, score " \
+                  f"shift, label flips and the NaN/flat checks"
+
+
+def _runs(out: Path, folders: list[Path]) -> list[tuple[Path, str, dict[str, Any], str]]:
+    """(folder, engine, runner options, settings) to check: each folder with the engine its own manifest names
+    (never ``load``'s redirect to a tuned choice), plus the tuned choice once more with its settings if any."""
+    runs = [(f, registry.for_artifact(read_manifest(f).engine).name, {}, "") for f in folders]
+    tuned = tuned_choice(out, read_manifest(out).extra) if (out / registry.MANIFEST).is_file() else None
+    if tuned is not None and tuned[2]:
+        folder, engine, options = tuned
+        settings = ", ".join(f"{k} {v}" for k, v in options.items())
+        runs.append((folder, engine, options, settings))
+    return runs
+
+
 def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str | Path | None = None,
                      batch: int = 8, budget: Budget | None = None) -> Report:
-    """Judge every artifact in ``out`` against the reference, over every test image of ``data`` if given."""
+    """Judge every artifact in ``out`` against the reference, over every image of ``data`` if given."""
     if batch < 1:
         raise InputError(f"expected a batch size >= 1, found {batch}")
     budget = budget or Budget()
@@ -94,22 +132,28 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
     if not folders:
         raise ArtifactError(f"expected an export folder with manifest.json, found none in {out}")
     ref, ref_name = _reference(out, Path(ckpt) if ckpt else None)
+    noise = score_noise(read_manifest(out).extra) if (out / registry.MANIFEST).is_file() else score_noise(None)
     labels = masks = images = None
     if data is not None:
-        items = test_items(data)
+        items, accuracy = _data_items(Path(data))
         ref_scores, ref_maps = run_on_items(ref, items, batch)
-        labels = np.array([it.label for it in items])
-        masks = load_masks(items, ref.spec)
-        if labels.min() == labels.max():
-            labels = masks = None  # one class only: differences and flips, no metrics
+        if not accuracy:
+            labels = np.array([it.label for it in items])
+            masks = load_masks(items, ref.spec)
+            if labels.min() == labels.max():
+                labels = masks = None  # one class only: differences and flips, no metrics
+                accuracy = f"not measured: the test images of {data} are of one class only"
+            else:
+                accuracy = f"measured on {len(items)} labelled images ({int(labels.sum())} with defects)"
     else:
         images = check_batch(1, batch, ref.spec.input_size)
         p = ref.predict(images)
         ref_scores, ref_maps = p.scores, p.maps
+        accuracy = "not measured: a synthetic parity batch (pass --data)"
     ref.close()
     checks, ref_metrics = [], None
-    for folder in folders:
-        runner = load(folder)
+    for folder, engine, options, settings in _runs(out, folders):
+        runner = load(folder, engine, **options)
         try:
             if data is not None:
                 scores, maps = run_on_items(runner, items, batch)
@@ -118,10 +162,12 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
                 scores, maps = p.scores, p.maps
             fid = measure(ref_scores, ref_maps, scores, maps, reference=ref_name, candidate=runner.describe(),
                           precision=runner.manifest.precision, threshold=runner.spec.threshold, labels=labels,
-                          masks=masks, reference_metrics=ref_metrics)
+                          masks=masks, reference_metrics=ref_metrics, noise=noise)
         finally:
             runner.close()
         ref_metrics = fid.reference_metrics or None
         checks.append(ArtifactCheck(folder, runner.engine, runner.manifest.precision, fid, budget.failures(fid),
-                                    runner.manifest.extra.get("quantization"), runner.manifest.extra.get("fidelity")))
-    return Report(ref_name, budget, int(np.asarray(ref_scores).size), None if data is None else str(data), checks)
+                                    runner.manifest.extra.get("quantization"), runner.manifest.extra.get("fidelity"),
+                                    settings))
+    return Report(ref_name, budget, int(np.asarray(ref_scores).size), None if data is None else str(data), checks,
+                  accuracy)

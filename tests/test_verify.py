@@ -47,3 +47,92 @@ def test_verify_cli_exits_1_on_a_broken_artifact(broken_export, tiny_synthetic):
     assert rep["passed"] is False and rep["reference_is"] == "PyTorch checkpoint" and rep["images"] == 12
     verdicts = {a["folder"].endswith("other"): a["passed"] for a in rep["artifacts"]}
     assert verdicts == {True: False, False: True}
+
+
+class Broken:
+    """Test harness: a runner whose outputs are replaced (constant maps or NaN), posing as ``precision``."""
+
+    def __init__(self, runner, how, precision):
+        import dataclasses
+
+        self._runner, self._how = runner, how
+        self.manifest = dataclasses.replace(runner.manifest, precision=precision)
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def predict(self, images):
+        import dataclasses
+
+        import numpy as np
+
+        p = self._runner.predict(images)
+        if self._how == "flat":  # every map one value; the scores untouched, so AUROC is unchanged
+            return dataclasses.replace(p, maps=np.full_like(p.maps, 0.25))
+        return dataclasses.replace(p, scores=p.scores * np.nan, maps=p.maps * np.nan)
+
+
+FLAT = ["candidate maps flat (one value) in {n} of {n} images",
+        "map r undefined (a side's maps have no variance or hold NaN/Inf)"]
+NAN = ["candidate scores not finite (NaN/Inf) in {n} of {n} images",
+       "candidate maps not finite (NaN/Inf) in {n} of {n} images",
+       "map r undefined (a side's maps have no variance or hold NaN/Inf)"]
+
+
+@pytest.mark.parametrize("how", ["flat", "nan"])
+@pytest.mark.parametrize("data", ["labelled", "normals", "none"])
+def test_verify_fails_a_runner_with_flat_or_nan_outputs(fitted_export, tiny_synthetic, tmp_path, monkeypatch, how,
+                                                         data):
+    """A flat map once had map r 1.0: an INT8 artifact returning one value per map passed verify, labels or not."""
+    import edgead.verify as verify
+
+    out = _fp32_only(fitted_export, tmp_path)
+    real_load = verify.load
+    monkeypatch.setattr(verify, "load", lambda folder, engine=None, **kw: real_load(folder, engine, **kw)
+                        if engine == "torch" else Broken(real_load(folder, engine, **kw), how, "int8"))
+    folder = {"labelled": tiny_synthetic, "normals": tiny_synthetic / "train" / "good", "none": None}[data]
+    rep = verify_artifacts(out, folder, batch=5)
+    n = {"labelled": 12, "normals": 12, "none": 5}[data]
+    (c,) = rep.checks
+    assert c.failures == [f.format(n=n) for f in (FLAT if how == "flat" else NAN)] and not rep.passed
+    assert c.fidelity.flips_to_anomalous == 0 and (c.fidelity.flips == 0 or how == "nan")  # NaN is never > threshold
+
+
+def test_verify_a_plain_folder_of_normal_images_says_no_accuracy_was_measured(fitted_export, tiny_synthetic,
+                                                                              tmp_path):
+    out = _fp32_only(fitted_export, tmp_path)
+    normals = tiny_synthetic / "train" / "good"
+    rep = verify_artifacts(out, normals, batch=5)
+    assert rep.passed and rep.images == 12 and rep.data == str(normals)
+    assert rep.accuracy == (f"not measured: {normals} holds normal images only (no labels); the verdict rests on "
+                            f"map r, score shift, label flips and the NaN/flat checks")
+    (c,) = rep.checks
+    f = c.fidelity
+    assert f.metrics == {} and f.auroc_interval is None and f.flips == 0 and f.max_abs_maps <= 1e-4
+    assert f.score_error_rel is not None and f.score_error_rel <= 1e-4  # score shift, as a fraction of the threshold
+    labelled = verify_artifacts(out, tiny_synthetic, batch=5)
+    assert labelled.accuracy == "measured on 12 labelled images (8 with defects)"
+    assert verify_artifacts(out, batch=5).accuracy == "not measured: a synthetic parity batch (pass --data)"
+
+
+def test_verify_checks_every_artifact_itself_never_the_tuned_redirect(fitted_export, tmp_path):
+    """Once ``tune`` chose an artifact, ``load(OUT)`` runs that one; verify still checks OUT's own FP32 export."""
+    from edgead.bench.machine import machine_info
+    from edgead.export.openvino import compile_openvino
+    from edgead.tune import record
+
+    out = _fp32_only(fitted_export, tmp_path)
+    compile_openvino(out, "fp32")
+    m = machine_info()
+    record(out, {"chosen": {"engine": "openvino", "precision": "fp32", "mode": "throughput",
+                            "folder": "openvino-fp32", "static_batch": 2, "ms_per_image": 1.0},
+                 "machine": {"cpu_model": m["cpu_model"], "cores": m["cores"], "flags": m["flags"]},
+                 "candidates": []})
+    rep = verify_artifacts(out, batch=3)
+    # the export root is checked as the ONNX Runtime FP32 export it is (it used to be the tuned OpenVINO one)
+    assert [(c.folder.name, c.engine) for c in rep.checks][:2] == [("fp32", "onnxruntime"),
+                                                                   ("openvino-fp32", "openvino")]
+    assert [(c.folder.name, c.engine, c.name) for c in rep.checks] == [
+        ("fp32", "onnxruntime", "onnxruntime fp32"), ("openvino-fp32", "openvino", "openvino fp32"),
+        ("openvino-fp32", "openvino", "openvino fp32 (tuned: mode throughput, static_batch 2)")]
+    assert rep.passed and all(c.fidelity.max_scaled_maps <= 1e-4 for c in rep.checks)

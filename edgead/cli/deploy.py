@@ -140,8 +140,9 @@ def _report_compile(path: Path, json_out: bool) -> None:
 
 def verify(
     out: Annotated[Path, typer.Argument(help="Export folder; every artifact in it is checked.")],
-    data: Annotated[Path | None, typer.Option(help="MVTec-layout category: every test image is compared, and "
-                                              "metrics computed.")] = None,
+    data: Annotated[Path | None, typer.Option(help="MVTec-layout category (every test image is compared, metrics "
+                                              "and the accuracy drop computed) or a plain folder of normal images "
+                                              "(no labels: map r, score shift, flips, NaN/flat checks).")] = None,
     ckpt: Annotated[Path | None, typer.Option(help="Reference checkpoint (default: the one exported).")] = None,
     batch: Annotated[int, typer.Option(help="Images per inference call.")] = 8,
     atol: Annotated[float, typer.Option(help="FP32 artifacts: max |diff| of maps and scores.")] = 1e-4,
@@ -170,14 +171,15 @@ def verify(
         _verify_table(rep, out)
     failed = [c for c in rep.checks if not c.passed]
     if failed:
-        worst = "; ".join(f"{c.engine} {c.precision}: {', '.join(c.failures)}" for c in failed)
+        worst = "; ".join(f"{c.name}: {', '.join(c.failures)}" for c in failed)
         raise FidelityError(f"{len(failed)} of {len(rep.checks)} artifacts miss their targets against the "
                             f"{rep.reference_label}: {worst}")
 
 
 def _verify_table(rep, out: Path) -> None:
-    table = Table(title=f"verify {out} against the {rep.reference_label}, {rep.images} images")
-    cols = ["artifact", "max|Δ| maps", "max|Δ| scores", "map r", "flips"]
+    table = Table(title=f"verify {out} against the {rep.reference_label}, {rep.images} images",
+                  caption=f"accuracy drop {rep.accuracy}" if rep.accuracy else None)
+    cols = ["artifact", "max|Δ| maps", "max|Δ| scores", "map r", "flips", "shift/thr"]
     labelled = any(c.fidelity.metrics for c in rep.checks)
     if labelled:
         cols += [rep.budget.metric, "Δ"]
@@ -185,12 +187,15 @@ def _verify_table(rep, out: Path) -> None:
         table.add_column(col, justify="left" if col in ("artifact", "verdict") else "right")
     for c in rep.checks:
         f = c.fidelity
-        row = [f"{c.engine} {c.precision}", f"{f.max_abs_maps:.2e}", f"{f.max_abs_scores:.2e}", f"{f.map_r:.5f}",
-               "-" if f.flips is None else str(f.flips)]
+        row = [c.name, f"{f.max_abs_maps:.2e}", f"{f.max_abs_scores:.2e}", f"{f.map_r:.5f}",
+               "-" if f.flips is None else str(f.flips),
+               "-" if f.score_error_rel is None else f"{100 * f.score_error_rel:.2f}%"]
         if labelled:
             m = f.metrics.get(rep.budget.metric)
             d = f.drop(rep.budget.metric)
-            row += ["-" if m is None else f"{m:.4f}", "-" if d is None else f"{-d:+.4f}"]
+            iv = f.auroc_interval if rep.budget.metric == "image_auroc" else None
+            ci = "" if iv is None or iv.low == iv.high else f" [{-iv.high:+.4f}, {-iv.low:+.4f}]"
+            row += ["-" if m is None else f"{m:.4f}", "-" if d is None else f"{-d:+.4f}{ci}"]
         q = c.quantization or {}
         row.append(str(len(q.get("float_layers", []))) if q else "-")
         row.append("[green]pass[/]" if c.passed else f"[red]FAIL[/] {'; '.join(c.failures)}")
