@@ -240,6 +240,59 @@ def add_defect(render: Render, defect: str, rng: np.random.Generator) -> tuple[n
     return gray, mask
 
 
+def _extent(points: np.ndarray) -> float:
+    """Largest distance between two of ``points`` (N, 2)."""
+    return max(float(np.max(np.linalg.norm(points[:, None] - points[None], axis=2))), 1e-6)
+
+
+def _sized_region(render: Render, defect: str, diameter: int, rng: np.random.Generator) -> tuple[np.ndarray, Paint]:
+    """A defect whose largest extent is about ``diameter`` pixels (3 px: a speck, 300 px: a gash)."""
+    h, w = render.gray.shape
+    centre = _anchor(render, rng, diameter // 2 + 2)
+    mask = np.zeros((h, w), dtype=np.uint8)
+    span = max(diameter - 1, 1)  # pixel centres at both ends of a span of d - 1 give an extent of d pixels
+    if defect == "spot":
+        a = max(1, round(span / 2))
+        b = max(1, round(a * rng.uniform(0.55, 1.0)))
+        c = (int(centre[0]), int(centre[1]))
+        cv2.ellipse(mask, c, (a, b), float(rng.uniform(0, 180)), 0, 360, 1, -1, lineType=cv2.LINE_8)
+        return mask.astype(bool), _darken if rng.random() < 0.5 else _brighten
+    if defect in ("scratch", "crack"):
+        steps = 2 if defect == "scratch" else int(rng.integers(4, 9))
+        heading = rng.uniform(0.0, 2.0 * np.pi)
+        turn = 0.15 if defect == "scratch" else 0.7
+        angles = heading + np.cumsum(np.r_[0.0, rng.uniform(-turn, turn, steps - 1)])
+        path = np.cumsum(np.column_stack([np.cos(angles), np.sin(angles)]), axis=0)
+        path = np.vstack([np.zeros(2), path])
+        path = path * (span / _extent(path))
+        points = np.round(centre + path - path.mean(axis=0)).astype(np.int32)
+        thickness = max(1, round(diameter / (40 if defect == "scratch" else 60)))
+        cv2.polylines(mask, [points], False, 1, thickness=thickness, lineType=cv2.LINE_8)
+        return mask.astype(bool), _brighten if defect == "scratch" else _darken
+    if defect == "missing":
+        angles = np.sort(rng.uniform(0.0, 2.0 * np.pi, 9))
+        radii = rng.uniform(0.6, 1.0, 9)
+        outline = np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
+        pts = centre + outline * (span / _extent(outline))
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1, lineType=cv2.LINE_8)
+        return mask.astype(bool), _background if render.category == "object" else _hole
+    raise InputError(f"expected a defect type in {', '.join(DEFECTS)}, found '{defect}'")
+
+
+def add_sized_defect(render: Render, defect: str, diameter: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paint one ``defect`` about ``diameter`` pixels across: (grey image, mask of exactly the changed pixels).
+
+    Placed at least half its diameter inside the paintable area where there is room; on an object whose rim is
+    narrower than the defect, the defect is clipped to the plate.
+    """
+    region, paint = _sized_region(render, defect, diameter, rng)
+    mask = region & render.footprint
+    gray = render.gray.copy()
+    gray[mask] = paint(gray[mask])
+    return gray, mask
+
+
 def paint_defect(rgb: np.ndarray, defect: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Paint one ``defect`` on a real square RGB uint8 image: (RGB image, mask of exactly the changed pixels).
 
@@ -281,19 +334,64 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         raise InputError(f"could not write synthetic image to {path}")
 
 
+@dataclass(frozen=True)
+class Frames:
+    """How synthetic frames are drawn: ``size`` px squares, or ``frame`` (H, W) cut from the centre of a square
+    render of the longer side; defects scaled to the frame, or ``defect_px`` (smallest, largest) diameters."""
+
+    size: int = 224
+    frame: tuple[int, int] | None = None
+    defect_px: tuple[int, int] | None = None
+
+    @property
+    def side(self) -> int:
+        return max(self.frame) if self.frame else self.size
+
+    def diameters(self, n_per_type: int) -> dict[tuple[str, int], int]:
+        """Diameter of the defect in image ``i`` of each type: log-spaced from the smallest to the largest over
+        all defect images, interleaved so each type spans the range."""
+        lo, hi = self.defect_px or (0, 0)
+        n = n_per_type * len(DEFECTS)
+        out = {}
+        for i in range(n_per_type):
+            for t, defect in enumerate(DEFECTS):
+                k = i * len(DEFECTS) + t
+                out[defect, i] = round(lo * (hi / lo) ** (k / (n - 1))) if n > 1 else lo
+        return out
+
+
+def _window(render: Render, frame: tuple[int, int] | None) -> tuple[Render, tuple[slice, slice]]:
+    """Limit where defects go to the centre ``frame`` of a square render; the slices cut that frame out."""
+    side = render.gray.shape[0]
+    h, w = frame or (side, side)
+    top, left = (side - h) // 2, (side - w) // 2
+    cut = (slice(top, top + h), slice(left, left + w))
+    if (h, w) == (side, side):
+        return render, cut
+    inside = np.zeros_like(render.footprint)
+    inside[cut] = True
+    return Render(render.gray, render.footprint & inside, render.category), cut
+
+
 def _write_category(
-    folder: Path, category: str, size: int, n_train: int, n_test_good: int, n_test_defect: int, seed: int
+    folder: Path, category: str, frames: Frames, n_train: int, n_test_good: int, n_test_defect: int, seed: int
 ) -> None:
+    side = frames.side
     for split, count, sub in (("train", n_train, "train/good"), ("good", n_test_good, "test/good")):
         for i in range(count):
-            render = render_normal(category, size, _rng(seed, category, split, i), seed)
-            _write_png(folder / sub / f"{i:03d}.png", to_rgb(render.gray, category))
+            render, cut = _window(render_normal(category, side, _rng(seed, category, split, i), seed), frames.frame)
+            _write_png(folder / sub / f"{i:03d}.png", to_rgb(render.gray[cut], category))
+    diameters = frames.diameters(n_test_defect) if frames.defect_px else {}
     for defect in DEFECTS:
         for i in range(n_test_defect):
             rng = _rng(seed, category, defect, i)
-            gray, mask = add_defect(render_normal(category, size, rng, seed), defect, rng)
-            _write_png(folder / "test" / defect / f"{i:03d}.png", to_rgb(gray, category))
-            _write_png(folder / "ground_truth" / defect / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
+            render, cut = _window(render_normal(category, side, rng, seed), frames.frame)
+            if diameters:
+                gray, mask = add_sized_defect(render, defect, diameters[defect, i], rng)
+            else:
+                gray, mask = add_defect(render, defect, rng)
+            _write_png(folder / "test" / defect / f"{i:03d}.png", to_rgb(gray[cut], category))
+            _write_png(folder / "ground_truth" / defect / f"{i:03d}_mask.png", mask[cut].astype(np.uint8) * 255)
 
 
 def make_synthetic(
@@ -304,20 +402,32 @@ def make_synthetic(
     n_test_good: int = 10,
     n_test_defect: int = 5,
     seed: int = 0,
+    frame: tuple[int, int] | None = None,
+    defect_px: tuple[int, int] | None = None,
 ) -> Path:
     """Write ``out/<category>/{train/good, test/<type>, ground_truth/<type>}``; returns ``out``.
 
-    ``n_test_defect`` images are made per defect type. Each category folder is written atomically and replaces
-    any previous one.
+    ``n_test_defect`` images are made per defect type. ``frame`` (H, W) replaces the ``size`` square with a
+    camera-shaped frame (e.g. (2048, 2448)); ``defect_px`` (smallest, largest) draws each defect image's defect
+    with a diameter log-spaced over that range (e.g. (3, 300)) instead of scaling defects to the image, so the
+    defect-size quartiles of ``edgead eval`` span tiny to large. Each category folder is written atomically and
+    replaces any previous one.
     """
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown:
         known = ", ".join(CATEGORIES)
         raise InputError(f"expected synthetic categories from {known}, found {', '.join(unknown)}")
-    if size < 32:
-        raise InputError(f"expected a synthetic image size of at least 32 pixels, found {size}")
+    frames = Frames(size, tuple(frame) if frame else None, tuple(defect_px) if defect_px else None)  # type: ignore[arg-type]
+    if min(frames.frame or (size,)) < 32:
+        found = f"{frames.frame[0]}x{frames.frame[1]}" if frames.frame else str(size)
+        raise InputError(f"expected a synthetic image size of at least 32 pixels, found {found}")
+    if frames.defect_px is not None:
+        lo, hi = frames.defect_px
+        if not 1 <= lo <= hi <= min(frames.frame or (size,)) * 3 // 4:
+            raise InputError(f"expected defect diameters 1 <= smallest <= largest <= 3/4 of the shorter image side "
+                             f"({min(frames.frame or (size,)) * 3 // 4} px), found {lo}-{hi}")
     out = Path(out)
     for category in categories:
         with atomic_dir(out / category) as tmp:
-            _write_category(tmp, category, size, n_train, n_test_good, n_test_defect, seed)
+            _write_category(tmp, category, frames, n_train, n_test_good, n_test_defect, seed)
     return out

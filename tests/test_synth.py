@@ -121,3 +121,73 @@ def test_unknown_names_are_input_errors(tmp_path: Path) -> None:
         synth.add_defect(clean, "dent", np.random.default_rng(0))
     with pytest.raises(InputError, match="at least 32 pixels"):
         synth.make_synthetic(tmp_path, size=16)
+
+
+# -- camera-shaped frames with tiny to large defects (issue 27 item 3) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_defects(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny")
+    return synth.make_synthetic(out, frame=(400, 600), defect_px=(3, 300), n_train=1, n_test_good=1,
+                                n_test_defect=3, seed=2)
+
+
+def _regions(mask_file: Path) -> list:
+    from skimage.measure import label, regionprops
+
+    return regionprops(label(cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE) > 0, connectivity=2))
+
+
+def test_defects_span_the_requested_diameters(tiny_defects: Path) -> None:
+    from edgead.metrics import defect_areas
+
+    for category in synth.CATEGORIES:
+        items = [it for it in data.test_items(tiny_defects / category) if it.mask is not None]
+        assert len(items) == 3 * len(synth.DEFECTS)
+        regions = [_regions(it.mask) for it in items]
+        assert all(len(r) == 1 for r in regions)  # one defect, one connected region (8-connectivity)
+        diameters = sorted(r[0].feret_diameter_max for r in regions)  # scikit-image's largest extent
+        areas = np.sort(defect_areas([cv2.imread(str(it.mask), cv2.IMREAD_GRAYSCALE) for it in items]))
+        assert 3.0 <= diameters[0] <= 3.7 and areas[0] == 3  # the smallest: a 3 px scratch (3.6 if diagonal)
+        if category == "texture":  # room everywhere: the largest is the full 300 px
+            assert diameters[-1] == pytest.approx(300.0, abs=6.0) and areas[-1] > 20_000
+        else:  # a 300 px chunk does not fit the plate's rim in a 600 px render: clipped to the plate
+            assert 200.0 < diameters[-1] <= 306.0
+        # log-spaced targets 3 * 100 ** (k / 11): every factor-of-~10 band of sizes holds defects
+        assert sum(d < 10 for d in diameters) >= 3 and sum(d > 100 for d in diameters) >= 3
+        assert np.quantile(areas, 0.25) < 60 and np.quantile(areas, 0.75) > 500  # Q1: specks; above Q3: gashes
+
+
+def test_camera_frames_keep_their_shape_and_exact_masks(tiny_defects: Path) -> None:
+    for category in synth.CATEGORIES:
+        root = tiny_defects / category
+        assert read_image(root / "train" / "good" / "000.png").shape == (400, 600, 3)
+        for defect in synth.DEFECTS:
+            for i in range(3):
+                # the clean render behind each defect image: a 600 px square, cut to its centre 400 rows
+                clean = synth.render_normal(category, 600, synth._rng(2, category, defect, i), seed=2)
+                clean_rgb = synth.to_rgb(clean.gray[100:500], category).astype(int)
+                image = read_image(root / "test" / defect / f"{i:03d}.png").astype(int)
+                mask = cv2.imread(str(root / "ground_truth" / defect / f"{i:03d}_mask.png"), cv2.IMREAD_GRAYSCALE)
+                assert image.shape == (400, 600, 3) and mask.shape == (400, 600)
+                change = np.abs(image - clean_rgb).max(axis=2)
+                assert np.all(change[mask == 0] == 0)
+                assert change[mask > 0].min() >= 0.75 * synth.MIN_CONTRAST
+
+
+def test_default_set_is_unchanged_by_the_frame_options(tmp_path: Path) -> None:
+    kwargs = dict(categories=("object",), n_train=1, n_test_good=1, n_test_defect=1, seed=3)
+    a = synth.make_synthetic(tmp_path / "a", size=64, **kwargs)
+    b = synth.make_synthetic(tmp_path / "b", frame=(64, 64), **kwargs)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_defect_diameters_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"3/4 of the shorter image side \(48 px\), found 3-60"):
+        synth.make_synthetic(tmp_path, frame=(64, 96), defect_px=(3, 60))
+    with pytest.raises(InputError, match="found 0-5"):
+        synth.make_synthetic(tmp_path, size=64, defect_px=(0, 5))
+    with pytest.raises(InputError, match="at least 32 pixels, found 20x64"):
+        synth.make_synthetic(tmp_path, frame=(20, 64))

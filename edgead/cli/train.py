@@ -20,12 +20,38 @@ def synth(
     size: Annotated[int, typer.Option(help="Image side in pixels.")] = 224,
     train: Annotated[int, typer.Option(help="Normal training images per category.")] = 40,
     seed: int = 0,
+    frame: Annotated[str | None, typer.Option(
+        help="Camera-shaped frames, HxW in pixels like --size elsewhere (e.g. 2048x2448); replaces --size.")] = None,
+    defect_px: Annotated[str | None, typer.Option(
+        help="Defect diameters MIN-MAX in pixels (e.g. 3-300), log-spaced over the defect images; default: "
+             "defects scaled to the image.")] = None,
+    good: Annotated[int, typer.Option(help="Normal test images per category.")] = 10,
+    defects: Annotated[int, typer.Option(help="Test images per defect type (4 types) per category.")] = 5,
+    category: Annotated[str, typer.Option(help="texture | object | all")] = "all",
 ) -> None:
     """Write a synthetic MVTec-layout set (textures and objects with scratches, spots, cracks, missing pieces)."""
-    from edgead.synth import make_synthetic
+    from edgead.synth import CATEGORIES, make_synthetic
 
-    make_synthetic(out, size=size, n_train=train, seed=seed)
-    console.print(f"synthetic set written to [bold]{out}[/] (categories: texture, object)")
+    categories = CATEGORIES if category == "all" else (category,)
+    frame_hw = parse_size(frame)
+    if isinstance(frame_hw, int):
+        frame_hw = (frame_hw, frame_hw)
+    make_synthetic(out, categories, size=size, n_train=train, n_test_good=good, n_test_defect=defects, seed=seed,
+                   frame=frame_hw, defect_px=parse_range(defect_px))
+    shape = f"{frame_hw[0]}x{frame_hw[1]}" if frame_hw else f"{size}x{size}"
+    sizes = f", defects {defect_px} px across" if defect_px else ""
+    console.print(f"synthetic set written to [bold]{out}[/] (categories: {', '.join(categories)}; {shape} frames"
+                  f"{sizes})")
+
+
+def parse_range(text: str | None) -> tuple[int, int] | None:
+    """``--defect-px``: ``MIN-MAX`` in pixels."""
+    if text is None:
+        return None
+    parts = text.split("-")
+    if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        return int(parts[0]), int(parts[1])
+    raise ConfigError(f"expected --defect-px as MIN-MAX in pixels (e.g. 3-300), found '{text}'")
 
 
 def parse_size(text: str | int | None) -> int | tuple[int, int] | None:
