@@ -88,3 +88,37 @@ def test_masks_are_never_resized_to_the_model_input(tmp_path: Path, monkeypatch:
     # the blurred peak of each defect, brought back onto the frame, covers its 9 px before almost any normal one
     assert m.pixel_auroc == pytest.approx(0.99996, abs=2e-5)
     assert m.aupro == pytest.approx(0.99987, abs=5e-5) and ev.by_size.at(1, 0.05) == pytest.approx(0.99925, abs=2e-4)
+
+
+def test_cli_eval_on_camera_frames_prints_aupro_by_size(tmp_path: Path, tiny_export) -> None:
+    """``edgead synth`` camera frames with 3-100 px defects, then ``edgead eval --json`` and the table."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import edgead.runtimes as rt
+    from edgead.cli.app import app
+    from edgead.metrics import robustness
+
+    def edgead_cli(*args: object):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    out = edgead_cli("synth", tmp_path / "set", "--frame", "240x360", "--defect-px", "3-100", "--train", "1",
+                     "--good", "2", "--defects", "2", "--category", "texture")
+    assert out.exit_code == 0, out.output
+    category, export = tmp_path / "set" / "texture", tiny_export("fbft") / "export"
+    out = edgead_cli("eval", export, category, "--json")
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.stdout)
+    size = res["aupro_by_size"]
+    assert res["images"] == 10 and res["mask_sizes"] == ["240x360"]  # masks at the frames' own size, not 56x56
+    assert size["regions"] == [2, 4, 6, 8] and len(size["aupro_30"]) == len(size["aupro_5"]) == 4
+    assert size["aupro_30"][3] == pytest.approx(res["aupro"])
+    assert size["robustness_30"] == pytest.approx(robustness(size["aupro_30"]))
+    ev = evaluate_runner(rt.load(export), category)  # the same numbers in-process
+    assert ev.by_size is not None and size["aupro_5"] == pytest.approx(list(ev.by_size.aupro[1]), abs=1e-12)
+    assert size["area_edges"] == pytest.approx(list(ev.by_size.area_edges)) and size["area_edges"][0] < 60
+    out = edgead_cli("eval", export, category)
+    assert out.exit_code == 0, out.output
+    for text in ("AUPRO by defect size", "240x360", "Q1", "Q4", "robustness", "AUPRO@5%"):
+        assert text in out.stderr
