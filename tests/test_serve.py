@@ -275,8 +275,7 @@ def test_predict_takes_image_files_of_any_size_and_returns_panels(server, runner
     body, ctype = _multipart([("notes.txt", b"this is not an image at all")])
     status, out, _ = _request(f"{server}/predict", "POST", body, {"content-type": ctype})
     assert status == 400 and json.loads(out)["error"] == (
-        "expected an image (png, jpg, bmp, tif, webp) in upload 'notes.txt', found 27 bytes that are not a readable "
-        "image")
+        "expected a readable image (png, jpg, bmp, tif, webp), found a corrupt or unknown file: notes.txt")
     status, out, _ = _request(f"{server}/predict", "POST", b"", {"content-type": ctype})
     assert status == 400 and "found none" in json.loads(out)["error"]
 
@@ -418,3 +417,223 @@ def test_load_benchmark_counts_requests_and_batches(tiny_export, tmp_path):
     assert (run["batch_delay_ms"], run["ok"], run["errors"]) == (200.0, 12, 0)
     assert run["mean_batch"] > 1.0  # 4 clients within 200 ms share engine calls
     assert run["latency_ms_p50"] <= run["latency_ms_p99"] and run["server_rss_mb_after"] > 50
+
+
+# -- hardening (issue 25, items 1-4) ---------------------------------------------------------------------------
+def _fake_engine(images: np.ndarray) -> Predictions:
+    """Test harness: score = first red pixel / 100; a first pixel of 9 gives NaN (an engine that failed)."""
+    first = images[:, 0, 0, 0]
+    scores = first.astype(np.float32) / 100
+    scores[first == 9] = np.nan
+    return Predictions(scores, np.zeros((len(first), H, W), np.float32), None)
+
+
+def _fake_app(predict=_fake_engine, **config):
+    spec = DetectorSpec("fbft", "vit_tiny_test_patch14", "layernorm", (8,), (H, W), threshold=0.5)
+    return create_app(predict, spec, ServeConfig(name="m", max_delay_ms=0.0, **config))
+
+
+def _strict_json(body: bytes):
+    def refuse(constant: str):
+        raise AssertionError(f"expected strict JSON, found a bare {constant}")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+def _first_pixels(*values: int) -> np.ndarray:
+    x = np.zeros((len(values), H, W, 3), np.uint8)
+    x[:, 0, 0, 0] = values
+    return x
+
+
+def _png(first_red: int) -> bytes:
+    bgr = np.zeros((H, W, 3), np.uint8)
+    bgr[0, 0, 2] = first_red
+    ok, buf = cv2.imencode(".png", bgr)
+    assert ok
+    return buf.tobytes()
+
+
+def test_a_nan_score_is_anomalous_and_null_in_strict_json_on_every_route():
+    with background_server(_fake_app()) as url:
+        x = _first_pixels(9, 80, 20)
+        status, body, _ = _request(f"{url}/v2/models/m/infer", "POST", json.dumps(_v2(
+            shape=x.shape, data=x.reshape(-1).tolist())).encode(), {"content-type": "application/json"})
+        assert status == 200
+        out = {o["name"]: o["data"] for o in _strict_json(body)["outputs"]}
+        assert out["scores"] == [None, pytest.approx(0.8), pytest.approx(0.2)]
+        assert out["labels"] == [True, True, False]  # the runners' rule: not (score <= threshold)
+
+        body, ctype = _multipart([("nan.png", _png(9)), ("low.png", _png(20))])
+        status, out, _ = _request(f"{url}/predict?heatmap=true", "POST", body, {"content-type": ctype})
+        assert status == 200, out
+        rows = _strict_json(out)["results"]
+        assert [(r["name"], r["score"], r["label"]) for r in rows] == [
+            ("nan.png", None, "anomalous"), ("low.png", pytest.approx(0.2), "normal")]
+
+        status, out, _ = _request(f"{url}/api/recent")
+        recent = [(r["name"], r["score"], r["anomalous"]) for r in _strict_json(out)["recent"]]
+        assert recent == [("low.png", pytest.approx(0.2), False), ("nan.png", None, True),
+                          ("infer[2]", pytest.approx(0.2), False), ("infer[1]", pytest.approx(0.8), True),
+                          ("infer[0]", None, True)]
+
+
+def _corrupt_scan_jpeg() -> tuple[bytes, int]:
+    """A 56 px JPEG with 0xFF 0x42 written into its scan data: OpenCV decodes it, ``read_image`` refuses it."""
+    ok, buf = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 256, (H, W, 3), dtype=np.uint8))
+    assert ok
+    data = bytearray(buf.tobytes())
+    at = data.find(b"\xff\xda") + 40
+    data[at : at + 2] = b"\xff\x42"
+    return bytes(data), at
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """The first 33 bytes of a PNG declaring w x h: enough for the header check, nothing to decode."""
+    import struct
+    import zlib
+
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("scan.jpg", _corrupt_scan_jpeg()[0],
+         f"expected valid JPEG scan data, found a corrupt marker 0xFF42 at byte {_corrupt_scan_jpeg()[1]}: scan.jpg"),
+        ("bomb.png", _png_header(30000, 30000),
+         "expected an image of at most 16.8 Mpx, found bomb.png declaring 30000x30000 (900.0 Mpx; a decompression "
+         "bomb?); raise --max-upload-mpx to allow it"),
+        ("flat.png", _png_header(8000, 8000),
+         "expected an image of at most 16.8 Mpx, found flat.png declaring 8000x8000 (64.0 Mpx; a decompression "
+         "bomb?); raise --max-upload-mpx to allow it"),
+        ("huge.ppm", b"P6\n40000 40000\n255\n" + bytes(64),  # OpenCV asserts on it, naming its own source file
+         "expected a readable image (png, jpg, bmp, tif, webp), found a corrupt or unknown file: huge.ppm"),
+    ],
+    ids=["corrupt-jpeg-scan", "30000px-png", "8000px-png", "opencv-assert"],
+)
+def test_uploads_get_read_images_checks_and_the_pixel_cap(name, data, message):
+    with background_server(_fake_app()) as url:
+        body, ctype = _multipart([("ok.png", _png(20)), (name, data)])
+        status, out, _ = _request(f"{url}/predict", "POST", body, {"content-type": ctype})
+        assert (status, json.loads(out)) == (400, {"error": message})
+        assert _metric(url, "edgead_images_total") == 0.0  # refused before the engine
+
+
+def test_stalled_clients_are_closed_within_the_timeouts_while_others_are_answered():
+    import selectors
+
+    app = _fake_app(header_timeout_s=1.0, body_timeout_s=1.5)
+    with background_server(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        start = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        opened: dict[socket.socket, tuple[int, float]] = {}
+        for i in range(100):  # even: stop inside the headers; odd: after 6 bytes of a 100,000-byte body
+            s = socket.create_connection((host, int(port)), timeout=10)
+            s.sendall(start + (b"Content-Length: 100000\r\n\r\n012345" if i % 2 else b"Content-Le"))
+            opened[s] = (i, time.perf_counter())
+        answered = []
+        for v in (10, 20, 30):  # while all 100 are stalled
+            x = _first_pixels(v)
+            t = time.perf_counter()
+            status, out = _infer_json(url, _v2(shape=x.shape, data=x.reshape(-1).tolist()), model="m")
+            answered.append((status, out["outputs"][0]["data"], time.perf_counter() - t, time.perf_counter()))
+        sel = selectors.DefaultSelector()
+        for s in opened:
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+        replies: dict[socket.socket, bytes] = dict.fromkeys(opened, b"")
+        open_for: dict[int, float] = {}
+        deadline = time.perf_counter() + 6.0
+        while sel.get_map() and time.perf_counter() < deadline:  # bounded: 6 s at most
+            for key, _ in sel.select(timeout=0.1):
+                chunk = key.fileobj.recv(4096)
+                replies[key.fileobj] += chunk
+                if not chunk:
+                    i, t = opened[key.fileobj]
+                    open_for[i] = time.perf_counter() - t
+                    sel.unregister(key.fileobj)
+        first_close = min(t + open_for.get(i, 99.0) for i, t in opened.values())
+        for s in opened:
+            s.close()
+    assert len(open_for) == 100, f"{100 - len(open_for)} stalled connections were still open after 6 s"
+    print(f"100 stalled connections: open for {min(open_for.values()):.2f}..{max(open_for.values()):.2f} s "
+          f"(header stalls {max(v for i, v in open_for.items() if i % 2 == 0):.2f} s at most, body stalls "
+          f"{max(v for i, v in open_for.items() if i % 2):.2f} s); normal requests meanwhile answered in "
+          f"{', '.join(f'{a[2] * 1000:.0f}' for a in answered)} ms")
+    assert [a[:2] for a in answered] == [(200, [pytest.approx(v / 100)]) for v in (10, 20, 30)]
+    assert all(a[3] < first_close for a in answered), "normal requests were answered only after the stalls ended"
+    header_s = [v for i, v in open_for.items() if i % 2 == 0]
+    body_s = [v for i, v in open_for.items() if i % 2]
+    assert 1.0 - 0.05 <= min(header_s) and max(header_s) < 1.0 + 0.75, sorted(header_s)
+    assert 1.5 - 0.05 <= min(body_s) and max(body_s) < 1.5 + 0.75, sorted(body_s)
+    heads = {r.split(b"\r\n", 1)[0] for r in replies.values()}
+    assert heads == {b"HTTP/1.1 408 Request Timeout"}
+    bodies = {json.loads(r.split(b"\r\n\r\n", 1)[1])["error"] for r in replies.values()}
+    assert bodies == {"expected the request headers within 1 s, found them incomplete; closing the connection",
+                      "expected the request body within 1.5 s, found it incomplete; closing the connection"}
+
+
+def test_a_token_guards_all_but_health_and_the_page_and_a_foreign_host_is_refused():
+    with background_server(_fake_app(token="s3cret")) as url:
+        none = _request(f"{url}/v2/models/m")
+        assert (none[0], json.loads(none[1]), none[2]["www-authenticate"]) == (401, {
+            "error": "expected an 'Authorization: Bearer <token>' header (edgead serve --token or EDGEAD_TOKEN), "
+                     "found none"}, "Bearer")
+        wrong = _request(f"{url}/metrics", headers={"Authorization": "Bearer s3cre"})
+        assert (wrong[0], json.loads(wrong[1])["error"]) == (401, "expected an 'Authorization: Bearer <token>' "
+                                                                  "header (edgead serve --token or EDGEAD_TOKEN), "
+                                                                  "found a wrong token")
+        ok = {"Authorization": "Bearer s3cret"}
+        assert _request(f"{url}/v2/models/m", headers=ok)[0] == 200
+        assert _request(f"{url}/v2/health/ready")[0] == 200 and _request(f"{url}/v2/health/live")[0] == 200
+        status, page, _ = _request(f"{url}/")
+        assert status == 200 and b"<title>edgead" in page
+        status, out, _ = _request(f"{url}/v2/models/m", headers={**ok, "Host": "evil.example:8000"})
+        assert (status, json.loads(out)) == (400, {"error": "expected a Host header naming this server "
+                                                            "(--allowed-host), found 'evil.example:8000'"})
+        assert _request(f"{url}/v2/models/m", headers={**ok, "Host": f"localhost:{url.rsplit(':', 1)[1]}"})[0] == 200
+    with background_server(_fake_app(allowed_hosts=("*",))) as url:
+        assert _request(f"{url}/v2/models/m", headers={"Host": "evil.example"})[0] == 200
+
+
+def test_no_answer_reveals_a_local_path(runner, tmp_path):
+    (tmp_path / "a.png").write_bytes(_png(20))
+    app = app_for_runner(runner, ServeConfig(name="tiny", folder=tmp_path))
+    with background_server(app) as url:
+        bodies = [_request(f"{url}{route}")[1].decode() for route in ("/api/info", "/v2/models/tiny", "/api/folder")]
+    assert json.loads(bodies[0])["artifact"] == runner.folder.name and json.loads(bodies[0])["folder"] == tmp_path.name
+    assert json.loads(bodies[1])["parameters"]["artifact"] == runner.folder.name
+    assert json.loads(bodies[2]) == {"folder": tmp_path.name, "images": ["a.png"]}
+    for body in bodies:
+        assert str(tmp_path) not in body and str(runner.folder) not in body, body
+
+    def failing(images: np.ndarray) -> Predictions:  # test harness: an engine whose error names a file
+        raise RuntimeError("could not open /home/operator/models/line3/model.xml: permission denied")
+
+    with background_server(_fake_app(failing)) as url:
+        status, out = _infer_json(url, _v2(), model="m")
+    assert (status, out) == (500, {"error": "internal error: RuntimeError: could not open <path>: permission denied"})
+
+
+def test_deep_json_is_400_and_a_request_that_can_never_fit_the_queue_is_413(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png(20))
+    deep = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with background_server(_fake_app(max_queue=4, folder=tmp_path)) as url:
+        status, out, _ = _request(f"{url}/v2/models/m/infer", "POST", deep)
+        assert (status, json.loads(out)) == (400, {"error": "expected a JSON inference request, found JSON nested "
+                                                            "too deeply to parse"})
+        status, out, _ = _request(f"{url}/api/folder/predict", "POST", b'{"names": ' + deep[11:])
+        assert (status, json.loads(out)) == (400, {"error": 'expected a JSON body {"names": [image names from '
+                                                            '/api/folder]}, found JSON nested too deeply to parse'})
+        x = _first_pixels(*[10] * 5)
+        status, out = _infer_json(url, _v2(shape=x.shape, data=x.reshape(-1).tolist()), model="m")
+        assert (status, out) == (413, {"error": "expected at most 4 images in one request (--max-queue), found 5"})
+        body, ctype = _multipart([(f"{i}.png", _png(20)) for i in range(5)])
+        status, out, _ = _request(f"{url}/predict", "POST", body, {"content-type": ctype})
+        assert (status, json.loads(out)) == (413, {"error": "expected at most 4 images in one request "
+                                                            "(--max-queue), found 5"})
+        assert _metric(url, "edgead_queue_images") == 0.0
+        x = _first_pixels(*[10] * 4)  # exactly the queue still fits
+        assert _infer_json(url, _v2(shape=x.shape, data=x.reshape(-1).tolist()), model="m")[0] == 200

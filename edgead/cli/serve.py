@@ -27,6 +27,20 @@ def serve(
     = 5.0,
     max_queue: Annotated[int, typer.Option(help="Images allowed to wait; more are answered 503.")] = 64,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body; larger ones are answered 413.")] = 64.0,
+    max_upload_mpx: Annotated[float, typer.Option(help="Largest uploaded image in megapixels, read from its header "
+                                                  "before decoding; larger ones are answered 400.")] = 16.8,
+    token: Annotated[str | None, typer.Option(envvar="EDGEAD_TOKEN", show_default=False,
+                                              help="Require 'Authorization: Bearer TOKEN' on every route but the "
+                                              "health probes and the page (prefer the EDGEAD_TOKEN variable: a "
+                                              "command line is visible to other users).")] = None,
+    allowed_host: Annotated[list[str] | None, typer.Option(help="A name the Host header may carry (repeat; '*': "
+                                                           "any). Default: the loopback names when --host is "
+                                                           "loopback, else any.")] = None,
+    header_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a request's headers.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a request's body after them.")]
+    = 60.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections per process; more are answered 503.")]
+    = 256,
     folder: Annotated[Path | None, typer.Option(help="Image folder on this machine the page may score.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Override the artifact's threshold for the labels.")]
     = None,
@@ -45,26 +59,44 @@ def serve(
         raise InputError(f"--workers must be at least 1, found {workers}")
     if max_batch < 1 or batch_delay_ms < 0 or max_queue < 1 or max_body_mb <= 0:
         raise InputError("expected --max-batch >= 1, --batch-delay-ms >= 0, --max-queue >= 1 and --max-body-mb > 0")
+    if max_upload_mpx <= 0 or header_timeout <= 0 or body_timeout <= 0 or max_connections < 1:
+        raise InputError("expected --max-upload-mpx, --header-timeout and --body-timeout > 0 and --max-connections "
+                         ">= 1")
+    if token is not None and not token.strip():
+        raise InputError("expected a non-empty --token (or EDGEAD_TOKEN), found an empty one")
     if folder is not None and not folder.is_dir():
         raise InputError(f"expected --folder to be a folder of images, found no folder at {folder}")
     settings = {"artifact": str(artifact), "engine": engine, "threshold": threshold,
                 "config": {"name": name, "max_batch": max_batch, "max_delay_ms": batch_delay_ms,
-                           "max_queue": max_queue, "max_body_mb": max_body_mb,
-                           "folder": str(folder) if folder else None}}
+                           "max_queue": max_queue, "max_body_mb": max_body_mb, "max_upload_mpx": max_upload_mpx,
+                           "folder": str(folder) if folder else None, "token": token.strip() if token else None,
+                           "allowed_hosts": allowed_host or default_hosts(host), "header_timeout_s": header_timeout,
+                           "body_timeout_s": body_timeout, "max_connections": max_connections}}
     if ray or address is not None:
         _serve_on_ray(settings, host, port, address, replicas, ray_cpus, min_replicas, max_replicas)
         return
     app = build_app(settings)  # load once here, so a bad artifact is one clear line before anything listens
     console.print(f"serving [bold]{artifact}[/] as model '{name}' on http://{host}:{port}/ "
                   f"(max batch {app.state.service.batcher.max_batch}, batching delay {batch_delay_ms} ms, "
-                  f"{workers} worker{'s' if workers > 1 else ''})")
+                  f"{workers} worker{'s' if workers > 1 else ''}; token {'required' if token else 'off'}, Host "
+                  f"{', '.join(settings['config']['allowed_hosts'])})")
+    from edgead.serve.server import server_options
+
+    options = server_options(app.state.service.config)
     if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5, **options)
         return
     app.state.service.batcher.close()
     os.environ[_ENV] = json.dumps(settings)
     uvicorn.run("edgead.cli.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", timeout_graceful_shutdown=5)
+                log_level="warning", timeout_graceful_shutdown=5, **options)
+
+
+def default_hosts(host: str) -> list[str]:
+    """Loopback names for a loopback bind (DNS rebinding cannot reach it then); any name otherwise."""
+    from edgead.serve.access import LOOPBACK_HOSTS
+
+    return list(LOOPBACK_HOSTS) if host in LOOPBACK_HOSTS or host.startswith("127.") else ["*"]
 
 
 def _serve_on_ray(settings: dict, host: str, port: int, address: str | None, replicas: int, cpus: float,
@@ -73,8 +105,7 @@ def _serve_on_ray(settings: dict, host: str, port: int, address: str | None, rep
     from edgead.scale.ray_serve import run_on_ray
     from edgead.serve import ServeConfig
 
-    cfg = dict(settings["config"])
-    cfg["folder"] = Path(cfg["folder"]) if cfg.get("folder") else None
+    cfg = _config_fields(settings["config"])
     build_app(settings).state.service.batcher.close()  # a bad artifact is one clear line before Ray starts
     console.print(f"serving [bold]{settings['artifact']}[/] on Ray Serve at http://{host}:{port}/ "
                   f"({replicas} replica{'s' if replicas > 1 else ''}, {cpus:g} CPU each)")
@@ -86,9 +117,16 @@ def _serve_on_ray(settings: dict, host: str, port: int, address: str | None, rep
 def build_app(settings: dict):
     from edgead.serve import ServeConfig, app_for_artifact
 
-    cfg = dict(settings["config"])
-    cfg["folder"] = Path(cfg["folder"]) if cfg.get("folder") else None
+    cfg = _config_fields(settings["config"])
     return app_for_artifact(settings["artifact"], settings.get("engine"), ServeConfig(**cfg), settings.get("threshold"))
+
+
+def _config_fields(config: dict) -> dict:
+    cfg = dict(config)
+    cfg["folder"] = Path(cfg["folder"]) if cfg.get("folder") else None
+    if "allowed_hosts" in cfg:
+        cfg["allowed_hosts"] = tuple(cfg["allowed_hosts"])
+    return cfg
 
 
 def app_from_env():

@@ -10,7 +10,11 @@ wires a loaded runner; a Ray Serve deployment builds the same app inside its rep
 - ``/metrics`` (Prometheus), ``/`` the inspection page and its small JSON API under ``/api``.
 
 Every refused request gets the v2 error body ``{"error": "..."}`` with a 4xx status (503 when the queue is full);
-an engine failure is a 500 with the same one-line body. No traceback ever leaves the process.
+an engine failure is a 500 with the same one-line body. No traceback, and no local path, ever leaves the process.
+Labels follow the runners' rule (anomalous unless ``score <= threshold``, so a NaN score is anomalous) and JSON out is
+strict (a NaN score is ``null``). Uploads go through ``imageio.decode_image``, the checks ``read_image`` makes, with
+a per-upload pixel cap. ``access.AccessMiddleware`` checks ``Host`` and the optional token; ``server`` adds read
+deadlines to uvicorn.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import base64
 import collections
 import contextlib
 import logging
+import math
 import os
+import re
 import time
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -38,12 +44,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from edgead.errors import EdgeadError, InputError
-from edgead.imageio import IMAGE_SUFFIXES, list_images, prepare, read_image, to_rgb8
+from edgead.imageio import IMAGE_SUFFIXES, decode_image, list_images, prepare
 from edgead.runtimes.base import Predictions, Runner
+from edgead.serve.access import LOOPBACK_HOSTS, AccessMiddleware
 from edgead.serve.batcher import DynamicBatcher, PredictFn, QueueFullError
 from edgead.serve.limits import BodyLimitMiddleware, BodyTooLarge
 from edgead.serve.metrics import ServeMetrics
-from edgead.serve.protocol import HEADER_LENGTH, ModelInfo, ProtocolError, decode_infer, encode_infer, server_metadata
+from edgead.serve.protocol import (
+    HEADER_LENGTH,
+    ModelInfo,
+    ProtocolError,
+    decode_infer,
+    encode_infer,
+    parse_json,
+    server_metadata,
+)
+from edgead.serve.server import TIMEOUTS_KEY
 from edgead.spec import DetectorSpec
 from edgead.viz import heatmap_overlay, render_panel
 
@@ -57,12 +73,18 @@ class ServeConfig:
     name: str = "edgead"
     max_batch: int = 8
     max_delay_ms: float = 5.0
-    max_queue: int = 64  # images waiting for the engine; more is answered 503
+    max_queue: int = 64  # images waiting for the engine; more is answered 503, a request of more 413
     max_body_mb: float = 64.0  # request bodies above this are answered 413
     max_files: int = 64  # images per /predict request
+    max_upload_mpx: float = 16.8  # pixels per uploaded image, from its header before decoding (4096 x 4096 fits)
     folder: Path | None = None  # a server-side image folder the page may score
     recent: int = 50  # verdicts kept for the page's live list
     info: dict[str, Any] = field(default_factory=dict)  # shown on the page and in the model metadata
+    token: str | None = None  # when set, every route but the health probes and the page's HTML needs it (Bearer)
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # names a request's Host header may carry; "*": any
+    header_timeout_s: float = 10.0  # request headers must arrive within this (edgead.serve.server)
+    body_timeout_s: float = 60.0  # and the whole body within this after them; else 408 and the connection closes
+    max_connections: int = 256  # open connections (and running requests); more are answered 503 by uvicorn
 
 
 def _encode_png(rgb: np.ndarray) -> str:
@@ -72,14 +94,17 @@ def _encode_png(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode()
 
 
-def _decode_upload(name: str, data: bytes, spec: DetectorSpec) -> np.ndarray:
-    if not data:
-        raise InputError(f"expected an image in upload '{name}', found an empty file")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise InputError(f"expected an image (png, jpg, bmp, tif, webp) in upload '{name}', found "
-                         f"{len(data)} bytes that are not a readable image")
-    return prepare(to_rgb8(img, name, bgr=True), spec)
+def _finite(x: float) -> float | None:
+    """A score for strict JSON: NaN and infinities are ``null``."""
+    return float(x) if math.isfinite(x) else None
+
+
+_PATH = re.compile(r"(?<![\w.])(?:/|~/|[A-Za-z]:\\)[^\s'\",:;()]+")
+
+
+def _redact(text: str) -> str:
+    """``text`` with local paths (``/a/b``, ``~/a``, ``C:\\a``) replaced by ``<path>``: errors never reveal them."""
+    return _PATH.sub("<path>", text)
 
 
 class Service:
@@ -89,6 +114,8 @@ class Service:
         self, predict: PredictFn, spec: DetectorSpec, config: ServeConfig, batch_range: tuple[int, int | None]
     ) -> None:
         self.config = config
+        self.max_upload_pixels = int(config.max_upload_mpx * 1e6)
+        self.decoding = asyncio.Semaphore(os.cpu_count() or 1)  # decoded frames in memory: at most this many
         self.model = ModelInfo(config.name, spec, extra={k: v for k, v in config.info.items() if k != "name"})
         self.metrics = ServeMetrics()
         max_batch = config.max_batch if batch_range[1] is None else min(config.max_batch, batch_range[1])
@@ -102,23 +129,40 @@ class Service:
         return self.model.spec.threshold
 
     def labels(self, scores: np.ndarray) -> np.ndarray | None:
+        """The runners' rule (``Runner.predict``), for the served threshold: a NaN score is anomalous."""
         thr = self.threshold
-        return None if thr is None else scores > thr
+        return None if thr is None else ~(scores <= thr)
+
+    def check_fits(self, n: int) -> None:
+        """Refuse (413) a request of more images than the queue can ever hold; retrying could never help it."""
+        if n > self.batcher.max_queue:
+            raise ProtocolError(f"expected at most {self.batcher.max_queue} images in one request (--max-queue), "
+                                f"found {n}", status=413)
 
     async def run(self, images: np.ndarray) -> Predictions:
-        self.metrics.queued.set(self.batcher.queued_images + images.shape[0])
-        fut = self.batcher.submit(images)
+        self.check_fits(images.shape[0])
         try:
+            fut = self.batcher.submit(images)
+            self.metrics.queued.set(self.batcher.queued_images)
             p = await asyncio.wrap_future(fut)
         finally:
             self.metrics.queued.set(self.batcher.queued_images)
         return Predictions(p.scores, p.maps, self.labels(p.scores), p.seconds)
 
-    def remember(self, source: str, names: list[str], scores: np.ndarray) -> None:
+    async def decode(self, names: list[str], frames: list[bytes], cap: int | None) -> np.ndarray:
+        """Decode (``imageio.decode_image``) and prepare encoded images, a few requests at a time."""
+        def work() -> np.ndarray:
+            return np.stack([prepare(decode_image(d, n, cap, "--max-upload-mpx"), self.model.spec)
+                             for n, d in zip(names, frames, strict=True)])
+
+        async with self.decoding:
+            return await run_in_threadpool(work)
+
+    def remember(self, source: str, names: list[str], p: Predictions) -> None:
         now = time.time()
-        for n, s in zip(names, scores, strict=True):
-            lab = None if self.threshold is None else bool(s > self.threshold)
-            self.recent.appendleft({"time": now, "source": source, "name": n, "score": float(s), "anomalous": lab})
+        labels = [None] * len(p) if p.labels is None else p.labels.tolist()
+        for n, s, lab in zip(names, p.scores.tolist(), labels, strict=True):
+            self.recent.appendleft({"time": now, "source": source, "name": n, "score": _finite(s), "anomalous": lab})
 
     def image_rows(self, names: list[str], images: np.ndarray, p: Predictions, panel: bool, overlay: bool):
         thr = self.threshold
@@ -126,8 +170,8 @@ class Service:
         rows = []
         for i, name in enumerate(names):
             s = float(p.scores[i])
-            row: dict[str, Any] = {"name": name, "score": s,
-                                   "label": None if thr is None else ("anomalous" if s > thr else "normal")}
+            label = None if p.labels is None else ("anomalous" if p.labels[i] else "normal")
+            row: dict[str, Any] = {"name": name, "score": _finite(s), "label": label}
             vmax = vmax_default or max(float(p.maps[i].max()), 1e-6)
             if panel:
                 row["heatmap"] = _encode_png(render_panel(images[i], p.maps[i], 0.0, vmax, s, thr))
@@ -143,7 +187,7 @@ def _internal_message(exc: BaseException) -> str:
         log.exception("request failed")
     else:
         log.error("request failed: %s: %s", type(exc).__name__, exc)
-    first = (str(exc).splitlines() or [""])[0][:200]
+    first = _redact((str(exc).splitlines() or [""])[0])[:200]
     return f"internal error: {type(exc).__name__}: {first}" if first else f"internal error: {type(exc).__name__}"
 
 
@@ -164,13 +208,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        yield
+        yield {TIMEOUTS_KEY: (config.header_timeout_s, config.body_timeout_s)}  # read by server.GuardedH11Protocol
         svc.batcher.close()
 
     app = FastAPI(title="edgead serve", version=svc.model.version, docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
     app.state.service = svc
     app.add_middleware(BodyLimitMiddleware, max_bytes=int(config.max_body_mb * 1024 * 1024))
+    app.add_middleware(AccessMiddleware, allowed_hosts=config.allowed_hosts, token=config.token)  # outside the limit
 
     def err(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -198,7 +243,7 @@ def create_app(
     @app.exception_handler(EdgeadError)
     async def _edgead(_: Request, exc: EdgeadError) -> JSONResponse:
         log.error("engine error: %s", exc)
-        return err(500, f"inference failed: {exc}")
+        return err(500, _redact(f"inference failed: {exc}"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -260,7 +305,7 @@ def create_app(
         body = await request.body()
         req = await run_in_threadpool(decode_infer, body, request.headers.get(HEADER_LENGTH), svc.model)
         p = await svc.run(req.images)
-        svc.remember("v2", [f"{req.id or 'infer'}[{i}]" for i in range(len(p))], p.scores)
+        svc.remember("v2", [f"{req.id or 'infer'}[{i}]" for i in range(len(p))], p)
         payload, header_len = await run_in_threadpool(encode_infer, svc.model, req, p.scores, p.maps, p.labels)
         if header_len is None:
             return Response(payload, media_type="application/json")
@@ -274,15 +319,15 @@ def create_app(
         uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         if not uploads:
             raise InputError("expected image files in a multipart form field 'files', found none")
+        svc.check_fits(len(uploads))
         names, frames = [], []
         for up in uploads:
             data = await up.read()
             names.append(up.filename or f"upload{len(names)}")
             frames.append(data)
-        images = await run_in_threadpool(
-            lambda: np.stack([_decode_upload(n, d, svc.model.spec) for n, d in zip(names, frames, strict=True)]))
+        images = await svc.decode(names, frames, svc.max_upload_pixels)
         p = await svc.run(images)
-        svc.remember("predict", names, p.scores)
+        svc.remember("predict", names, p)
         rows = await run_in_threadpool(svc.image_rows, names, images, p, heatmap, overlay)
         return {"model": svc.model.name, "threshold": svc.threshold, "results": rows}
 
@@ -299,7 +344,7 @@ def create_app(
         spec = svc.model.spec
         return {"model": svc.model.name, "threshold": svc.threshold, "input_size": list(spec.input_size),
                 "family": f"{spec.family} {spec.backbone} {spec.norm}", "max_batch": svc.batcher.max_batch,
-                "max_delay_ms": config.max_delay_ms, "folder": str(config.folder) if config.folder else None,
+                "max_delay_ms": config.max_delay_ms, "folder": config.folder.name if config.folder else None,
                 **config.info}
 
     @app.get("/api/recent")
@@ -314,26 +359,26 @@ def create_app(
     @app.get("/api/folder")
     async def folder_list() -> dict[str, Any]:
         files = await run_in_threadpool(folder_files)
-        return {"folder": str(config.folder), "images": sorted(files)}
+        return {"folder": config.folder.name, "images": sorted(files)}  # type: ignore[union-attr]
 
     @app.post("/api/folder/predict")
     async def folder_predict(request: Request) -> dict[str, Any]:
-        try:
-            wanted = (await request.json()).get("names")
-        except (ValueError, AttributeError):
-            wanted = None
+        expected = 'a JSON body {"names": [image names from /api/folder]}'
+        body = parse_json(await request.body(), expected)
+        wanted = body.get("names") if isinstance(body, dict) else None
         if not isinstance(wanted, list) or not wanted or not all(isinstance(n, str) for n in wanted):
-            raise InputError('expected a JSON body {"names": [image names from /api/folder]}, found none')
+            raise InputError(f"expected {expected}, found none")
         if len(wanted) > config.max_files:
             raise InputError(f"expected at most {config.max_files} names per request, found {len(wanted)}")
         files = await run_in_threadpool(folder_files)
         unknown = [n for n in wanted if n not in files]
         if unknown:
             raise ProtocolError(f"expected names of images in the served folder, found unknown {unknown[:3]}", 404)
-        images = await run_in_threadpool(
-            lambda: np.stack([prepare(read_image(files[n]), svc.model.spec) for n in wanted]))
+        svc.check_fits(len(wanted))
+        frames = await run_in_threadpool(lambda: [files[n].read_bytes() for n in wanted])
+        images = await svc.decode(wanted, frames, None)  # the server's own files: only EDGEAD_MAX_PIXELS applies
         p = await svc.run(images)
-        svc.remember("folder", wanted, p.scores)
+        svc.remember("folder", wanted, p)
         rows = await run_in_threadpool(svc.image_rows, wanted, images, p, False, True)
         return {"model": svc.model.name, "threshold": svc.threshold, "results": rows}
 
@@ -344,8 +389,8 @@ def app_for_runner(runner: Runner, config: ServeConfig | None = None, threshold:
     """The service over a loaded runner; ``threshold`` overrides the artifact's for the labels."""
     config = config or ServeConfig()
     spec = runner.spec if threshold is None else runner.spec.with_threshold(threshold)
-    info = {"engine": runner.engine, "precision": runner.manifest.precision, "artifact": str(runner.folder),
-            **config.info}
+    info = {"engine": runner.engine, "precision": runner.manifest.precision, "artifact": Path(runner.folder).name,
+            **config.info}  # the folder's name only: answers never reveal local paths
     return create_app(runner.predict, spec, replace(config, info=info), (runner.min_batch, runner.max_batch))
 
 

@@ -1,10 +1,19 @@
-"""A request-body size limit enforced before and while the body is read (ASGI middleware)."""
+"""A request-body size limit enforced before and while the body is read (ASGI middleware), and ``send_error``."""
 
 from __future__ import annotations
 
 import json
 
 from edgead.errors import InputError
+
+
+async def send_error(send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer with the v2 error body ``{"error": message}`` from ASGI middleware, and close the connection."""
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyTooLarge(InputError):
@@ -27,11 +36,7 @@ class BodyLimitMiddleware:
             return
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            body = json.dumps({"error": self._message(f"Content-Length {int(length)}")}).encode()
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await send_error(send, 413, self._message(f"Content-Length {int(length)}"))
             return
         seen = 0
 

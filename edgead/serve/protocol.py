@@ -1,7 +1,8 @@
 """The Open Inference Protocol (KServe v2) for one detector: metadata, request decoding, response encoding.
 
 Framework-free: bytes and dicts in, bytes and dicts out, so ``edgead serve`` and a Ray Serve deployment share it.
-Covers the JSON tensor encoding and the binary tensor extension Triton's clients use: a request or response body is
+JSON out is strict (a NaN or infinite score or map value is ``null``; a NaN score is labelled anomalous). Covers the
+JSON tensor encoding and the binary tensor extension Triton's clients use: a request or response body is
 a JSON header of ``Inference-Header-Content-Length`` bytes followed by the raw tensors, each input or output naming
 its byte count in ``parameters.binary_data_size``, in order. Every malformed request raises ``ProtocolError`` with the
 HTTP status to answer and a one-line message; the v2 error body is ``{"error": message}``.
@@ -102,6 +103,24 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
+def parse_json(data: bytes, expected: str) -> Any:
+    """``json.loads`` whose every failure, nesting too deep for Python's parser included, is a 400 line."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"expected {expected}, found invalid JSON ({exc})") from None
+    except RecursionError:
+        raise ProtocolError(f"expected {expected}, found JSON nested too deeply to parse") from None
+
+
+def json_values(arr: np.ndarray) -> list[Any]:
+    """A tensor's values for a JSON body: NaN and infinities become ``null`` (strict JSON has no such numbers)."""
+    values = arr.reshape(-1).tolist()
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        values = [v if math.isfinite(v) else None for v in values]
+    return values
+
+
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """The JSON header (as a dict) and the binary tail of a request body."""
     if header_length is None:
@@ -121,10 +140,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         json_bytes, tail = body[:n], body[n:]
     if not json_bytes:
         raise ProtocolError("expected a JSON inference request, found an empty body")
-    try:
-        request = json.loads(json_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"expected a JSON inference request, found invalid JSON ({exc})") from None
+    request = parse_json(json_bytes, "a JSON inference request")
     if not isinstance(request, dict):
         raise ProtocolError(f"expected a JSON object as the inference request, found {type(request).__name__}")
     return request, tail
@@ -214,12 +230,12 @@ def encode_infer(
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            entry["data"] = arr.reshape(-1).tolist()
+            entry["data"] = json_values(arr)
         out.append(entry)
     response: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": out}
     if req.id is not None:
         response["id"] = req.id
-    header = json.dumps(response, separators=(",", ":")).encode()
+    header = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
