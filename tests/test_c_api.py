@@ -323,3 +323,89 @@ def test_build_c_reports_missing_tools(monkeypatch, tmp_path) -> None:
     with pytest.raises(EdgeadError, match="absent, empty or an earlier edgead output"):
         mod.build_c(tmp_path / "busy")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+# -- time of check to time of use (issue 25, item 8) ------------------------------------------------------------------
+SWAP_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stddef.h>
+#include <stdlib.h>
+/* TEST SHIM, preloaded: OpenVINO's model-reading calls first run $EDGEAD_TEST_SWAP (which replaces the artifact's
+ * model files with another model's), then the real call, so the swap lands between libedgead's hash check and
+ * the engine's read of the model. */
+static void swap(void) { if (system(getenv("EDGEAD_TEST_SWAP")) != 0) abort(); }
+typedef int (*by_path)(const void*, const char*, const char*, void**);
+typedef int (*by_memory)(const void*, const char*, size_t, const void*, void**);
+int ov_core_read_model(const void* core, const char* xml, const char* bin, void** model) {
+    swap();
+    return ((by_path)dlsym(RTLD_NEXT, "ov_core_read_model"))(core, xml, bin, model);
+}
+int ov_core_read_model_from_memory_buffer(const void* core, const char* text, size_t len, const void* w, void** m) {
+    swap();
+    return ((by_memory)dlsym(RTLD_NEXT, "ov_core_read_model_from_memory_buffer"))(core, text, len, w, m);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def other_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another 56 px OpenVINO IR (DyT instead of LayerNorm, other weights): the model swapped in."""
+    from edgead.export import export_onnx
+    from edgead.export.openvino import compile_openvino
+    from edgead.models import build_detector, detector_spec
+
+    out = tmp_path_factory.mktemp("other")
+    export_onnx(build_detector(detector_spec("fbft", "vit_tiny_test_patch14", "dyt", input_size=56)), out)
+    return compile_openvino(out, "fp32")
+
+
+def test_model_swapped_between_hash_check_and_engine_read_never_runs(
+        built: Path, artifact: Path, other_artifact: Path, images: np.ndarray, reference, tmp_path) -> None:
+    """libedgead hashes model.xml and model.bin, then OpenVINO reads the model: a shim preloaded into the example
+    program replaces both files with another model's inside OpenVINO's read call. The scores are the hashed
+    model's; before the fix OpenVINO read the files again by path and scored with the swapped-in model."""
+    from edgead.runtimes import load
+
+    cc = next(shutil.which(c) for c in ("cc", "gcc", "clang") if shutil.which(c))
+    (tmp_path / "shim.c").write_text(SWAP_SHIM)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / "shim.so"), str(tmp_path / "shim.c"), "-ldl"],
+                   check=True)
+    with load(other_artifact, engine="openvino") as r:
+        other = float(r.predict(images[:1]).scores[0])
+    assert abs(other - float(reference[0][0])) > 1e-3  # the two models are told apart by the score
+    folder = _variant(artifact, tmp_path, "victim")
+    swap = " && ".join(f"cp {other_artifact / n} {folder / ('.' + n)} && mv {folder / ('.' + n)} {folder / n}"
+                       for n in ("model.xml", "model.bin")) + f" && touch {tmp_path / 'swapped'}"
+    _write_ppm(tmp_path / "a.ppm", images[0])
+    env = {**os.environ, "LD_PRELOAD": str(tmp_path / "shim.so"), "EDGEAD_TEST_SWAP": swap}
+    proc = subprocess.run([str(built / "edgead_example"), str(folder), str(tmp_path / "a.ppm")], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert (tmp_path / "swapped").is_file(), proc.stderr  # the swap did happen, inside OpenVINO's read
+    assert proc.returncode == 0, proc.stderr
+    scores = [float(v) for v in re.findall(r"score=([-0-9.e]+)", proc.stdout)]
+    assert scores == pytest.approx([reference[0][0]], abs=TOL)
+
+
+def test_onnx_with_external_data_refused(lib, artifact: Path, images: np.ndarray, reference, tmp_path) -> None:
+    """From memory, OpenVINO would look an ONNX model's external data up relative to the working folder, outside
+    the hash check: such a model is refused; the plain ONNX export (weights inside) runs as its IR does."""
+    import onnx
+
+    from edgead.runtimes.c_api import CAPIError
+    from edgead.runtimes.manifest import read_manifest, write_manifest
+
+    export = artifact.parent
+    with lib.open(export) as h:
+        assert np.abs(h.predict(images)[0] - reference[0]).max() <= 1e-4
+    m = read_manifest(export)
+    folder = tmp_path / "external"
+    folder.mkdir()
+    onnx.save(onnx.load(export / "model.onnx"), folder / "model.onnx", save_as_external_data=True,
+              location="weights.data")
+    write_manifest(folder, m.engine, m.precision, m.model, m.spec, m.versions, m.batch, m.extra)
+    with pytest.raises(CAPIError) as info:
+        lib.open(folder)
+    assert info.value.status == "EDGEAD_ERR_UNSUPPORTED"
+    assert (f"expected an ONNX model with its weights inside (as edgead exports are), found one that keeps them in "
+            f"other files ({folder}/model.onnx)") in str(info.value)

@@ -165,10 +165,12 @@ edgead_status edgead_open_ex(const char* artifact_dir, const edgead_options* opt
         return failf(NULL, EDGEAD_ERR_INVALID_ARGUMENT, "edgead_open_ex: expected num_threads >= 0, found %d",
                      o.num_threads);
     edgead_manifest m;
-    edgead_status st = edgead_read_manifest(artifact_dir, &m, err);
+    edgead_model_files files; /* the model, read once: hashed, then compiled from these very bytes */
+    edgead_status st = edgead_read_manifest(artifact_dir, &m, &files, err);
     if (st != EDGEAD_OK) return fail(NULL, st, err);
     const edgead_backend* backend = find_backend(m.engine);
     if (!backend) {
+        edgead_model_files_free(&files);
         int known = !strcmp(m.engine, "openvino") || !strcmp(m.engine, "onnxruntime") || !strcmp(m.engine, "tensorrt");
         return failf(NULL, EDGEAD_ERR_UNSUPPORTED,
                      known ? "%s holds a %s artifact, but this libedgead was built without that engine; rebuild "
@@ -182,13 +184,15 @@ edgead_status edgead_open_ex(const char* artifact_dir, const edgead_options* opt
     if (!h || !model_path) {
         free(h);
         free(model_path);
+        edgead_model_files_free(&files);
         return fail(NULL, EDGEAD_ERR_OUT_OF_MEMORY, "edgead_open: out of memory");
     }
     h->backend = backend;
     h->m = m;
     char desc[EDGEAD_ERR_LEN] = "";
-    st = backend->open(&m, model_path, &o, &h->state, desc, err);
+    st = backend->open(&m, model_path, &files, &o, &h->state, desc, err);
     free(model_path);
+    edgead_model_files_free(&files); /* what the backend did not keep */
     if (st != EDGEAD_OK) {
         free(h);
         return fail(NULL, st, err[0] ? err : "the engine failed to open the model");

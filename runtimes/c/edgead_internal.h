@@ -63,14 +63,33 @@ int edgead_safe_name(const char* name);
 edgead_status edgead_parse_manifest(const char* text, size_t len, const char* where, edgead_manifest* m,
                                     void** json, char* err);
 
+/** A listed file kept in memory from the read that hashed it: engines compile from these bytes, never from the
+ *  path, so a file swapped on disk after the check is never run (time of check to time of use). */
+typedef struct edgead_blob {
+    char name[256]; /* the listed file to keep; "" keeps none */
+    uint8_t* data;  /* malloc'd when kept; a backend that keeps it sets data to NULL, the rest is freed */
+    size_t size;
+} edgead_blob;
+
+/** What an engine compiles: the manifest's model file and, for an OpenVINO IR (``x.xml``), its weights (``x.bin``)
+ *  when the manifest lists them (else ``weights.name`` is "" and ``weights.size`` 0). */
+typedef struct edgead_model_files {
+    edgead_blob model, weights;
+} edgead_model_files;
+
+void edgead_model_files_free(edgead_model_files* files);
+
 /** Check every file the parsed manifest lists inside ``dir``: a regular file (never a FIFO, device or symlink)
- *  whose sha256 matches; and that no regular file beside the manifest goes unlisted. */
-edgead_status edgead_verify_files(const char* dir, const char* where, const void* json, char* err);
+ *  whose sha256 matches; and that no regular file beside the manifest goes unlisted. The files named in ``keep``
+ *  (NULL: none) are kept in memory as they were hashed; on failure nothing is kept. */
+edgead_status edgead_verify_files(const char* dir, const char* where, const void* json, edgead_model_files* keep,
+                                  char* err);
 
 void edgead_json_free(void* json);
 
-/** Read, check and verify ``dir``/manifest.json. */
-edgead_status edgead_read_manifest(const char* dir, edgead_manifest* m, char* err);
+/** Read, check and verify ``dir``/manifest.json; with ``files`` (NULL: none), the model and its weights come back
+ *  in memory, read once, hashed and checked (release them with edgead_model_files_free). */
+edgead_status edgead_read_manifest(const char* dir, edgead_manifest* m, edgead_model_files* files, char* err);
 
 /** ``dir`` + '/' + ``name`` in a malloc'd string (NULL when out of memory). */
 char* edgead_path_join(const char* dir, const char* name);
@@ -80,10 +99,12 @@ typedef struct edgead_backend {
     const char* name;
     /** 1 when this backend runs artifacts whose manifest engine is ``engine``. */
     int (*accepts)(const char* engine);
-    /** Compile / deserialise ``model_path``; on success *state holds everything infer needs. Writes a
-     *  one-line description (device, precision actually used) into ``desc`` (EDGEAD_ERR_LEN bytes). */
-    edgead_status (*open)(const edgead_manifest* m, const char* model_path, const edgead_options* options,
-                          void** state, char* desc, char* err);
+    /** Compile / deserialise the model from ``files`` (the bytes whose sha256 was checked; ``model_path`` only
+     *  names it in messages and is never read); on success *state holds everything infer needs. A backend that
+     *  must keep a buffer past open takes it (sets its data to NULL). Writes a one-line description (device,
+     *  precision actually used) into ``desc`` (EDGEAD_ERR_LEN bytes). */
+    edgead_status (*open)(const edgead_manifest* m, const char* model_path, edgead_model_files* files,
+                          const edgead_options* options, void** state, char* desc, char* err);
     /** Run ``n`` contiguous images (min_batch <= n <= max_batch); write n scores and, when maps is not
      *  NULL, n * height * width map values. Called with the handle's mutex held. */
     edgead_status (*infer)(void* state, const uint8_t* images, size_t n, float* scores, float* maps, char* err);

@@ -268,8 +268,24 @@ void edgead_json_free(void* json) { cJSON_Delete((cJSON*)json); }
 
 /* ==== files ============================================================================================= */
 
-/* sha256 of a regular file, refusing links, FIFOs and devices before reading a byte. */
-static edgead_status hash_regular(const char* path, char hex[65], char* err) {
+/* Append ``len`` bytes to a kept file, growing its buffer geometrically. */
+static int blob_append(edgead_blob* b, size_t* cap, const uint8_t* data, size_t len) {
+    if (b->size + len > *cap) {
+        size_t want = *cap ? *cap : 1u << 20;
+        while (want < b->size + len) want = want > SIZE_MAX / 2 ? b->size + len : want * 2;
+        uint8_t* grown = (uint8_t*)realloc(b->data, want);
+        if (!grown) return 0;
+        b->data = grown;
+        *cap = want;
+    }
+    memcpy(b->data + b->size, data, len);
+    b->size += len;
+    return 1;
+}
+
+/* sha256 of a regular file, refusing links, FIFOs and devices before reading a byte; with ``keep`` (NULL: not
+ * kept), the bytes hashed are kept there too, so what an engine compiles is exactly what was checked. */
+static edgead_status hash_regular(const char* path, char hex[65], edgead_blob* keep, char* err) {
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) {
         if (errno == ENOENT) FAIL(EDGEAD_ERR_NOT_FOUND, "artifact file %s listed in the manifest is missing", path);
@@ -283,17 +299,44 @@ static edgead_status hash_regular(const char* path, char hex[65], char* err) {
         CORRUPT("expected artifact file %s to be a regular file, found a FIFO, device or folder", path);
     }
     uint8_t* buf = (uint8_t*)malloc(1u << 20);
-    if (!buf) { close(fd); FAIL(EDGEAD_ERR_OUT_OF_MEMORY, "out of memory hashing %s", path); }
+    size_t cap = 0;
+    if (keep && buf && sb.st_size > 0 && (unsigned long long)sb.st_size < SIZE_MAX) { /* one allocation, usually */
+        keep->data = (uint8_t*)malloc((size_t)sb.st_size);
+        if (keep->data) cap = (size_t)sb.st_size;
+    }
+    if (!buf || (keep && sb.st_size > 0 && !keep->data)) {
+        free(buf);
+        close(fd);
+        FAIL(EDGEAD_ERR_OUT_OF_MEMORY, "out of memory reading %s", path);
+    }
     edgead_sha256_ctx c;
     edgead_sha256_init(&c);
     long got;
-    while ((got = (long)read(fd, buf, 1u << 20)) > 0) edgead_sha256_update(&c, buf, (size_t)got);
-    int failed = got < 0;
+    int failed = 0;
+    while ((got = (long)read(fd, buf, 1u << 20)) > 0) {
+        edgead_sha256_update(&c, buf, (size_t)got);
+        if (keep && !blob_append(keep, &cap, buf, (size_t)got)) { failed = 2; break; }
+    }
+    if (got < 0) failed = 1;
     free(buf);
     close(fd);
-    if (failed) FAIL(EDGEAD_ERR_IO, "cannot read artifact file %s: an I/O error occurred", path);
+    if (failed) {
+        if (keep) { free(keep->data); keep->data = NULL; keep->size = 0; }
+        if (failed == 2) FAIL(EDGEAD_ERR_OUT_OF_MEMORY, "out of memory reading %s", path);
+        FAIL(EDGEAD_ERR_IO, "cannot read artifact file %s: an I/O error occurred", path);
+    }
     edgead_sha256_final_hex(&c, hex);
     return EDGEAD_OK;
+}
+
+void edgead_model_files_free(edgead_model_files* files) {
+    if (!files) return;
+    edgead_blob* blobs[2] = {&files->model, &files->weights};
+    for (int i = 0; i < 2; ++i) {
+        free(blobs[i]->data);
+        blobs[i]->data = NULL;
+        blobs[i]->size = 0;
+    }
 }
 
 static edgead_status check_unlisted(const char* dir, const char* where, const cJSON* files, char* err) {
@@ -324,24 +367,45 @@ static edgead_status check_unlisted(const char* dir, const char* where, const cJ
 #endif
 }
 
-edgead_status edgead_verify_files(const char* dir, const char* where, const void* json, char* err) {
+/* The blob of ``keep`` that ``name`` is to be kept in, or NULL. */
+static edgead_blob* kept_as(edgead_model_files* keep, const char* name) {
+    if (!keep) return NULL;
+    if (keep->model.name[0] && strcmp(keep->model.name, name) == 0) return &keep->model;
+    if (keep->weights.name[0] && strcmp(keep->weights.name, name) == 0) return &keep->weights;
+    return NULL;
+}
+
+edgead_status edgead_verify_files(const char* dir, const char* where, const void* json, edgead_model_files* keep,
+                                  char* err) {
     const cJSON* files = cJSON_GetObjectItemCaseSensitive((const cJSON*)json, "files");
-    for (const cJSON* f = files ? files->child : NULL; f; f = f->next) {
-        if (!edgead_safe_name(f->string))  /* checked when parsed; kept here so no caller can skip it */
-            CORRUPT("%s is corrupt: expected plain file names in 'files', found '%.100s'", where, f->string);
+    edgead_status st = EDGEAD_OK;
+    for (const cJSON* f = files ? files->child : NULL; f && st == EDGEAD_OK; f = f->next) {
+        if (!edgead_safe_name(f->string)) {  /* checked when parsed; kept here so no caller can skip it */
+            edgead_format_error(err, "%s is corrupt: expected plain file names in 'files', found '%.100s'", where,
+                                f->string);
+            st = EDGEAD_ERR_CORRUPT_ARTIFACT;
+            break;
+        }
         char* p = edgead_path_join(dir, f->string);
         char hex[65];
-        if (!p) FAIL(EDGEAD_ERR_OUT_OF_MEMORY, "out of memory");
-        edgead_status st = hash_regular(p, hex, err);
+        if (!p) { edgead_format_error(err, "out of memory"); st = EDGEAD_ERR_OUT_OF_MEMORY; break; }
+        edgead_blob* blob = kept_as(keep, f->string);
+        if (blob && blob->data) { /* listed twice is refused when parsed; never keep two reads in one blob */
+            free(blob->data);
+            blob->data = NULL;
+            blob->size = 0;
+        }
+        st = hash_regular(p, hex, blob, err);
         if (st == EDGEAD_OK && !hex_equal(hex, f->valuestring)) {
             edgead_format_error(err, "artifact file %s was changed or is corrupt: its sha256 differs from the manifest",
                                 p);
             st = EDGEAD_ERR_CORRUPT_ARTIFACT;
         }
         free(p);
-        if (st != EDGEAD_OK) return st;
     }
-    return check_unlisted(dir, where, files, err);
+    if (st == EDGEAD_OK) st = check_unlisted(dir, where, files, err);
+    if (st != EDGEAD_OK) edgead_model_files_free(keep);
+    return st;
 }
 
 /* ==== the manifest of a folder ========================================================================== */
@@ -375,7 +439,20 @@ static edgead_status read_text(const char* path, char** text, size_t* len, char*
     return EDGEAD_OK;
 }
 
-edgead_status edgead_read_manifest(const char* dir, edgead_manifest* m, char* err) {
+/* Name the model and, for an OpenVINO IR (x.xml), its weights x.bin when listed, as the files to keep. */
+static void name_model_files(const edgead_manifest* m, const void* json, edgead_model_files* files) {
+    memset(files, 0, sizeof *files);
+    snprintf(files->model.name, sizeof files->model.name, "%s", m->model);
+    size_t n = strlen(m->model);
+    if (n > 4 && strcmp(m->model + n - 4, ".xml") == 0) {
+        snprintf(files->weights.name, sizeof files->weights.name, "%.*s.bin", (int)(n - 4), m->model);
+        if (!cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive((const cJSON*)json, "files"),
+                                              files->weights.name))
+            files->weights.name[0] = '\0'; /* an IR without weights: OpenVINO gets an empty tensor, reads no file */
+    }
+}
+
+edgead_status edgead_read_manifest(const char* dir, edgead_manifest* m, edgead_model_files* files, char* err) {
     struct stat sb;
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         FAIL(EDGEAD_ERR_NOT_FOUND, "expected an artifact folder, found no folder at %s", dir);
@@ -388,7 +465,8 @@ edgead_status edgead_read_manifest(const char* dir, edgead_manifest* m, char* er
     if (st == EDGEAD_ERR_NOT_FOUND)
         edgead_format_error(err, "expected %s in %s, found none; is it an edgead artifact folder?", MANIFEST_NAME, dir);
     if (st == EDGEAD_OK) st = edgead_parse_manifest(text, len, mpath, m, &json, err);
-    if (st == EDGEAD_OK) st = edgead_verify_files(dir, mpath, json, err);
+    if (st == EDGEAD_OK && files) name_model_files(m, json, files);
+    if (st == EDGEAD_OK) st = edgead_verify_files(dir, mpath, json, files, err);
     edgead_json_free(json);
     free(text);
     free(mpath);

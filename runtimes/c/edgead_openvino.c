@@ -3,8 +3,10 @@
  *
  * Runs OpenVINO IR artifacts (engine "openvino") and FP32 ONNX exports (engine "onnxruntime"), as the Python
  * OpenVINORunner does: the inference precision is set explicitly from the manifest's extra.inference_precision
- * ("f32" when absent, since some CPUs otherwise default to bf16) with the LATENCY performance hint. One infer
- * request per handle; the core serialises calls on a handle, so the request is never used concurrently.
+ * ("f32" when absent, since some CPUs otherwise default to bf16) with the LATENCY performance hint. The model is
+ * read from memory (ov_core_read_model_from_memory_buffer): the bytes the core hashed, never the path again, so
+ * a file swapped after the check is never compiled. One infer request per handle; the core serialises calls on a
+ * handle, so the request is never used concurrently.
  */
 #include "edgead_internal.h"
 
@@ -22,6 +24,7 @@ typedef struct {
     ov_output_const_port_t* maps_port;
     int64_t height, width;
     int static_batch; /* the input's batch dimension when it is fixed, else 0 */
+    uint8_t* weights; /* an IR's weights: the model's constants may point into them, so they live as long */
 } ov_state;
 
 /* One line: OpenVINO's status name and its last error text (which it allocates; ov_free releases it). */
@@ -44,6 +47,7 @@ static void ov_close(void* state) {
     if (s->request) ov_infer_request_free(s->request);
     if (s->compiled) ov_compiled_model_free(s->compiled);
     if (s->core) ov_core_free(s->core);
+    free(s->weights);
     free(s);
 }
 
@@ -120,8 +124,40 @@ static edgead_status check_input(ov_state* s, const edgead_manifest* m, char* er
     return result;
 }
 
-static edgead_status ov_open(const edgead_manifest* m, const char* model_path, const edgead_options* options,
-                             void** state, char* desc, char* err) {
+/* The model from the checked bytes: an IR's XML with its weights as a tensor over them (kept in ``s``), or an ONNX
+ * export (OpenVINO reads its weights from inside it; external data would be looked up by path and is refused). */
+static ov_status_e read_model(ov_state* s, edgead_model_files* files, ov_model_t** model) {
+    ov_tensor_t* weights = NULL;
+    ov_shape_t shape = {0, NULL};
+    int64_t dims[1] = {(int64_t)files->weights.size};
+    ov_status_e st = OK;
+    if (files->weights.size > 0) {
+        s->weights = files->weights.data; /* taken from the core: freed in ov_close */
+        files->weights.data = NULL;
+        st = ov_shape_create(1, dims, &shape);
+        if (st == OK) st = ov_tensor_create_from_host_ptr(U8, shape, s->weights, &weights);
+    }
+    if (st == OK)
+        st = ov_core_read_model_from_memory_buffer(s->core, (const char*)files->model.data, files->model.size,
+                                                   weights, model);
+    if (weights) ov_tensor_free(weights);
+    if (shape.dims) ov_shape_free(&shape);
+    return st;
+}
+
+/* 1 when an ONNX model names external data: every external tensor holds the entry {key: "location"}, serialized
+ * as field 1, length 8, "location". From memory OpenVINO would look such files up relative to the working folder,
+ * outside the hash check; edgead's exports never write them (their weights are inside the model). */
+static int onnx_external_data(const edgead_blob* model) {
+    static const char needle[] = "\x0a\x08location";
+    const size_t k = sizeof needle - 1;
+    for (size_t i = 0; model->size >= k && i <= model->size - k; ++i)
+        if (model->data[i] == 0x0a && memcmp(model->data + i, needle, k) == 0) return 1;
+    return 0;
+}
+
+static edgead_status ov_open(const edgead_manifest* m, const char* model_path, edgead_model_files* files,
+                             const edgead_options* options, void** state, char* desc, char* err) {
     ov_state* s = (ov_state*)calloc(1, sizeof *s);
     ov_model_t* model = NULL;
     char* used = NULL;
@@ -133,7 +169,16 @@ static edgead_status ov_open(const edgead_manifest* m, const char* model_path, c
     s->height = m->height;
     s->width = m->width;
     if ((st = ov_core_create(&s->core)) != OK) { ov_error(err, st, "start (ov_core_create)"); goto fail; }
-    if ((st = ov_core_read_model(s->core, model_path, "", &model)) != OK) {
+    size_t name_len = strlen(m->model);
+    int ir = name_len > 4 && strcmp(m->model + name_len - 4, ".xml") == 0;
+    if (!ir && onnx_external_data(&files->model)) {
+        edgead_format_error(err, "expected an ONNX model with its weights inside (as edgead exports are), found one "
+                            "that keeps them in other files (%s), which OpenVINO would read by path outside the hash "
+                            "check; compile it to OpenVINO IR: edgead compile --engine openvino", model_path);
+        result = EDGEAD_ERR_UNSUPPORTED;
+        goto fail;
+    }
+    if ((st = read_model(s, files, &model)) != OK) {
         char what[EDGEAD_ERR_LEN];
         snprintf(what, sizeof what, "read the model %.600s", model_path);
         ov_error(err, st, what);

@@ -1,10 +1,11 @@
 /*
  * edgead_tensorrt.cpp - the TensorRT 10 backend of libedgead (artifacts whose manifest engine is "tensorrt").
  *
- * Deserialises the engine file with nvinfer1::IRuntime, checks its I/O tensors (uint8 "images" (N, H, W, 3),
- * float32 "scores" (N) and "maps" (N, H, W)) and optimisation profile 0, and runs each chunk with
- * setInputShape / setTensorAddress / enqueueV3 on the handle's own CUDA stream. Device buffers grow to the
- * largest batch seen. Calls on a handle are serialised by the core, so one execution context suffices.
+ * Deserialises the engine with nvinfer1::IRuntime from the bytes the core read and hashed (never the file again),
+ * checks its I/O tensors (uint8 "images" (N, H, W, 3), float32 "scores" (N) and "maps" (N, H, W)) and
+ * optimisation profile 0, and runs each chunk with setInputShape / setTensorAddress / enqueueV3 on the handle's own
+ * CUDA stream. Device buffers grow to the largest batch seen. Calls on a handle are serialised by the core, so one
+ * execution context suffices.
  * No C++ exception leaves this file: every entry point catches and reports a status.
  */
 #include "edgead_internal.h"
@@ -22,7 +23,6 @@
 #include <mutex>
 #include <new>
 #include <string>
-#include <vector>
 
 namespace {
 
@@ -104,26 +104,6 @@ int64_t volume(const nvinfer1::Dims& d) {
     int64_t v = 1;
     for (int i = 0; i < d.nbDims; ++i) v *= d.d[i];
     return d.nbDims > 0 ? v : 0;
-}
-
-edgead_status read_engine(const char* path, std::vector<char>& data, char* err) {
-    std::ifstream file(path, std::ios::binary | std::ios::ate);
-    if (!file) {
-        edgead_format_error(err, "cannot open the TensorRT engine %s", path);
-        return EDGEAD_ERR_IO;
-    }
-    std::streamsize size = file.tellg();
-    if (size <= 0) {
-        edgead_format_error(err, "the TensorRT engine %s is empty", path);
-        return EDGEAD_ERR_CORRUPT_ARTIFACT;
-    }
-    data.resize(static_cast<size_t>(size));
-    file.seekg(0);
-    if (!file.read(data.data(), size)) {
-        edgead_format_error(err, "cannot read the TensorRT engine %s", path);
-        return EDGEAD_ERR_IO;
-    }
-    return EDGEAD_OK;
 }
 
 /* Checks name, direction and element type of one I/O tensor. */
@@ -249,8 +229,8 @@ int trt_accepts(const char* engine) { return std::strcmp(engine, "tensorrt") == 
 
 void trt_close(void* state) { delete static_cast<TrtState*>(state); }
 
-edgead_status trt_open_impl(const edgead_manifest* m, const char* model_path, const edgead_options* options,
-                            void** state, char* desc, char* err) {
+edgead_status trt_open_impl(const edgead_manifest* m, const char* model_path, const edgead_model_files* files,
+                            const edgead_options* options, void** state, char* desc, char* err) {
     int device = parse_device(options->device);
     int count = 0;
     if (device < 0) {
@@ -265,9 +245,10 @@ edgead_status trt_open_impl(const edgead_manifest* m, const char* model_path, co
     if (!cuda_ok(cudaSetDevice(device), "select the GPU", err)) return EDGEAD_ERR_BACKEND;
     edgead_status st = check_build_facts(model_path, device, err);
     if (st != EDGEAD_OK) return st;
-    std::vector<char> blob;
-    st = read_engine(model_path, blob, err);
-    if (st != EDGEAD_OK) return st;
+    if (files->model.size == 0) {
+        edgead_format_error(err, "the TensorRT engine %s is empty", model_path);
+        return EDGEAD_ERR_CORRUPT_ARTIFACT;
+    }
 
     std::unique_ptr<TrtState> s(new TrtState());
     s->device = device;
@@ -278,14 +259,13 @@ edgead_status trt_open_impl(const edgead_manifest* m, const char* model_path, co
         edgead_format_error(err, "TensorRT could not create a runtime: %s", s->logger.last().c_str());
         return EDGEAD_ERR_BACKEND;
     }
-    s->engine.reset(s->runtime->deserializeCudaEngine(blob.data(), blob.size()));
+    /* the plan the core hashed, deserialised from memory: never the file read again */
+    s->engine.reset(s->runtime->deserializeCudaEngine(files->model.data, files->model.size));
     if (!s->engine) {
         edgead_format_error(err, "TensorRT could not deserialise %s (built by another TensorRT version or for another "
                             "GPU?): %s", model_path, s->logger.last().c_str());
         return EDGEAD_ERR_BACKEND;
     }
-    blob.clear();
-    blob.shrink_to_fit();
     if ((st = check_engine(*s, *m, err)) != EDGEAD_OK) return st;
     s->context.reset(s->engine->createExecutionContext());
     if (!s->context) {
@@ -343,10 +323,10 @@ edgead_status trt_infer_impl(TrtState& s, const uint8_t* images, size_t n, float
     return ok ? EDGEAD_OK : EDGEAD_ERR_BACKEND;
 }
 
-edgead_status trt_open(const edgead_manifest* m, const char* model_path, const edgead_options* options, void** state,
-                       char* desc, char* err) {
+edgead_status trt_open(const edgead_manifest* m, const char* model_path, edgead_model_files* files,
+                       const edgead_options* options, void** state, char* desc, char* err) {
     try {
-        return trt_open_impl(m, model_path, options, state, desc, err);
+        return trt_open_impl(m, model_path, files, options, state, desc, err);
     } catch (const std::bad_alloc&) {
         edgead_format_error(err, "out of memory opening the TensorRT engine %s", model_path);
         return EDGEAD_ERR_OUT_OF_MEMORY;
