@@ -107,3 +107,42 @@ def test_page_shows_verdicts_and_relabels_with_the_slider(browser, page_case):
         assert sorted(recent[:4]) == ["ANOMALY", "ANOMALY", "OK", "OK"]
         assert errors == []
         page.close()
+
+
+def test_page_shows_a_nan_score_as_anomaly_and_works_behind_a_token(browser, page_case):
+    """A NaN score (an engine that failed on the image) reaches the page as null and must read ANOMALY, never OK."""
+    from edgead.imageio import prepare, read_image
+    from edgead.runtimes.base import Predictions
+    from edgead.serve import ServeConfig, create_app
+    from edgead.serve.server import background_server
+
+    runner, folder, thr, _ = page_case
+
+    def nan_for_defects(images: np.ndarray) -> Predictions:  # test harness: the real runner, NaN for the 2nd image
+        p = runner.predict(images)
+        scores = p.scores.copy()
+        scores[1:] = np.nan
+        return Predictions(scores, p.maps, None)
+
+    app = create_app(nan_for_defects, runner.spec.with_threshold(thr), ServeConfig(name="tiny", token="s3cret"))
+    with background_server(app) as url:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/#token=s3cret")
+        page.wait_for_selector("#meta b")
+        assert page.evaluate("location.hash") == ""  # the token leaves the address bar (kept for this tab only)
+        page.set_input_files("#files", [str(folder / "good.png"), str(folder / "good.png")])
+        page.wait_for_function("document.querySelectorAll('#grid .card').length === 2")
+        cards = page.eval_on_selector_all(
+            "#grid .card", "cs => cs.map(c => [c.querySelector('.score').textContent, "
+                           "c.querySelector('.verdict').textContent])")
+        good = runner.predict(prepare(read_image(folder / "good.png"), runner.spec)[None]).scores[0]
+        assert good <= thr and sorted(cards) == sorted([["score –", "ANOMALY"], [f"score {good:.4f}", "OK"]])
+        page.eval_on_selector("#slider", "(e, v) => { e.value = v; e.dispatchEvent(new Event('input')); }", 1e9)
+        assert page.inner_text("#n-bad") == "1 ANOMALY"  # no threshold makes a NaN score normal
+        page.wait_for_function("document.querySelectorAll('#recent li').length >= 2")
+        recent = page.eval_on_selector_all("#recent li .verdict", "es => es.map(e => e.textContent)")
+        assert sorted(recent[:2]) == ["ANOMALY", "OK"]
+        assert errors == []
+        page.close()
