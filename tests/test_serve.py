@@ -360,26 +360,39 @@ def _free_port() -> int:
 
 
 def test_cli_serves_with_two_worker_processes(tiny_export):
+    """Two uvicorn workers, each with the token (from EDGEAD_TOKEN) and the header deadline of the command line."""
+    import os
     import subprocess
     import sys
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edgead.cli.app", "serve", str(tiny_export("fbft") / "export"),
-                             "--port", str(port), "--workers", "2", "--name", "cli"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--port", str(port), "--workers", "2", "--name", "cli", "--header-timeout", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "EDGEAD_TOKEN": "cli-token"})
+    auth = {"Authorization": "Bearer cli-token"}
     try:
         deadline = time.time() + 120
         status = None
         while time.time() < deadline and status != 200:
             assert proc.poll() is None, proc.stderr.read()
             try:
-                status, body, _ = _request(f"http://127.0.0.1:{port}/v2/models/cli/ready")
+                status, body, _ = _request(f"http://127.0.0.1:{port}/v2/models/cli/ready", headers=auth)
             except OSError:
                 time.sleep(0.3)
         assert json.loads(body) == {"name": "cli", "ready": True}
         x = _images(1)
-        status, out = _infer_json(f"http://127.0.0.1:{port}", _v2(data=x.reshape(-1).tolist()), model="cli")
+        for _ in range(4):  # reaches both workers (the kernel spreads connections); each wants the token
+            assert _request(f"http://127.0.0.1:{port}/v2/models/cli")[0] == 401
+        status, out, _ = _request(f"http://127.0.0.1:{port}/v2/models/cli/infer", "POST",
+                                  json.dumps(_v2(data=x.reshape(-1).tolist())).encode(), auth)
+        out = json.loads(out)
         assert status == 200 and [o["name"] for o in out["outputs"]] == ["scores", "maps"]  # no threshold: no labels
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            t0 = time.perf_counter()
+            s.sendall(b"GET /v2 HTTP/1.1\r\nHo")  # and stalls inside its headers
+            reply = s.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 408 ") and time.perf_counter() - t0 < 1.0 + 1.0, reply
     finally:
         proc.terminate()
         proc.wait(20)
