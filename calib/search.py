@@ -2,7 +2,8 @@
 
 1. Measure full INT8; if it meets the budget, nothing stays float.
 2. Measure with every candidate layer in float; if even that misses, the budget is out of reach: say so with the
-   best drop reached.
+   best drop reached, why it misses (a set too small to tell says how many labelled images would), and how far
+   that all-float probe's scores are from the reference's (an engine may keep quantising outside the candidates).
 3. Rank the layers by sensitivity: how much keeping that one layer in float improves (1 - map r) + metric drop.
 4. Keep the top-k in float for the smallest k that meets the budget: doubling, then bisection (about 2 log2 n
    measurements). At least one layer stays INT8: an "INT8" artifact with every layer in float is the FP32 model.
@@ -56,15 +57,19 @@ def fewest_float_layers(layers: Sequence[str], measure: Measure, budget: Budget,
 
     def impossible(best: Fidelity, n: int, cap: int | None = None) -> FidelityError:
         drop = best.drop(metric)
-        how = f"even with all {n} layers in float" if cap is None else f"with at most {cap} of {n} layers in float"
+        if cap is None:  # say what the all-float probe measured: an engine may still quantise outside the candidates
+            how = (f"even with all {n} candidate layers in float (that probe's scores differ from the reference's "
+                   f"by up to {every.max_abs_scores:.2g})")
+        else:
+            how = f"with at most {cap} of {n} layers in float"
         if cap == n - 1 and n > 0:
             how += " (all of them would be the FP32 model, not INT8)"
         return FidelityError(
             f"{what} cannot meet the budget ({metric} drop <= {budget.max_drop}, map r >= {budget.min_map_r}) "
             f"{how}; best reached: {metric} drop {'n/a' if drop is None else f'{drop:.6f}'}, map r "
-            f"{best.map_r:.6f}; nothing written")
+            f"{best.map_r:.6f} ({'; '.join(budget.failures(best))}); nothing written")
 
-    full = measure([], False)
+    full = every = measure([], False)
     if step([], full):
         return Search([], {}, steps, full)
     if max_float == 0:  # pure INT8 or nothing

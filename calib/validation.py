@@ -21,7 +21,7 @@ import numpy as np
 from edgead.calib.dataset import CalibrationSet
 from edgead.data import load_masks, test_items
 from edgead.errors import InputError
-from edgead.fidelity import Budget, Fidelity, measure
+from edgead.fidelity import NOISE, Budget, Fidelity, measure, score_noise
 from edgead.imageio import load_batch
 from edgead.runtimes.base import Runner
 from edgead.spec import DetectorSpec
@@ -83,16 +83,18 @@ class AccuracyTarget:
     ref_maps: np.ndarray
     threshold: float | None
     budget: Budget
+    noise: float = NOISE  # the reference's own score noise: differences below it are ties (edgead.fidelity)
 
     @classmethod
     def from_runner(cls, reference: Runner, val: ValidationSet, budget: Budget) -> AccuracyTarget:
+        """The reference's outputs on ``val``; its noise is the export's measured parity with PyTorch."""
         scores, maps = predict_all(reference, val.images)
-        return cls(val, scores, maps, reference.spec.threshold, budget)
+        return cls(val, scores, maps, reference.spec.threshold, budget, score_noise(reference.manifest.extra))
 
     def measure(self, scores: np.ndarray, maps: np.ndarray, candidate: str, precision: str) -> Fidelity:
         return measure(self.ref_scores, self.ref_maps, scores, maps, reference="FP32 ONNX export",
                        candidate=candidate, precision=precision, threshold=self.threshold, labels=self.val.labels,
-                       masks=self.val.masks)
+                       masks=self.val.masks, noise=self.noise)
 
     def measure_runner(self, runner: Runner) -> Fidelity:
         scores, maps = predict_all(runner, self.val.images)

@@ -78,6 +78,8 @@ def record(fid: Fidelity | None, target: AccuracyTarget | None, failures: list[s
             "failures": failures, "metric": metric, "drop": fid.drop(metric), "map_r": fid.map_r,
             "max_abs_scores": fid.max_abs_scores, "score_error_rel": fid.score_error_rel, "flips": fid.flips,
             "flips_to_anomalous": fid.flips_to_anomalous, "flips_to_normal": fid.flips_to_normal,
+            "problems": list(fid.problems), "noise": target.noise,
+            "auroc_interval": None if fid.auroc_interval is None else fid.auroc_interval.to_dict(),
             "metrics": fid.metrics, "reference_metrics": fid.reference_metrics}
 
 

@@ -153,7 +153,7 @@ def test_impossible_budget_names_the_best_drop_reached(fitted_export, tiny_synth
     impossible = Budget(metric="map_r", max_drop=1e-9)
     with pytest.raises(FidelityError, match=r"cannot meet the budget \(map_r drop <= 1e-09, map r >= 0.99\) with "
                        r"at most 0 of \d+ layers in float; best reached: map_r drop \d\.\d{6}, map r "
-                       r"\d\.\d{6}; nothing written"):
+                       r"\d\.\d{6} \(map_r drop 0\.0\d points > 0\.00\); nothing written"):
         compile_artifact(fitted_export, "onnxruntime", "int8", tiny_synthetic, val=tiny_synthetic,
                          budget=impossible, accuracy_aware=True, max_float_layers=0)
 
@@ -197,3 +197,27 @@ def test_openvino_accuracy_control_reverts_layers_without_breaking_them(fitted_e
     q, fid = extra["quantization"], extra["fidelity"]
     assert q["accuracy_control"] and len(q["float_layers"]) >= 1 and q["search"][0]["passed"] is False
     assert fid["passed"] and fid["drop"] <= drop / 2, (drop, fid)
+
+
+@pytest.mark.parametrize("how", ["flat", "nan"])
+@pytest.mark.parametrize("val", ["labelled", "proxy"])
+def test_gate_refuses_a_runner_with_flat_or_nan_outputs(fitted_export, tiny_synthetic, monkeypatch, how, val):
+    """A flat map once had map r 1.0: an INT8 artifact with one value per map passed the gate (scores untouched,
+    so the AUROC did not move either); a NaN one crashed it on labelled data."""
+    from edgead.export import gate
+    from tests.test_verify import FLAT, NAN, Broken
+
+    target = gate.plan(fitted_export, tiny_synthetic, tiny_synthetic if val == "labelled" else None, Budget()).target
+    real = gate.load
+    monkeypatch.setattr(gate, "load", lambda folder, engine=None, **kw: Broken(real(folder, engine, **kw), how,
+                                                                                "int8"))
+    n = 12 if val == "labelled" else 8  # the proxy: 4 held-out normals and a painted copy of each
+    reasons = "; ".join(f.format(n=n) for f in (FLAT if how == "flat" else NAN))
+    kind = "labelled" if val == "labelled" else "proxy: held-out normals + synthetic defects painted on them"
+    with pytest.raises(FidelityError) as err:
+        gate.judge(fitted_export, target, accept_drop=False)
+    assert str(err.value).startswith(f"refused onnxruntime int8: {reasons} against the FP32 export on {n} validation "
+                                     f"images ({kind}); nothing written")
+    rec = gate.judge(fitted_export, target, accept_drop=True)
+    assert rec["passed"] is False and rec["accepted"] is True and rec["failures"] == reasons.split("; ")
+    assert rec["problems"] == [p for p in rec["failures"] if not p.startswith("map r")]

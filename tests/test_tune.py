@@ -215,3 +215,19 @@ def test_compile_precision_auto_end_to_end_on_a_tiny_export(tiny_export, tiny_sy
     from edgead.runtimes.manifest import read_manifest
 
     assert read_manifest(out).extra["tune"]["machine"]["flags"] == decision["machine"]["flags"]
+
+
+@pytest.mark.parametrize("how", ["flat", "nan"])
+def test_the_tune_gate_refuses_flat_or_nan_outputs(tiny_export, how):
+    """tune's own gate (no labels: held-out images only) once passed an INT8 candidate with one value per map."""
+    import edgead.runtimes as rt
+    from edgead.runtimes.compare import check_batch
+    from edgead.tune import _gate
+    from tests.test_verify import FLAT, NAN, Broken
+
+    export = tiny_export("fbft") / "export"
+    with rt.load(export, "onnxruntime") as ref, rt.load(export, "onnxruntime") as runner:
+        images = check_batch(7, 4, ref.spec.input_size)
+        passed, failures, fid = _gate(Broken(runner, how, "int8"), ref, images, "int8")
+    assert not passed and list(failures) == [f.format(n=4) for f in (FLAT if how == "flat" else NAN)]
+    assert list(fid["problems"]) == list(failures[:-1])
