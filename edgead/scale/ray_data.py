@@ -9,23 +9,33 @@ What Ray guarantees: Ray Data runs its map actors with ``max_restarts=-1`` and `
 node dies its actors are restarted elsewhere and their unfinished batches are re-run (at-least-once execution), and
 the dataset's output holds each block once. What edgead adds: rows are keyed by the image's absolute path, so a
 batch delivered twice adds nothing twice, and the run ends by checking that every image of the archive has exactly
-one row (a rerun scores any that have none).
+one row (a rerun scores any that have none). An image an actor cannot read comes back as an error row, as on the
+embedded path; any other task failure ends the run with one line naming its cause.
+
+Actors copy the shipped artifact into a temporary folder only for as long as the engine takes to load it (see
+``artifact_copy``), so an actor killed with its node leaves no ``edgead-artifact-*`` folder behind.
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import io
+import logging
+import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgead.errors import InputError, require
-from edgead.score import Progress, ScoreWriter, read_prepared, save_heatmaps
+from edgead.errors import EdgeadError, InputError, require
+from edgead.score import Progress, ScoreWriter, read_batch, read_prepared, save_heatmaps, try_flock
+
+COPY_PREFIX = "edgead-artifact-"
+#: inside a copy: its owner holds an ``flock`` on this file for as long as the copy exists
+HELD = ".held"
 
 
 def artifact_files(folder: str | Path) -> dict[str, bytes]:
@@ -38,8 +48,51 @@ def artifact_files(folder: str | Path) -> dict[str, bytes]:
     return {name: (p / name).read_bytes() for name in (MANIFEST, *manifest.files)}
 
 
+def sweep_stale_copies(tmp: str | Path | None = None) -> int:
+    """Delete the artifact copies in ``tmp`` (the temp folder) whose owner died; return how many.
+
+    A copy's owner holds an ``flock`` on its ``.held`` file; the kernel drops it when the owner dies, even by
+    SIGKILL, so a copy whose lock can be taken is an orphan. Folders without ``.held`` (being created, or made by
+    something else) are left alone. Pid checks would not do: pids are reused, and containers sharing ``/tmp``
+    see different pids.
+    """
+    swept = 0
+    for folder in Path(tmp or tempfile.gettempdir()).glob(COPY_PREFIX + "*"):
+        try:
+            fh = open(folder / HELD, "rb")  # noqa: SIM115 - closed below, after the delete
+        except OSError:
+            continue
+        with fh:
+            if try_flock(fh):
+                shutil.rmtree(folder, ignore_errors=True)
+                swept += 1
+    return swept
+
+
+@contextlib.contextmanager
+def artifact_copy(files: dict[str, bytes]) -> Iterator[Path]:
+    """The shipped artifact's files in a fresh temporary folder, deleted when the block ends.
+
+    Use it around ``runtimes.load`` only: an engine reads its model while loading and keeps it in memory (or holds
+    the file open, which POSIX allows after the unlink), so the copy need not outlive the load, and an actor killed
+    later leaves nothing behind. An actor killed during the load leaves its copy unlocked; the next actor on that
+    machine sweeps it (``sweep_stale_copies``).
+    """
+    sweep_stale_copies()
+    folder = Path(tempfile.mkdtemp(prefix=COPY_PREFIX))
+    try:
+        with open(folder / f"{HELD}.new", "wb") as held:
+            try_flock(held)
+            (folder / f"{HELD}.new").rename(folder / HELD)  # visible to sweepers only once locked
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class ArtifactScorer:
-    """A Ray Data map actor: materialises the shipped artifact in a temporary folder and holds one runner."""
+    """A Ray Data map actor holding one runner, loaded from a temporary copy of the shipped artifact."""
 
     def __init__(self, files_ref: list[Any], engine: str | None, threads: int, want_maps: bool) -> None:
         import ray
@@ -47,24 +100,30 @@ class ArtifactScorer:
         import edgead.runtimes as rt
 
         files: dict[str, bytes] = ray.get(files_ref[0])
-        self.folder = Path(tempfile.mkdtemp(prefix="edgead-artifact-"))
-        atexit.register(shutil.rmtree, self.folder, True)
-        for name, data in files.items():
-            (self.folder / name).write_bytes(data)
-        self.runner = rt.load(self.folder, engine, **({"threads": threads} if threads else {}))
+        with artifact_copy(files) as folder:
+            self.runner = rt.load(folder, engine, **({"threads": threads} if threads else {}))
         self.want_maps = want_maps
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths = [str(p) for p in batch["path"]]
-        images = read_prepared(paths, self.runner.spec)
-        p = self.runner.predict(images)
-        n = len(paths)
-        labels = np.full(n, -1, dtype=np.int8) if p.labels is None else p.labels.astype(np.int8)
-        out: dict[str, np.ndarray] = {"path": np.asarray(paths, dtype=object), "score": p.scores.astype(np.float32),
-                                      "label": labels, "node": np.asarray([self.node] * n, dtype=object)}
-        if self.want_maps:  # maps travel back (as .npy bytes) only for anomalous images, for their heatmap panels
-            out["map"] = np.asarray([_npy(p.maps[i]) if labels[i] == 1 else b"" for i in range(n)], dtype=object)
+        got = read_batch([str(p) for p in batch["path"]], self.runner.spec)
+        n, k = len(got.paths) + len(got.failed), len(got.paths)
+        scores = np.full(n, np.nan, dtype=np.float32)
+        labels = np.full(n, -1, dtype=np.int8)  # -1: no label (no threshold, or an error row)
+        maps = [b""] * n
+        if k:
+            p = self.runner.predict(got.images)
+            scores[:k] = p.scores
+            if p.labels is not None:
+                labels[:k] = p.labels
+            if self.want_maps:  # maps travel back (as .npy bytes) only for anomalous images, for their panels
+                maps[:k] = [_npy(p.maps[i]) if labels[i] == 1 else b"" for i in range(k)]
+        out: dict[str, np.ndarray] = {
+            "path": np.asarray([*got.paths, *got.failed], dtype=object), "score": scores, "label": labels,
+            "error": np.asarray([""] * k + list(got.failed.values()), dtype=object),
+            "node": np.asarray([self.node] * n, dtype=object)}
+        if self.want_maps:
+            out["map"] = np.asarray(maps, dtype=object)
         return out
 
 
@@ -77,10 +136,29 @@ def _npy(a: np.ndarray) -> bytes:
 ACTOR_START_TIMEOUT_S = 300
 
 
-def _chain(first: Any, rest: Any) -> Any:
-    if first is not None:
-        yield first
-    yield from rest
+def _wrapped(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception it wraps, outermost first: Ray keeps causes in ``cause``, ``__cause__`` or args."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if not any(e is s for s in seen):
+            seen.append(e)
+            todo += [c for c in (getattr(e, "cause", None), e.__cause__, *e.args) if isinstance(c, BaseException)]
+    return seen
+
+
+def task_error(exc: BaseException) -> EdgeadError:
+    """A failed Ray task or actor as one line naming the root cause (Ray wraps it in tracebacks of many frames)."""
+    root = next((e for e in reversed(_wrapped(exc)) if not type(e).__module__.startswith("ray")), None)
+    if root is not None:
+        first = next((ln.strip() for ln in str(root).splitlines() if ln.strip()), "")
+        text = first if isinstance(root, EdgeadError) else f"{type(root).__name__}: {first}".rstrip(": ")
+    else:  # the cause did not survive Ray's pickling: its last "...Error: message" line in the traceback text
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        text = next((ln for ln in reversed(lines) if re.match(r"[\w.]+(Error|Exception): ", ln)), lines[0])
+    return EdgeadError(f"expected every Ray task to finish, found one that failed: {text[:500]}; the rows written "
+                       f"so far are kept, fix the cause and rerun to score the rest (EDGEAD_DEBUG=1: Ray's traceback)")
 
 
 def connect(address: str | None) -> Any:
@@ -98,10 +176,10 @@ def connect(address: str | None) -> Any:
 
 def score_on_ray(artifact: str | Path, writer: ScoreWriter, todo: Sequence[Path], *, engine: str | None = None,
                  batch: int = 8, address: str | None = None, actors: int = 2, cpus_per_actor: float = 1.0,
-                 heatmaps: bool = False, progress: Progress | None = None) -> tuple[int, dict[str, int]]:
+                 heatmaps: bool = False, progress: Progress | None = None) -> tuple[int, int, dict[str, int]]:
     """Score ``todo`` with a pool of ``actors`` runner actors on the Ray cluster.
 
-    Returns the rows added and, per Ray node id, how many of them that node's actors scored.
+    Returns the rows added (scored, error rows) and, per Ray node id, how many images that node's actors scored.
     """
     if actors < 1:
         raise InputError(f"expected --ray-actors of at least 1, found {actors}")
@@ -111,7 +189,6 @@ def score_on_ray(artifact: str | Path, writer: ScoreWriter, todo: Sequence[Path]
     from edgead.runtimes.manifest import read_manifest
 
     spec = read_manifest(Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent).spec
-    thr = spec.threshold
     files_ref = ray.put(artifact_files(artifact))
     ctx = rd.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -124,29 +201,45 @@ def score_on_ray(artifact: str | Path, writer: ScoreWriter, todo: Sequence[Path]
         batch_size=batch, batch_format="numpy", num_cpus=cpus_per_actor,
         compute=rd.ActorPoolStrategy(size=actors),
     )
-    added = done = 0
+    added = failed = done = 0
     per_node: dict[str, int] = {}
+    tracer = logging.getLogger("ray.data.exceptions")  # logs a failed task's traceback; we raise it as one line
+    quiet, tracer.disabled = tracer.disabled, True
     try:
-        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
-        first = next(batches, None)
+        for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            a, f = _write_batch(out, writer, spec, heatmaps, per_node)
+            added, failed, done = added + a, failed + f, done + len(out["path"])
+            if progress:
+                progress(min(done, len(todo)), len(todo))
     except ray.exceptions.GetTimeoutError:
         raise InputError(f"expected room for {actors} runner actors of {cpus_per_actor:g} CPU on the Ray cluster, "
                          f"found none free within {ACTOR_START_TIMEOUT_S} s; lower --ray-actors or --ray-cpus") \
             from None
-    for out in _chain(first, batches):
-        paths = [str(p) for p in out["path"]]
-        labels = None if (out["label"] < 0).all() else out["label"] == 1
-        for path, node in zip(paths, out["node"], strict=True):
-            if path not in writer.rows:
-                per_node[str(node)] = per_node.get(str(node), 0) + 1
-        added += writer.add(paths, out["score"], labels, thr)
-        if heatmaps and labels is not None and labels.any():
-            idx = [i for i in np.flatnonzero(labels) if len(out["map"][i])]
-            names = [paths[i] for i in idx]
-            images = read_prepared(names, spec)
-            maps = np.stack([np.load(io.BytesIO(out["map"][i])) for i in idx])
-            save_heatmaps(writer.out, names, images, maps, out["score"][idx], thr)
-        done += len(paths)
-        if progress:
-            progress(min(done, len(todo)), len(todo))
-    return added, per_node
+    except ray.exceptions.RayError as exc:
+        raise task_error(exc) from exc
+    finally:
+        tracer.disabled = quiet
+    return added, failed, per_node
+
+
+def _write_batch(out: dict[str, np.ndarray], writer: ScoreWriter, spec: Any, heatmaps: bool,
+                 per_node: dict[str, int]) -> tuple[int, int]:
+    """Write one batch of actor output: scored rows, error rows and heatmap panels; returns (scored, error rows)."""
+    thr = spec.threshold
+    paths = [str(p) for p in out["path"]]
+    ok = np.array([not e for e in out["error"]], dtype=bool)
+    names = [p for p, good in zip(paths, ok, strict=True) if good]
+    for path, node in zip(names, out["node"][ok], strict=True):
+        if path not in writer.rows:
+            per_node[str(node)] = per_node.get(str(node), 0) + 1
+    scores, label = out["score"][ok], out["label"][ok]
+    labels = None if (label < 0).all() else label == 1
+    added = writer.add(names, scores, labels, thr) if names else 0
+    failed = writer.add_errors({p: str(e) for p, e, good in zip(paths, out["error"], ok, strict=True) if not good})
+    if heatmaps and labels is not None and labels.any():
+        maps = out["map"][ok]
+        idx = [i for i in np.flatnonzero(labels) if len(maps[i])]
+        hot = [names[i] for i in idx]
+        save_heatmaps(writer.out, hot, read_prepared(hot, spec), np.stack([np.load(io.BytesIO(maps[i])) for i in idx]),
+                      scores[idx], thr)
+    return added, failed
