@@ -293,23 +293,31 @@ def add_sized_defect(render: Render, defect: str, diameter: int,
     return gray, mask
 
 
-def paint_defect(rgb: np.ndarray, defect: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Paint one ``defect`` on a real square RGB uint8 image: (RGB image, mask of exactly the changed pixels).
+def paint_defect(rgb: np.ndarray, defect: str, rng: np.random.Generator,
+                 diameter: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Paint one ``defect`` on a real RGB uint8 image: (RGB image, mask of exactly the changed pixels).
 
     The same strokes, spots and chunks as the synthetic set, placed anywhere on the image; each channel is
     darkened, brightened or replaced like the grey level of a render. Used to make labelled proxy data from
-    normal images (the compile-time gate, the texture benchmark).
+    normal images (the compile-time gate, the texture benchmark). Without ``diameter`` the image must be square
+    and the defect scales with it; with ``diameter`` (pixels across, see ``add_sized_defect``) any frame shape
+    works, so proxy sets can hold tiny defects for the small-defect (Q1) AUPRO.
     """
-    if rgb.ndim != 3 or rgb.shape[0] != rgb.shape[1] or rgb.shape[2] != 3:
-        raise InputError(f"expected a square RGB image (S, S, 3), found shape {rgb.shape}")
+    square = rgb.ndim == 3 and rgb.shape[0] == rgb.shape[1]
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or (diameter is None and not square):
+        raise InputError(f"expected a square RGB image (S, S, 3), or any (H, W, 3) with a diameter, found shape "
+                         f"{rgb.shape}")
     gray = rgb.astype(np.float32).mean(axis=2)
     render = Render(gray, np.ones(gray.shape, dtype=bool), "texture")
     mask = np.zeros(gray.shape, dtype=bool)
     paint: Paint = _darken
-    for _ in range(50):
-        mask, paint = _defect_region(render, defect, rng)
-        if mask.sum() >= MIN_AREA * gray.size:
-            break
+    if diameter is not None:
+        mask, paint = _sized_region(render, defect, diameter, rng)
+    else:
+        for _ in range(50):
+            mask, paint = _defect_region(render, defect, rng)
+            if mask.sum() >= MIN_AREA * gray.size:
+                break
     out = rgb.astype(np.float32)
     out[mask] = paint(out[mask])
     changed = np.abs(np.round(out) - rgb).max(axis=2) > 0

@@ -191,3 +191,19 @@ def test_defect_diameters_are_checked(tmp_path: Path) -> None:
         synth.make_synthetic(tmp_path, size=64, defect_px=(0, 5))
     with pytest.raises(InputError, match="at least 32 pixels, found 20x64"):
         synth.make_synthetic(tmp_path, frame=(20, 64))
+
+
+@pytest.mark.parametrize("defect", synth.DEFECTS)
+def test_paint_defect_of_a_given_diameter_on_any_frame(defect: str) -> None:
+    from skimage.measure import label, regionprops
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(60, 200, (120, 200, 3)).astype(np.uint8)  # not square: fine with a diameter
+    for diameter in (3, 9, 40):
+        out, mask = synth.paint_defect(rgb, defect, np.random.default_rng(diameter), diameter=diameter)
+        changed = np.abs(out.astype(int) - rgb).max(axis=2) > 0
+        np.testing.assert_array_equal(changed, mask)  # the mask is exactly the changed pixels
+        regions = regionprops(label(mask, connectivity=2))
+        assert len(regions) == 1 and diameter - 1 <= regions[0].feret_diameter_max <= diameter * 1.25 + 1
+    with pytest.raises(InputError, match=r"square RGB image \(S, S, 3\), or any \(H, W, 3\) with a diameter"):
+        synth.paint_defect(rgb, defect, rng)
