@@ -542,9 +542,10 @@ def test_stalled_clients_are_closed_within_the_timeouts_while_others_are_answere
         host, port = url.removeprefix("http://").split(":")
         start = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         opened: dict[socket.socket, tuple[int, float]] = {}
-        for i in range(100):  # even: stop inside the headers; odd: after 6 bytes of a 100,000-byte body
+        stalls = (start + b"Content-Le", start + b"Content-Length: 100000\r\n\r\n012345", b"")
+        for i in range(100):  # stop inside the headers, after 6 bytes of a 100,000-byte body, or send nothing
             s = socket.create_connection((host, int(port)), timeout=10)
-            s.sendall(start + (b"Content-Length: 100000\r\n\r\n012345" if i % 2 else b"Content-Le"))
+            s.sendall(stalls[i % 3])
             opened[s] = (i, time.perf_counter())
         answered = []
         for v in (10, 20, 30):  # while all 100 are stalled
@@ -571,19 +572,20 @@ def test_stalled_clients_are_closed_within_the_timeouts_while_others_are_answere
         for s in opened:
             s.close()
     assert len(open_for) == 100, f"{100 - len(open_for)} stalled connections were still open after 6 s"
+    header_s = [v for i, v in open_for.items() if i % 3 != 1]
+    body_s = [v for i, v in open_for.items() if i % 3 == 1]
     print(f"100 stalled connections: open for {min(open_for.values()):.2f}..{max(open_for.values()):.2f} s "
-          f"(header stalls {max(v for i, v in open_for.items() if i % 2 == 0):.2f} s at most, body stalls "
-          f"{max(v for i, v in open_for.items() if i % 2):.2f} s); normal requests meanwhile answered in "
-          f"{', '.join(f'{a[2] * 1000:.0f}' for a in answered)} ms")
+          f"(header stalls {max(header_s):.2f} s at most, body stalls {max(body_s):.2f} s); normal requests "
+          f"meanwhile answered in {', '.join(f'{a[2] * 1000:.0f}' for a in answered)} ms")
     assert [a[:2] for a in answered] == [(200, [pytest.approx(v / 100)]) for v in (10, 20, 30)]
     assert all(a[3] < first_close for a in answered), "normal requests were answered only after the stalls ended"
-    header_s = [v for i, v in open_for.items() if i % 2 == 0]
-    body_s = [v for i, v in open_for.items() if i % 2]
     assert 1.0 - 0.05 <= min(header_s) and max(header_s) < 1.0 + 0.75, sorted(header_s)
     assert 1.5 - 0.05 <= min(body_s) and max(body_s) < 1.5 + 0.75, sorted(body_s)
-    heads = {r.split(b"\r\n", 1)[0] for r in replies.values()}
-    assert heads == {b"HTTP/1.1 408 Request Timeout"}
-    bodies = {json.loads(r.split(b"\r\n\r\n", 1)[1])["error"] for r in replies.values()}
+    silent = {r for s, r in replies.items() if opened[s][0] % 3 == 2}
+    assert silent == {b""}  # a connection that never spoke is closed without an answer
+    spoke = [r for s, r in replies.items() if opened[s][0] % 3 != 2]
+    assert {r.split(b"\r\n", 1)[0] for r in spoke} == {b"HTTP/1.1 408 Request Timeout"}
+    bodies = {json.loads(r.split(b"\r\n\r\n", 1)[1])["error"] for r in spoke}
     assert bodies == {"expected the request headers within 1 s, found them incomplete; closing the connection",
                       "expected the request body within 1.5 s, found it incomplete; closing the connection"}
 
@@ -621,6 +623,12 @@ def test_no_answer_reveals_a_local_path(runner, tmp_path):
     assert json.loads(bodies[2]) == {"folder": tmp_path.name, "images": ["a.png"]}
     for body in bodies:
         assert str(tmp_path) not in body and str(runner.folder) not in body, body
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with background_server(app_for_runner(runner, ServeConfig(name="tiny", folder=empty))) as url:
+        status, out, _ = _request(f"{url}/api/folder")
+    assert (status, json.loads(out)) == (404, {"error": "expected image files (.png, .jpg, .jpeg, .bmp, .tif, .tiff, "
+                                                        ".webp) in the served folder 'empty', found none"})
 
     def failing(images: np.ndarray) -> Predictions:  # test harness: an engine whose error names a file
         raise RuntimeError("could not open /home/operator/models/line3/model.xml: permission denied")

@@ -354,7 +354,11 @@ def create_app(
     def folder_files() -> dict[str, Path]:
         if config.folder is None:
             raise ProtocolError("expected the server to be started with --folder, found no folder", status=404)
-        return {p.name: p for p in list_images(config.folder)}
+        try:
+            return {p.name: p for p in list_images(config.folder)}
+        except InputError:  # its message names the local path
+            raise ProtocolError(f"expected image files ({', '.join(IMAGE_SUFFIXES)}) in the served folder "
+                                f"'{config.folder.name}', found none", status=404) from None
 
     @app.get("/api/folder")
     async def folder_list() -> dict[str, Any]:

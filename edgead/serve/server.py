@@ -4,7 +4,8 @@ uvicorn closes an idle keep-alive connection, but waits forever for a request's 
 sends half a request and stalls holds its connection (and, for a body, an app task) indefinitely. ``GuardedH11Protocol``
 adds two deadlines: the request headers must arrive within ``header_timeout_s`` of the connection opening (or of the
 first byte of the next request on a kept-alive connection), the whole body within ``body_timeout_s`` of the headers.
-A connection that misses one is answered ``408`` (when no response has started) and closed.
+A connection that misses one is answered ``408`` and closed; one that never sent a byte (a browser's speculative
+connection) is closed silently, as uvicorn closes an idle kept-alive one.
 
 The deadlines are the app's (``ServeConfig``): its lifespan publishes them in uvicorn's app state, which every
 connection of that server reads, in one process or in each ``--workers`` process alike. ``server_options`` gives the
@@ -40,12 +41,14 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._phase: str | None = None  # "headers" or "body" while a deadline runs
+        self._heard = False  # any byte received on this connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm("headers")
 
     def data_received(self, data: bytes) -> None:
+        self._heard = True
         super().data_received(data)
         state = self.conn.their_state
         if state is h11.SEND_BODY:
@@ -77,7 +80,7 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline, self._phase = None, None
         if self.transport.is_closing():
             return
-        if self.cycle is None or not self.cycle.response_started:
+        if self._heard and (self.cycle is None or not self.cycle.response_started):
             what = "request headers within {:g} s, found them" if phase == "headers" else \
                 "request body within {:g} s, found it"
             body = json.dumps({"error": f"expected the {what.format(seconds)} incomplete; closing the connection"})
