@@ -150,9 +150,12 @@ class Service:
         return Predictions(p.scores, p.maps, self.labels(p.scores), p.seconds)
 
     async def decode(self, names: list[str], frames: list[bytes], cap: int | None) -> np.ndarray:
-        """Decode (``imageio.decode_image``) and prepare encoded images, a few requests at a time."""
+        """Decode (``imageio.decode_image``, ``cap`` pixels each; None: ``EDGEAD_MAX_PIXELS``) and prepare encoded
+        images; at most one request per CPU decodes at a time, so full-size frames in memory stay bounded."""
+        option = "EDGEAD_MAX_PIXELS" if cap is None else "--max-upload-mpx"
+
         def work() -> np.ndarray:
-            return np.stack([prepare(decode_image(d, n, cap, "--max-upload-mpx"), self.model.spec)
+            return np.stack([prepare(decode_image(d, n, cap, option), self.model.spec)
                              for n, d in zip(names, frames, strict=True)])
 
         async with self.decoding:
