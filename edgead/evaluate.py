@@ -3,7 +3,7 @@
 Pixel metrics are computed at each ground truth's own resolution: the masks are read as they are on disk and
 never resized; each anomaly map is brought back onto its frame by ``edgead.geometry.map_to_frame`` (the inverse
 of ``prepare``'s resize and centre crop). Besides pixel AUROC and AUPRO, the AUPRO per cumulative quartile of
-defect area and the robustness score (``edgead.metrics.aupro_by_size``, docs/metrics.md) are reported.
+defect area and the robustness score (``edgead.metrics.pixel_metrics``, docs/metrics.md) are reported.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from edgead.data import TestItem, read_masks, test_items
 from edgead.geometry import map_to_frame
 from edgead.imageio import load_batch
-from edgead.metrics import AuproBySize, Metrics, aupro_by_size, auroc, f1_max, pixel_auroc
+from edgead.metrics import AuproBySize, Metrics, auroc, f1_max, pixel_metrics
 from edgead.runtimes.base import Runner
 from edgead.spec import DetectorSpec
 
@@ -55,6 +55,6 @@ def evaluate_runner(runner: Runner, data: str | Path, batch: int = 8) -> Evaluat
     labels = np.array([it.label for it in items])
     image = auroc(labels, scores), f1_max(labels, scores)
     full = frame_maps(maps, masks, runner.spec)
-    by_size = aupro_by_size(masks, full)  # its Q4 at 30 % FPR is the plain AUPRO
-    metrics = Metrics(*image, pixel_auroc(masks, full), by_size.at(4, 0.3))
+    pixel, by_size = pixel_metrics(masks, full)  # Q4 at 30 % FPR is the plain AUPRO
+    metrics = Metrics(*image, pixel, by_size.at(4, 0.3))
     return Evaluation(metrics, items, scores, maps, masks, by_size)

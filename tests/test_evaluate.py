@@ -67,16 +67,16 @@ def test_masks_are_never_resized_to_the_model_input(tmp_path: Path, monkeypatch:
         raise AssertionError("edgead.data.prepare was called: a mask was fitted to the model input")
 
     seen: list[tuple[tuple[int, int], int]] = []
-    real_by_size = edgead.evaluate.aupro_by_size
+    real_pixel_metrics = edgead.evaluate.pixel_metrics
 
     def spy(masks, maps, *args, **kwargs):
         seen.extend((m.shape, int(m.sum())) for m in masks)
         assert [a.shape for a in maps] == [m.shape for m in masks]
-        return real_by_size(masks, maps, *args, **kwargs)
+        return real_pixel_metrics(masks, maps, *args, **kwargs)
 
     monkeypatch.setattr(edgead.imageio, "resize", resize_images_only)
     monkeypatch.setattr(edgead.data, "prepare", no_prepare)
-    monkeypatch.setattr(edgead.evaluate, "aupro_by_size", spy)
+    monkeypatch.setattr(edgead.evaluate, "pixel_metrics", spy)
     ev = evaluate_runner(runner, root)
 
     assert seen == [((H, W), 0), ((H, W), 0), ((H, W), 9), ((H, W), 9)]  # good, good, spot, spot

@@ -16,6 +16,7 @@ from edgead.metrics import (
     evaluate,
     f1_max,
     pixel_auroc,
+    pixel_metrics,
     pro_curve,
     robustness,
 )
@@ -303,3 +304,12 @@ def test_pixel_metrics_take_masks_of_different_sizes() -> None:
         pixel_auroc(masks, [maps[0], maps[0], maps[2]])
     with pytest.raises(EdgeadError, match="one anomaly map per mask, found 2 maps for 3 masks"):
         aupro(masks, maps[:2])
+
+
+def test_pixel_metrics_in_one_pass_equal_the_separate_ones() -> None:
+    rng = np.random.default_rng(3)
+    masks = [(rng.random((12, 20)) > 0.9).astype(np.uint8), np.zeros((9, 9), np.uint8), (rng.random((15, 7)) > 0.8)]
+    maps = [np.round(rng.random(m.shape) * 20) / 20 + 0.2 * m for m in masks]
+    pixel, by_size = pixel_metrics(masks, maps)
+    assert pixel == pytest.approx(pixel_auroc(masks, maps), abs=1e-12)
+    assert by_size == aupro_by_size(masks, maps)
