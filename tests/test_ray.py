@@ -134,7 +134,8 @@ def test_ray_task_error_is_one_line(cluster, scored_artifact, tmp_path):  # noqa
         score_archive(images, artifact, tmp_path / "out", engine="trt", use_ray=True, ray_address=cluster.address)
     message = str(exc.value)
     assert "\n" not in message and message.startswith("expected every Ray task to finish, found one that failed: ")
-    assert "trt" in message.split("failed: ")[1], message
+    cause = message.split("found one that failed: ")[1]
+    assert "'trt'" in cause and f"({artifact})" in cause and "edgead-artifact-" not in cause, message
     res = subprocess.run([sys.executable, "-m", "edgead.cli.app", "score", str(images), "-a", str(artifact), "-o",
                           str(tmp_path / "cli"), "--engine", "trt", "--address", cluster.address],
                          capture_output=True, text=True, timeout=300)

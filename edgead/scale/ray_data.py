@@ -148,8 +148,10 @@ def _wrapped(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def task_error(exc: BaseException) -> EdgeadError:
-    """A failed Ray task or actor as one line naming the root cause (Ray wraps it in tracebacks of many frames)."""
+def task_error(exc: BaseException, artifact: str | Path) -> EdgeadError:
+    """A failed Ray task or actor as one line naming the root cause (Ray wraps it in tracebacks of many frames).
+
+    An actor's temporary copy of the artifact, named in the cause but gone by now, is named as ``artifact``."""
     root = next((e for e in reversed(_wrapped(exc)) if not type(e).__module__.startswith("ray")), None)
     if root is not None:
         first = next((ln.strip() for ln in str(root).splitlines() if ln.strip()), "")
@@ -157,6 +159,7 @@ def task_error(exc: BaseException) -> EdgeadError:
     else:  # the cause did not survive Ray's pickling: its last "...Error: message" line in the traceback text
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
         text = next((ln for ln in reversed(lines) if re.match(r"[\w.]+(Error|Exception): ", ln)), lines[0])
+    text = re.sub(r"[^\s()'\"]*" + COPY_PREFIX + r"\w+", str(artifact), text)
     return EdgeadError(f"expected every Ray task to finish, found one that failed: {text[:500]}; the rows written "
                        f"so far are kept, fix the cause and rerun to score the rest (EDGEAD_DEBUG=1: Ray's traceback)")
 
@@ -216,7 +219,7 @@ def score_on_ray(artifact: str | Path, writer: ScoreWriter, todo: Sequence[Path]
                          f"found none free within {ACTOR_START_TIMEOUT_S} s; lower --ray-actors or --ray-cpus") \
             from None
     except ray.exceptions.RayError as exc:
-        raise task_error(exc) from exc
+        raise task_error(exc, artifact) from exc
     finally:
         tracer.disabled = quiet
     return added, failed, per_node
