@@ -221,3 +221,22 @@ def test_gate_refuses_a_runner_with_flat_or_nan_outputs(fitted_export, tiny_synt
     rec = gate.judge(fitted_export, target, accept_drop=True)
     assert rec["passed"] is False and rec["accepted"] is True and rec["failures"] == reasons.split("; ")
     assert rec["problems"] == [p for p in rec["failures"] if not p.startswith("map r")]
+
+
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime"])
+def test_tiny_detector_max_drop_half_a_point_compiles_on_its_proxy(fitted_export, tiny_synthetic, tmp_path, engine):
+    """Issue 26: on a proxy of 4 normals and 4 painted copies (16 pairs, one pair = 6.25 points) the 0.5-point
+    budget is judged with its interval: it compiles (or would be refused naming the images it needs, never a drop
+    a tie made)."""
+    import shutil
+
+    from edgead.export.compile import compile_artifact
+
+    export = shutil.copytree(fitted_export, tmp_path / "export", ignore=shutil.ignore_patterns("*-*"))
+    folder = compile_artifact(export, engine, "int8", tiny_synthetic, max_drop=0.005)
+    fid = rt.load(folder).manifest.extra["fidelity"]
+    iv = fid["auroc_interval"]
+    assert fid["passed"] and fid["problems"] == [] and fid["map_r"] >= 0.999 and fid["noise"] == pytest.approx(1e-6)
+    assert (iv["normals"], iv["defects"], iv["resamples"], iv["seed"]) == (4, 4, 2000, 0)
+    assert iv["high"] <= 0.005 and fid["drop"] == iv["drop"] <= 0.005
+    assert fid["flips"] is not None and fid["score_error_rel"] < 0.05  # flips and score shift always recorded
