@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +324,156 @@ def test_cli_refusal_is_one_line(tmp_path, monkeypatch, capsys):
                           "dinomaly", "-o", str(tmp_path / "y")], monkeypatch, capsys)
     assert code == 1 and not (tmp_path / "y").exists()
     assert err.startswith("error: model.ckpt: expected an original Dinomaly") and len(err.strip().splitlines()) == 1
+
+
+# -- hardening (issue 25, item 9) -------------------------------------------------------------------------------------
+def _anomalib_variant(tmp_path: Path, name: str, edit) -> Path:
+    """The golden anomalib model.ckpt with ``edit(checkpoint dict)`` applied, saved as ``name``."""
+    ck = load_restricted(GOLDEN / "anomalib-dinomaly" / "tiny" / "model.ckpt")
+    ck = {k: v for k, v in ck.items() if k in ("state_dict", "hyper_parameters", "anomalib_pre_processor_config",
+                                                 "anomalib_post_processor_config")}
+    ck["hyper_parameters"] = {k: v for k, v in ck["hyper_parameters"].items() if k != "precision"}  # an Inert record
+    edit(ck)
+    torch.save(ck, tmp_path / name)
+    return tmp_path / name
+
+
+def _set(path: str, value):
+    """An edit that sets the checkpoint entry at the dotted ``path`` (list items by index) to ``value``."""
+    def edit(ck: dict) -> None:
+        *parents, last = path.split(".")
+        node = ck
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[int(last) if isinstance(node, list) else last] = value
+    return edit
+
+
+TRANSFORMS = "anomalib_pre_processor_config.transform.init_args.transforms"
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    ("hyper_parameters", ["encoder_name", "x"], "expected hyper_parameters to be a dict, found list"),
+    ("hyper_parameters.target_layers", "2,3", "expected hyper_parameters.target_layers to be a list of block "
+                                              "indices, found str"),
+    ("hyper_parameters.target_layers", [2, "3"], "expected hyper_parameters.target_layers to be a list of block "
+                                                 "indices, found list"),
+    ("hyper_parameters.fuse_layer_encoder", [0, 1], "expected hyper_parameters.fuse_layer_encoder to be a list of "
+                                                    "lists of indices, found list"),
+    ("hyper_parameters.remove_class_token", "no", "expected hyper_parameters.remove_class_token to be a bool, "
+                                                  "found str"),
+    ("anomalib_pre_processor_config", "Resize(128)", "expected anomalib_pre_processor_config to be a dict, found "
+                                                     "str"),
+    ("anomalib_pre_processor_config.transform", 7, "expected anomalib_pre_processor_config.transform to be a dict, "
+                                                   "found int"),
+    (TRANSFORMS, {"size": 1}, f"expected {TRANSFORMS} to be a list of dicts, found dict"),
+    (TRANSFORMS + ".0", "Resize", f"expected {TRANSFORMS} to be a list of dicts, found list"),
+    (TRANSFORMS + ".0.init_args.size", "128", f"expected {TRANSFORMS}[0].init_args.size to be a side or a list of "
+                                              f"sides, found str"),
+    (TRANSFORMS + ".1.init_args.size", [], f"expected {TRANSFORMS}[1].init_args.size to be a side or a list of "
+                                           f"sides, found list"),
+    (TRANSFORMS + ".0.init_args.size", [128.5, 128.5], f"expected {TRANSFORMS}[0].init_args.size to be a side or a "
+                                                       f"list of sides, found list"),
+    ("anomalib_post_processor_config", None, None),  # absent: anomalib's defaults, imported as before
+    ("anomalib_post_processor_config", [0.5], "expected anomalib_post_processor_config to be a dict, found list"),
+    ("anomalib_post_processor_config.image_sensitivity", "high", "expected "
+     "anomalib_post_processor_config.image_sensitivity to be a number in [0, 1], found str"),
+    ("anomalib_post_processor_config.image_sensitivity", 1.5, "expected "
+     "anomalib_post_processor_config.image_sensitivity to be a number in [0, 1], found float"),
+    ("anomalib_post_processor_config.enable_normalization", "yes", "expected "
+     "anomalib_post_processor_config.enable_normalization to be a bool, found str"),
+])
+def test_malformed_lightning_metadata_is_one_line(tmp_path, monkeypatch, capsys, path, value, expected):
+    """Lightning metadata of the wrong type or shape in an anomalib checkpoint: one ArtifactError line naming the
+    file, the entry and what was expected (before: AttributeError, TypeError or ValueError tracebacks)."""
+    ckpt = _anomalib_variant(tmp_path, "model.ckpt", _set(path, value))
+    if expected is None:
+        golden_threshold = convert_checkpoint(GOLDEN / "anomalib-dinomaly" / "tiny" / "model.ckpt",
+                                              "anomalib-dinomaly").spec.threshold
+        assert convert_checkpoint(ckpt, "anomalib-dinomaly").spec.threshold == pytest.approx(golden_threshold)
+        return
+    message = f"model.ckpt: malformed Lightning metadata: {expected}"
+    with pytest.raises(ArtifactError) as info:
+        convert_checkpoint(ckpt, "anomalib-dinomaly")
+    assert str(info.value) == message
+    code, err = run_main(["import", str(ckpt), "--format", "anomalib-dinomaly", "-o", str(tmp_path / "out")],
+                         monkeypatch, capsys)
+    assert code == 1 and err == f"error: {message}\n" and not (tmp_path / "out").exists()
+
+
+def _deflated(src: Path, dst: Path) -> None:
+    """``src`` (a torch zip checkpoint) rewritten with every entry deflated: what a decompression bomb looks like."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zout:
+        for info in zin.infolist():
+            with zin.open(info) as fin, zout.open(info.filename, "w", force_zip64=True) as fout:
+                while block := fin.read(1 << 24):
+                    fout.write(block)
+
+
+def test_decompression_bomb_refused_before_anything_is_inflated(tmp_path, monkeypatch, capsys):
+    """A 256 MB tensor of zeros deflated into a ~260 KB .pth: refused from the zip directory alone, before torch
+    reads (inflates) a byte of it; before the fix torch.load inflated all 256 MB, and only then was the layout
+    refused."""
+    torch.save({"w": torch.zeros(64 << 20)}, tmp_path / "plain.pth")
+    _deflated(tmp_path / "plain.pth", tmp_path / "bomb.pth")
+    (tmp_path / "plain.pth").unlink()
+    size = (tmp_path / "bomb.pth").stat().st_size
+    assert size < 300_000
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was unpickled or inflated")
+
+    monkeypatch.setattr(torch, "load", never)
+    monkeypatch.setattr(torch.serialization, "get_unsafe_globals_in_checkpoint", never)
+    with pytest.raises(ArtifactError) as info:
+        convert_checkpoint(tmp_path / "bomb.pth", "dinomaly")
+    found = re.fullmatch(rf"bomb\.pth: expected a checkpoint stored as torch\.save writes it \(uncompressed\), found "
+                         rf"{size} bytes that inflate to (\d+); nothing was loaded \(re-save it with torch\.save\)",
+                         str(info.value))
+    assert found, str(info.value)
+    assert (64 << 20) * 4 < int(found[1]) < (64 << 20) * 4 + 4096  # the tensor's 256 MB and the small pickle
+    code, err = run_main(["import", str(tmp_path / "bomb.pth"), "--format", "dinomaly", "-o", str(tmp_path / "o")],
+                         monkeypatch, capsys)
+    assert code == 1 and err == f"error: {info.value}\n"
+
+
+def test_size_cap_and_its_override(tmp_path, monkeypatch):
+    """The 4 GiB cap (EDGEAD_IMPORT_MAX_BYTES overrides it) holds for zip checkpoints (their entries' sizes),
+    safetensors files and the extra files an importer reads; legacy pickles, whose sizes cannot be bounded before
+    PyTorch allocates them, are refused."""
+    from safetensors.torch import save_file
+
+    from edgead.importers.ckpt import MAX_BYTES, max_bytes
+
+    assert MAX_BYTES == 4 << 30 and max_bytes() == MAX_BYTES
+    model = GOLDEN / "dinomaly" / "tiny" / "model.pth"
+    with zipfile.ZipFile(model) as z:
+        total = sum(i.file_size for i in z.infolist())
+    monkeypatch.setenv("EDGEAD_IMPORT_MAX_BYTES", str(total - 1))
+    with pytest.raises(ArtifactError) as info:
+        convert_checkpoint(model, "dinomaly")
+    assert str(info.value) == (f"model.pth: expected at most {total - 1} bytes once decompressed, found {total} bytes; "
+                               f"nothing was loaded (a larger trusted file: set EDGEAD_IMPORT_MAX_BYTES)")
+    monkeypatch.setenv("EDGEAD_IMPORT_MAX_BYTES", str(total))
+    assert convert_checkpoint(model, "dinomaly").spec.family == "dinomaly"
+    save_file({"w": torch.zeros(1000)}, str(tmp_path / "w.safetensors"))
+    size = (tmp_path / "w.safetensors").stat().st_size
+    monkeypatch.setenv("EDGEAD_IMPORT_MAX_BYTES", "4000")
+    with pytest.raises(ArtifactError, match=rf"^w\.safetensors: expected at most 4000 bytes once decompressed, "
+                                            rf"found {size} bytes"):
+        convert_checkpoint(tmp_path / "w.safetensors", "timm")
+    folder, meta, _ = golden("l2bt", "tiny")  # the teacher, read beside the students, is capped too
+    teacher = (folder / meta["teacher_file"]).stat().st_size
+    monkeypatch.setenv("EDGEAD_IMPORT_MAX_BYTES", str(teacher // 2))
+    with pytest.raises(ArtifactError, match=rf"^{meta['teacher_file']}: expected at most {teacher // 2} bytes"):
+        convert_checkpoint(folder / meta["forward_file"], "l2bt", weights=folder / meta["teacher_file"],
+                           backward=folder / meta["backward_file"], input_size=112)
+    monkeypatch.setenv("EDGEAD_IMPORT_MAX_BYTES", "4GB")
+    with pytest.raises(InputError, match="^expected EDGEAD_IMPORT_MAX_BYTES to be a positive number of bytes, "
+                                         "found '4GB'$"):
+        convert_checkpoint(model, "dinomaly")
+    monkeypatch.delenv("EDGEAD_IMPORT_MAX_BYTES")
+    torch.save(torch.load(model), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    with pytest.raises(ArtifactError, match=r"^legacy\.pth: expected a torch zip checkpoint \(torch\.save since "
+                                            r"PyTorch 1\.6\) or a \.safetensors file, found neither"):
+        convert_checkpoint(tmp_path / "legacy.pth", "dinomaly")

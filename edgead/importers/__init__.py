@@ -12,7 +12,7 @@ from typing import Any
 
 from edgead.errors import EdgeadError
 from edgead.importers import anomalib_dinomaly, dinomaly, l2bt, timm
-from edgead.importers.ckpt import load_restricted, tensors_of
+from edgead.importers.ckpt import check_size, load_restricted, tensors_of
 from edgead.importers.detect import NAMES, check_format, sniff
 from edgead.models.checkpoint import save_checkpoint
 from edgead.models.detector import Detector
@@ -26,7 +26,7 @@ def convert_checkpoint(file: str | Path, fmt: str, **opts: Any) -> Detector:
     """The edgead detector for ``file`` in format ``fmt`` (not written anywhere)."""
     if fmt not in _CONVERTERS:
         raise EdgeadError(f"import format must be one of {', '.join(FORMATS)}, found '{fmt}'")
-    file = Path(file)
+    file = check_size(file)  # before anything is inflated
     if file.suffix == ".safetensors":
         raw: Any = read_state_dict(file)
     else:

@@ -7,16 +7,33 @@ the optimizer and scheduler state); exactly those names are allow-listed, each b
 only remembers its arguments, so nothing from anomalib, Lightning or numpy is imported or called. A checkpoint
 asking for any other global (``os.system``, ``builtins.eval``, a class of its own...) is refused naming it,
 before anything is unpickled.
+
+Before that, ``check_size`` bounds what the file may inflate to: at most ``max_bytes()`` and at most ``MAX_RATIO``
+times the file's own size; a torch zip by its entries' uncompressed sizes, read from the zip's directory without
+decompressing anything, a safetensors file by its size (it is stored uncompressed). A legacy (pre-1.6, non-zip)
+torch pickle is refused: PyTorch allocates each tensor at the size the pickle declares before reading its bytes,
+so its size cannot be bounded beforehand.
 """
 
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from edgead.errors import ArtifactError, InputError
+
+#: Most bytes an imported file may hold once decompressed (``EDGEAD_IMPORT_MAX_BYTES`` overrides it): the largest
+#: detector edgead imports, Dinomaly on ViT-L/14 (about 0.41 G parameters, 1.7 GB in float32), plus an anomalib
+#: Lightning file's optimizer state (Adam's two moments of the trainable 0.11 G, 0.9 GB): 2.6 GB, with margin.
+MAX_BYTES = 4 << 30
+MAX_BYTES_ENV = "EDGEAD_IMPORT_MAX_BYTES"
+#: torch.save stores tensors uncompressed, and trained weights barely compress: a zip that inflates to more than
+#: this many times its own size is a decompression bomb, not a checkpoint (262 KB inflating to 256 MB is 1000x).
+MAX_RATIO = 16
 
 #: Globals an anomalib/Lightning checkpoint may hold besides tensors (optimizer and scheduler state, enums).
 _INERT_NAMES = frozenset({
@@ -54,14 +71,51 @@ def _is_inert(name: str) -> bool:
     return name in _INERT_NAMES or name.startswith(_INERT_PACKAGES) or name.startswith("numpy.dtypes.")
 
 
-def load_restricted(path: str | Path) -> Any:
-    """The object pickled in the torch file ``path``, unpickled with PyTorch's weights-only unpickler.
+def max_bytes() -> int:
+    """The decompressed-size cap: ``EDGEAD_IMPORT_MAX_BYTES`` (a positive number of bytes) or ``MAX_BYTES``."""
+    raw = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not raw:
+        return MAX_BYTES
+    if not raw.isdigit() or int(raw) <= 0:
+        raise InputError(f"expected {MAX_BYTES_ENV} to be a positive number of bytes, found '{raw[:40]}'")
+    return int(raw)
 
-    Globals beyond PyTorch's defaults are accepted only when they are the inert records listed above.
-    """
+
+def check_size(path: str | Path) -> Path:
+    """``path``, once checked to hold at most ``max_bytes()`` when decompressed, before anything is inflated."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"expected a checkpoint file, found nothing at {p}")
+    cap = max_bytes()
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as z:
+                total = sum(info.file_size for info in z.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise ArtifactError(f"{p.name}: expected a torch zip checkpoint, found an unreadable zip ({exc})") from None
+    elif p.suffix == ".safetensors":
+        total = p.stat().st_size
+    else:
+        raise ArtifactError(f"{p.name}: expected a torch zip checkpoint (torch.save since PyTorch 1.6) or a "
+                            f".safetensors file, found neither; a legacy torch pickle declares tensor sizes PyTorch "
+                            f"allocates before reading them, so it is not loaded: re-save it with a current torch.save")
+    if total > cap:
+        raise ArtifactError(f"{p.name}: expected at most {cap} bytes once decompressed, found {total} bytes; nothing "
+                            f"was loaded (a larger trusted file: set {MAX_BYTES_ENV})")
+    if total > MAX_RATIO * p.stat().st_size:
+        raise ArtifactError(f"{p.name}: expected a checkpoint stored as torch.save writes it (uncompressed), found "
+                            f"{p.stat().st_size} bytes that inflate to {total}; nothing was loaded (re-save it with "
+                            f"torch.save)")
+    return p
+
+
+def load_restricted(path: str | Path) -> Any:
+    """The object pickled in the torch file ``path``, unpickled with PyTorch's weights-only unpickler.
+
+    Globals beyond PyTorch's defaults are accepted only when they are the inert records listed above; the file's
+    decompressed size is checked first (``check_size``).
+    """
+    p = check_size(path)
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(p))
     except Exception as exc:
