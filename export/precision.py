@@ -24,7 +24,7 @@ import numpy as np
 
 from edgead.errors import ArtifactError, InputError
 from edgead.registry import ONNX, artifact_folder
-from edgead.runtimes.compare import check_batch, difference, pearson
+from edgead.runtimes.compare import check_batch, difference, output_problems, pearson
 from edgead.runtimes.manifest import read_manifest
 
 #: map Pearson r a graph must keep against FP32 (DESIGN.md: INT8 >= 0.99; issue 14: FP16 >= 0.999)
@@ -50,10 +50,13 @@ class GraphCheck:
     mean_abs_scores: float
     map_r: float
     data: dict[str, float | None] = field(default_factory=dict)  # image_auroc/aupro of both, their change
+    problems: tuple[str, ...] = ()  # NaN/Inf or flat outputs (runtimes.compare.output_problems): always a miss
 
     def failures(self) -> list[str]:
-        out = []
-        if not self.map_r >= MIN_MAP_R[self.precision]:
+        out = list(self.problems)
+        if np.isnan(self.map_r):
+            out.append("map r undefined (a side's maps have no variance or hold NaN/Inf)")
+        elif not self.map_r >= MIN_MAP_R[self.precision]:
             out.append(f"map r {self.map_r:.6f} < {MIN_MAP_R[self.precision]}")
         drop = self.data.get("delta_image_auroc")
         if drop is not None and -drop > MAX_AUROC_DROP + 1e-12:
@@ -98,23 +101,29 @@ def check_graph(export_dir: str | Path, folder: str | Path, calib: str | Path | 
         else:
             images = check_batch(0, 8, ref.spec.input_size)
         d = difference(ref.predict(images), runner.predict(images))
+        problems = list(d.problems)
         figures: dict[str, float | None] = {}
-        if data is not None:
-            from edgead.evaluate import evaluate_runner
+        if data is not None and not problems:
+            from edgead.evaluate import evaluate_runner, run_on_items
+            from edgead.metrics import evaluate
 
-            a, b = evaluate_runner(ref, data), evaluate_runner(runner, data)
-            for k in ("image_auroc", "aupro"):
-                x, y = getattr(a.metrics, k), getattr(b.metrics, k)
-                figures[f"fp32_{k}"], figures[k] = x, y
-                figures[f"delta_{k}"] = None if x is None or y is None else y - x
-            figures["data_map_r"] = pearson(a.maps, b.maps)
-            figures["data_max_abs_maps"] = float(np.abs(a.maps.astype(np.float64) - b.maps).max())
-            figures["data_max_abs_scores"] = float(np.abs(a.scores.astype(np.float64) - b.scores).max())
+            a = evaluate_runner(ref, data)
+            scores, maps = run_on_items(runner, a.items)
+            problems += output_problems(scores, maps, "candidate on --data")
+            if not problems:
+                b = evaluate(np.array([it.label for it in a.items]), scores, a.masks, maps)
+                for k in ("image_auroc", "aupro"):
+                    x, y = getattr(a.metrics, k), getattr(b, k)
+                    figures[f"fp32_{k}"], figures[k] = x, y
+                    figures[f"delta_{k}"] = None if x is None or y is None else y - x
+                figures["data_map_r"] = pearson(a.maps, maps)
+                figures["data_max_abs_maps"] = float(np.abs(a.maps.astype(np.float64) - maps).max())
+                figures["data_max_abs_scores"] = float(np.abs(a.scores.astype(np.float64) - scores).max())
     finally:
         runner.close()
         ref.close()
     return GraphCheck(precision, ref_name, ARITHMETIC[precision], int(images.shape[0]), d.max_abs_maps,
-                      d.mean_abs_maps, d.max_abs_scores, d.mean_abs_scores, d.map_pearson, figures)
+                      d.mean_abs_maps, d.max_abs_scores, d.mean_abs_scores, d.map_pearson, figures, tuple(problems))
 
 
 def precision_graph(export_dir: str | Path, precision: str, calib: str | Path | None = None,

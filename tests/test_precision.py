@@ -97,3 +97,23 @@ def test_precision_graph_is_verified_before_it_is_written(exported: Path, monkey
     with pytest.raises(ArtifactError, match=r"fp16 graph .*/onnx-fp16 misses its target .* map r 0\.9\d+ < 1\.000001"):
         precision.precision_graph(exported, "fp16")
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("how", ["flat", "nan"])
+def test_precision_graph_with_flat_or_nan_outputs_is_refused(exported: Path, monkeypatch, how) -> None:
+    """A flat FP16 graph once had map r 1.0 and was written; now each problem is named and nothing is kept."""
+    import shutil
+
+    import edgead.export.fp16_reference as fp16_reference
+    import edgead.export.precision as precision
+    from tests.test_verify import FLAT, NAN, Broken
+
+    real = fp16_reference.Fp16ReferenceRunner
+    monkeypatch.setattr(fp16_reference, "Fp16ReferenceRunner", lambda folder, m: Broken(real(folder, m), how, "fp16"))
+    shutil.rmtree(exported / "onnx-fp16", ignore_errors=True)
+    reasons = "; ".join(f.format(n=8) for f in (FLAT if how == "flat" else NAN))
+    with pytest.raises(ArtifactError) as err:
+        precision.precision_graph(exported, "fp16")
+    assert f"misses its target against FP32 ONNX export in ONNX Runtime (no checkpoint or no PyTorch here): " \
+           f"{reasons} (max |diff| maps" in str(err.value)
+    assert not (exported / "onnx-fp16").exists()
