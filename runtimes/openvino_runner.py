@@ -67,8 +67,7 @@ class OpenVINORunner(Runner):
                                     f"read by path after the hash check; expected an ONNX model with its weights "
                                     f"inside (as edgead exports are), or compile it: edgead compile "
                                     f"{self.folder} --engine openvino")
-        self._model_bytes = (data, weights)  # OpenVINO may share the weights' memory: keep it alive
-        return core.read_model(data, weights)
+        return core.read_model(data, weights)  # copies the weights (read_model(str, Tensor) would share them)
 
     def _request(self):
         req = getattr(self._local, "request", None)
@@ -126,7 +125,6 @@ class OpenVINORunner(Runner):
 
     def close(self) -> None:
         self.compiled = None
-        self._model_bytes = None
 
 
 _PRODUCTS = ("fullyconnected", "matmul", "convolution")
