@@ -205,7 +205,8 @@ def _infer(client, th, x):
     return client.infer("tiny", [inp], outputs=[th.InferRequestedOutput("scores", binary_data=True)])
 
 
-def test_ray_serve_answers_the_v2_protocol_from_replicas_on_both_nodes(served, scored_artifact):  # noqa: F811
+def test_ray_serve_answers_the_v2_protocol_from_replicas_on_both_nodes(served, scored_artifact,  # noqa: F811
+                                                                       node_tmp):
     import edgead.runtimes as rt
     from edgead.score import list_archive, read_prepared
 
@@ -216,6 +217,7 @@ def test_ray_serve_answers_the_v2_protocol_from_replicas_on_both_nodes(served, s
     nodes = {client.get_model_metadata("tiny")["parameters"]["node"] for _ in range(30)}
     workers = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0}
     assert nodes == workers and len(nodes) == 2  # two replicas, one per worker node, both answering
+    assert copies(node_tmp) == []  # live replicas hold no artifact copy a kill could leave behind
     with rt.load(artifact) as runner:
         x = read_prepared(list_archive(images)[:3], runner.spec)
         ref = runner.predict(x)

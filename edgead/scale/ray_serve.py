@@ -1,24 +1,22 @@
 """``edgead serve --ray``: the ``edgead serve`` application deployed with Ray Serve, one runner per replica.
 
-Each replica materialises the artifact shipped through Ray's object store (nodes need no copy of it), loads one
-runner and builds exactly the application ``edgead serve`` runs (``edgead.serve.app_for_runner``: the KServe v2
-endpoints, ``/predict``, ``/metrics`` and the inspection page), with its own dynamic batcher. Ray Serve's HTTP proxy
-spreads requests over the replicas; replicas that die (a node lost) are replaced by the Serve controller on the
-nodes that remain. Each replica adds its Ray node id to the model metadata (``parameters.node``), so a client can
+Each replica materialises the artifact shipped through Ray's object store (nodes need no copy of it) in a
+temporary folder that lives only while it loads one runner (a killed replica leaves no copy behind), and builds
+exactly the application ``edgead serve`` runs (``edgead.serve.app_for_runner``: the KServe v2 endpoints,
+``/predict``, ``/metrics`` and the inspection page), with its own dynamic batcher. Ray Serve's HTTP proxy spreads
+requests over the replicas; replicas that die (a node lost) are replaced by the Serve controller on the nodes that
+remain. Each replica adds its Ray node id to the model metadata (``parameters.node``), so a client can
 see which node answered.
 """
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from edgead.errors import InputError, require
-from edgead.scale.ray_data import artifact_files, connect
+from edgead.scale.ray_data import artifact_copy, artifact_files, connect
 
 APP_NAME = "edgead"
 
@@ -34,11 +32,8 @@ class EdgeadReplica:
         from edgead.serve import ServeConfig, app_for_runner
 
         files: dict[str, bytes] = ray.get(files_ref[0])
-        folder = Path(tempfile.mkdtemp(prefix="edgead-artifact-"))
-        atexit.register(shutil.rmtree, folder, True)
-        for name, data in files.items():
-            (folder / name).write_bytes(data)
-        self.runner = rt.load(folder, engine, **({"threads": threads} if threads else {}))
+        with artifact_copy(files) as folder:  # gone once loaded: a killed replica leaves no copy behind
+            self.runner = rt.load(folder, engine, **({"threads": threads} if threads else {}))
         node = ray.get_runtime_context().get_node_id()
         cfg = dict(config)
         cfg["folder"] = Path(cfg["folder"]) if cfg.get("folder") else None
