@@ -53,6 +53,8 @@ MinMapR = Annotated[float, typer.Option(help="Fidelity gate: minimum map Pearson
 AcceptDrop = Annotated[bool, typer.Option(help="Write the artifact even when it misses the budget (the "
                                           "measured drop is recorded in its manifest).")]
 CalibSize = Annotated[int, typer.Option(help="Calibration images, drawn stratified over the folder.")]
+MaxFlips = Annotated[int | None, typer.Option(help="Fail above this many label flips against the threshold "
+                                              "(flips are always counted and reported).")]
 
 
 def compile_cmd(
@@ -66,6 +68,7 @@ def compile_cmd(
     metric: Metric = "auroc",
     min_map_r: MinMapR = 0.99,
     accept_drop: AcceptDrop = False,
+    max_flips: MaxFlips = None,
     calib_size: CalibSize = 300,
     max_float_layers: Annotated[int | None, typer.Option(help="Q/DQ with --max-drop: refuse rather than keep more "
                                                          "than this many layers in float.")] = None,
@@ -90,7 +93,8 @@ def compile_cmd(
     from edgead.export.compile import compile_artifact
     from edgead.fidelity import Budget
 
-    budget = Budget(min_map_r=min_map_r, metric=metric, **({} if max_drop is None else {"max_drop": max_drop}))
+    budget = Budget(min_map_r=min_map_r, metric=metric, max_flips=max_flips,
+                    **({} if max_drop is None else {"max_drop": max_drop}))
     path = compile_artifact(out, engine, precision, calib, val=val, budget=budget, accuracy_aware=max_drop
                             is not None, accept_drop=accept_drop, calib_size=calib_size, calib_method=calib_method,
                             max_float_layers=max_float_layers, batch=batch, workspace=workspace, int8_mode=int8_mode,
@@ -131,11 +135,16 @@ def _report_compile(path: Path, json_out: bool) -> None:
                       f"in float{': ' + ', '.join(quant['float_layers']) if quant.get('float_layers') else ''}")
     if fid and fid.get("measured"):
         b = fid["budget"]
-        drop = fid["drop"]
-        verdict = "[green]met[/]" if fid["passed"] else "[red]MISSED, accepted[/]"
+        drop, iv = fid["drop"], fid.get("auroc_interval")
+        ci = f" (95% CI {100 * iv['low']:+.2f} to {100 * iv['high']:+.2f})" if iv and fid["metric"] == "image_auroc" \
+            else ""
+        shift = fid.get("score_error_rel")
+        verdict = "[green]met[/]" if fid["passed"] else f"[red]MISSED, accepted[/] ({'; '.join(fid['failures'])})"
         console.print(f"  vs FP32 on {fid['validation']['images']} images ({fid['validation']['kind']}): "
-                      f"{fid['metric']} drop {100 * drop:+.2f} points (budget {100 * b['max_drop']:.2f}), map r "
-                      f"{fid['map_r']:.4f} (>= {b['min_map_r']}), label flips {fid['flips']}: {verdict}")
+                      f"{fid['metric']} drop {'n/a' if drop is None else f'{100 * drop:+.2f}'} points{ci} (budget "
+                      f"{100 * b['max_drop']:.2f}), map r {fid['map_r']:.4f} (>= {b['min_map_r']}), label flips "
+                      f"{fid['flips']}, largest score shift "
+                      f"{'n/a' if shift is None else f'{100 * shift:.2f} % of the threshold'}: {verdict}")
 
 
 def verify(
