@@ -29,6 +29,11 @@ typedef struct edgead_manifest {
     char precision[16];           /* "fp32", "bf16", "fp16", "int8" */
     char model[256];              /* main file, a plain name inside the artifact folder */
     char inference_precision[16]; /* extra.inference_precision; "" when absent */
+    /* what a TensorRT engine was built for (extra.tensorrt_version, gpu_name, compute_capability); "" when absent
+     * or not a short string, which the TensorRT backend refuses as missing */
+    char tensorrt_version[32];
+    char gpu_name[128];
+    char compute_capability[16];
     char edgead_version[32];
     int height, width;            /* spec.input_size */
     int top_k;                    /* spec.top_k */

@@ -217,6 +217,12 @@ static edgead_status manifest_fields(const cJSON* root, const char* where, edgea
     if ((v = cJSON_GetObjectItemCaseSensitive(extra, "inference_precision")) &&
         !copy_string(v, m->inference_precision, sizeof m->inference_precision))
         CORRUPT("%s is corrupt: expected a short string extra.inference_precision", where);
+    /* optional: only a TensorRT engine needs them, and its backend refuses them missing */
+    copy_string(cJSON_GetObjectItemCaseSensitive(extra, "tensorrt_version"), m->tensorrt_version,
+                sizeof m->tensorrt_version);
+    copy_string(cJSON_GetObjectItemCaseSensitive(extra, "gpu_name"), m->gpu_name, sizeof m->gpu_name);
+    copy_string(cJSON_GetObjectItemCaseSensitive(extra, "compute_capability"), m->compute_capability,
+                sizeof m->compute_capability);
     const cJSON* files = cJSON_GetObjectItemCaseSensitive(root, "files");
     if (!cJSON_IsObject(files)) CORRUPT("%s is corrupt: field 'files' is missing or not an object", where);
     int model_listed = 0;

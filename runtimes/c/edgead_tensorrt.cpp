@@ -17,8 +17,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <fstream>
-#include <iterator>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -124,21 +122,6 @@ bool check_tensor(const nvinfer1::ICudaEngine& engine, const char* name, nvinfer
     return false;
 }
 
-/* The string value of "key" in the manifest beside the engine ("" when absent). The manifest was verified by the
- * core (sha256 of every file) and is written by edgead's json.dumps, where these three keys occur only in
- * "extra" and hold plain strings without escapes. */
-std::string manifest_string(const std::string& text, const char* key) {
-    std::string needle = std::string("\"") + key + "\"";
-    size_t at = text.find(needle);
-    if (at == std::string::npos) return "";
-    at = text.find(':', at + needle.size());
-    if (at == std::string::npos) return "";
-    size_t open = text.find('"', at + 1);
-    size_t close = open == std::string::npos ? open : text.find('"', open + 1);
-    if (close == std::string::npos) return "";
-    return text.substr(open + 1, close - open - 1);
-}
-
 /* "10.8.0.43" -> "10.8.0": the Python bindings report a fourth (build) component the C library does not. */
 std::string three_parts(const std::string& v) {
     size_t dots = 0, i = 0;
@@ -149,18 +132,12 @@ std::string three_parts(const std::string& v) {
 
 /* Refuse, before TensorRT tries to deserialise it, an engine whose manifest names another TensorRT version, GPU
  * model or compute capability than this machine's (what the Python runner checks too). */
-edgead_status check_build_facts(const char* model_path, int device, char* err) {
-    std::string folder(model_path);
-    size_t slash = folder.find_last_of('/');
-    folder = slash == std::string::npos ? std::string(".") : folder.substr(0, slash);
-    std::ifstream f(folder + "/manifest.json", std::ios::binary);
-    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    std::string built_trt = manifest_string(text, "tensorrt_version");
-    std::string built_gpu = manifest_string(text, "gpu_name");
-    std::string built_cc = manifest_string(text, "compute_capability");
+edgead_status check_build_facts(const edgead_manifest& m, const char* model_path, int device, char* err) {
+    /* from the manifest the core parsed and verified, not read again from disk */
+    std::string built_trt = m.tensorrt_version, built_gpu = m.gpu_name, built_cc = m.compute_capability;
     if (built_trt.empty() || built_gpu.empty() || built_cc.empty()) {
-        edgead_format_error(err, "expected tensorrt_version, gpu_name and compute_capability in %s/manifest.json, "
-                            "found them missing; rebuild the engine with edgead compile --engine trt", folder.c_str());
+        edgead_format_error(err, "expected tensorrt_version, gpu_name and compute_capability in the manifest of %s, "
+                            "found them missing; rebuild the engine with edgead compile --engine trt", model_path);
         return EDGEAD_ERR_CORRUPT_ARTIFACT;
     }
     int v = getInferLibVersion();  /* major * 10000 + minor * 100 + patch */
@@ -243,7 +220,7 @@ edgead_status trt_open_impl(const edgead_manifest* m, const char* model_path, co
         return EDGEAD_ERR_UNSUPPORTED;
     }
     if (!cuda_ok(cudaSetDevice(device), "select the GPU", err)) return EDGEAD_ERR_BACKEND;
-    edgead_status st = check_build_facts(model_path, device, err);
+    edgead_status st = check_build_facts(*m, model_path, device, err);
     if (st != EDGEAD_OK) return st;
     if (files->model.size == 0) {
         edgead_format_error(err, "the TensorRT engine %s is empty", model_path);
