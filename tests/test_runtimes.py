@@ -294,3 +294,61 @@ def test_tensorrt_plan_swapped_after_the_hash_check_never_runs(tmp_path, monkeyp
     with rt.load(folder) as r:
         assert r.predict(check_batch(0, 2, (14, 14))).scores.shape == (2,)
     assert seen == [plan]
+
+
+def test_onnx_external_data_is_read_through_the_hash_check(swap_pair, tmp_path, monkeypatch):
+    """An ONNX model whose weights live in another listed file: ONNX Runtime gets that file's checked bytes from
+    memory (a swap after the check is refused like the model's); OpenVINO, which would read it by path, refuses it."""
+    import onnx
+
+    from edgead.runtimes import manifest as manifest_mod
+    from edgead.runtimes.manifest import read_manifest, write_manifest
+
+    good, evil = swap_pair["onnx"]
+    images = check_batch(3, 4, (56, 56))
+    with rt.load(good, "onnxruntime") as r:
+        expected = r.predict(images).scores
+    m = read_manifest(good)
+    folder = tmp_path / "external"
+    folder.mkdir()
+    onnx.save(onnx.load(good / "model.onnx"), folder / "model.onnx", save_as_external_data=True,
+              location="weights.data")
+    write_manifest(folder, m.engine, m.precision, m.model, m.spec, m.versions, m.batch, m.extra)
+    with rt.load(folder, "onnxruntime") as r:
+        np.testing.assert_allclose(r.predict(images).scores, expected, atol=1e-5)
+    with pytest.raises(ArtifactError) as info:
+        rt.load(folder, "openvino")
+    assert str(info.value) == (f"{folder / 'model.onnx'} keeps its weights in weights.data, which OpenVINO would read "
+                               f"by path after the hash check; expected an ONNX model with its weights inside (as "
+                               f"edgead exports are), or compile it: edgead compile {folder} --engine openvino")
+    onnx.save(onnx.load(evil / "model.onnx"), tmp_path / "evil.onnx", save_as_external_data=True,
+              location="evil.data")
+    real_verify = manifest_mod.verify_files
+
+    def verify_then_swap(f, man):
+        real_verify(f, man)
+        (tmp_path / "evil.data").replace(folder / "weights.data")
+
+    monkeypatch.setattr(manifest_mod, "verify_files", verify_then_swap)
+    with pytest.raises(ArtifactError, match=r"weights\.data was changed or is corrupt: its sha256 differs"):
+        rt.load(folder, "onnxruntime")
+
+
+def test_read_verified_reads_only_listed_plain_regular_files(export_dir, tmp_path):
+    from edgead.runtimes.manifest import read_manifest, read_verified
+
+    m = read_manifest(export_dir)
+    assert read_verified(export_dir, m, "model.onnx") == (export_dir / "model.onnx").read_bytes()
+    with pytest.raises(ArtifactError) as info:
+        read_verified(export_dir, m, "weights.data")
+    assert str(info.value) == (f"{export_dir / 'manifest.json'} does not list weights.data, which the model needs; "
+                               f"an unlisted file could be changed undetected, so the artifact is refused (re-export "
+                               f"it)")
+    with pytest.raises(ArtifactError, match=r"is corrupt: expected a plain file name, found '\.\./model\.onnx'"):
+        read_verified(export_dir, m, "../model.onnx")
+    linked = tmp_path / "linked"
+    shutil.copytree(export_dir, linked)
+    (linked / "model.onnx").unlink()
+    (linked / "model.onnx").symlink_to(export_dir / "model.onnx")  # the right bytes, through a link
+    with pytest.raises(ArtifactError, match="to be a regular file inside its folder, found a link"):
+        read_verified(linked, m, "model.onnx")
