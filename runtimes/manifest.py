@@ -172,16 +172,18 @@ def _open_regular(p: Path) -> int:
 
 def _hashed(p: Path, digest: str, keep: bool) -> bytes:
     """Hash the regular file ``p`` and compare with ``digest``; with ``keep``, the bytes that were hashed (else b"")."""
-    h = hashlib.sha256()
-    blocks: list[bytes] = []
+    data = b""
     with os.fdopen(_open_regular(p), "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-            if keep:
-                blocks.append(block)
+        if keep:  # one read into one buffer (sized from fstat), hashed as it is
+            data = f.read()
+            h = hashlib.sha256(data)
+        else:
+            h = hashlib.sha256()
+            while block := f.read(1 << 20):
+                h.update(block)
     if h.hexdigest() != digest.lower():
         raise ArtifactError(f"artifact file {p} was changed or is corrupt: its sha256 differs from the manifest")
-    return b"".join(blocks)
+    return data
 
 
 def read_verified(folder: Path, m: Manifest, name: str) -> bytes:
