@@ -459,6 +459,7 @@ static void name_model_files(const edgead_manifest* m, const void* json, edgead_
 }
 
 edgead_status edgead_read_manifest(const char* dir, edgead_manifest* m, edgead_model_files* files, char* err) {
+    if (files) memset(files, 0, sizeof *files); /* freeable whatever fails below */
     struct stat sb;
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         FAIL(EDGEAD_ERR_NOT_FOUND, "expected an artifact folder, found no folder at %s", dir);
