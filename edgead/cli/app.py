@@ -11,7 +11,7 @@ import sys
 import typer
 
 from edgead import __version__
-from edgead.cli import deploy, importing, run, score, select, serve, train, tune
+from edgead.cli import deploy, importing, line, run, score, select, serve, train, tune
 from edgead.errors import EdgeadError
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ app.command("bench")(run.bench)
 app.command("demo")(run.demo)
 app.command("score")(score.score)
 app.command("serve")(serve.serve)
+app.command("line")(line.line)
 app.command("select")(select.select_cmd)
 app.command("tune")(tune.tune)
 

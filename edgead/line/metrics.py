@@ -1,0 +1,128 @@
+"""The line's counters and latency histograms, and ``/metrics`` in the Prometheus text format.
+
+One ``LineMetrics`` object is the only place the line counts: the summary, the OPC UA counters and ``/metrics`` all
+read it, so they cannot disagree. Written by hand (a few dozen lines) so a line PC needs no Prometheus client.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from edgead.errors import InputError
+from edgead.line.frames import DROPPED, ERROR, Verdict
+
+#: seconds; trigger-to-verdict on a line runs from about a millisecond to a deadline of some hundred
+BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
+           2.0, 5.0)
+COUNTERS = ("frames_in", "verdicts_out", "scored", "anomalous", "dropped", "errors", "deadline_missed")
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...] = BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.n = 0
+
+    def observe(self, x: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, x)] += 1
+        self.sum += x
+        self.n += 1
+
+    def lines(self, name: str) -> list[str]:
+        out, acc = [], 0
+        for le, c in zip(self.buckets, self.counts, strict=False):
+            acc += c
+            out.append(f'{name}_bucket{{le="{le:g}"}} {acc}')
+        out += [f'{name}_bucket{{le="+Inf"}} {self.n}', f"{name}_sum {self.sum:.6f}", f"{name}_count {self.n}"]
+        return out
+
+
+class LineMetrics:
+    """Counts of everything that happened to frames, plus gauges read at render time (queue depth, spool)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.latency = Histogram()  # trigger to verdict
+        self.overhead = Histogram()  # trigger to verdict minus the engine's own time
+        self.gauges: dict[str, Callable[[], float]] = {}
+        self.extra: dict[str, Callable[[], int]] = {}  # source and sink counters, read at render time
+
+    def frame_in(self) -> None:
+        with self._lock:
+            self.counts["frames_in"] += 1
+
+    def verdict(self, v: Verdict) -> None:
+        with self._lock:
+            c = self.counts
+            c["verdicts_out"] += 1
+            if v.status == DROPPED:
+                c["dropped"] += 1
+            elif v.status == ERROR:
+                c["errors"] += 1
+            else:
+                c["scored"] += 1
+                c["anomalous"] += v.anomalous
+                self.latency.observe(v.latency_ms / 1e3)
+                if v.engine_ms is not None:
+                    self.overhead.observe(max(v.latency_ms - v.engine_ms, 0.0) / 1e3)
+            c["deadline_missed"] += v.deadline_missed
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            out = dict(self.counts)
+        out.update({k: int(f()) for k, f in self.extra.items()})
+        return out
+
+    def render(self) -> str:
+        """The Prometheus text exposition (format 0.0.4)."""
+        p = "edgead_line"
+        with self._lock:
+            c = dict(self.counts)
+            lines = [f"# TYPE {p}_frames_in_total counter", f"{p}_frames_in_total {c['frames_in']}",
+                     f"# TYPE {p}_verdicts_total counter"]
+            lines += [f'{p}_verdicts_total{{status="{s}"}} {c[k]}'
+                      for s, k in (("scored", "scored"), ("dropped", "dropped"), ("error", "errors"))]
+            lines += [f"# TYPE {p}_anomalous_total counter", f"{p}_anomalous_total {c['anomalous']}",
+                      f"# TYPE {p}_dropped_total counter", f"{p}_dropped_total {c['dropped']}",
+                      f"# TYPE {p}_deadline_misses_total counter", f"{p}_deadline_misses_total {c['deadline_missed']}",
+                      f"# TYPE {p}_trigger_to_verdict_seconds histogram",
+                      *self.latency.lines(f"{p}_trigger_to_verdict_seconds"),
+                      f"# TYPE {p}_overhead_seconds histogram", *self.overhead.lines(f"{p}_overhead_seconds")]
+        for name, f in sorted(self.gauges.items()):
+            lines += [f"# TYPE {p}_{name} gauge", f"{p}_{name} {f():g}"]
+        for name, f in sorted(self.extra.items()):
+            lines += [f"# TYPE {p}_{name}_total counter", f"{p}_{name}_total {int(f())}"]
+        return "\n".join(lines) + "\n"
+
+
+def serve_metrics(metrics: LineMetrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Serve ``GET /metrics`` on ``host:port`` from a daemon thread; ``shutdown()`` the returned server to stop."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.split("?")[0] != "/metrics":
+                self.send_error(404, "only /metrics is here")
+                return
+            body = metrics.render().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:  # quiet: a scrape every few seconds is not news
+            pass
+
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise InputError(f"expected --metrics-port {port} to be free on {host}, found it taken ({exc.strerror})") \
+            from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="edgead-metrics", daemon=True).start()
+    return server
