@@ -26,11 +26,11 @@ def convert_checkpoint(file: str | Path, fmt: str, **opts: Any) -> Detector:
     """The edgead detector for ``file`` in format ``fmt`` (not written anywhere)."""
     if fmt not in _CONVERTERS:
         raise EdgeadError(f"import format must be one of {', '.join(FORMATS)}, found '{fmt}'")
-    file = check_size(file)  # before anything is inflated
+    file = Path(file)
     if file.suffix == ".safetensors":
-        raw: Any = read_state_dict(file)
+        raw: Any = read_state_dict(check_size(file))  # sized before anything is read
     else:
-        raw = load_restricted(file)
+        raw = load_restricted(file)  # sized, then loaded from the same open file
     sd = check_format(tensors_of(raw, file.name), fmt, file.name)
     if fmt == "timm":
         opts["file"] = file

@@ -17,10 +17,12 @@ so its size cannot be bounded beforehand.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -81,56 +83,76 @@ def max_bytes() -> int:
     return int(raw)
 
 
-def check_size(path: str | Path) -> Path:
-    """``path``, once checked to hold at most ``max_bytes()`` when decompressed, before anything is inflated."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"expected a checkpoint file, found nothing at {p}")
-    cap = max_bytes()
-    if zipfile.is_zipfile(p):
+def _check_inflated(f: BinaryIO, p: Path) -> None:
+    """Refuse the open file ``f`` (named ``p``) if it would hold more than ``max_bytes()`` once decompressed, or
+    inflate to more than ``MAX_RATIO`` times its size; reads only the zip directory, and rewinds ``f``."""
+    cap, size = max_bytes(), os.fstat(f.fileno()).st_size
+    if zipfile.is_zipfile(f):
         try:
-            with zipfile.ZipFile(p) as z:
+            with zipfile.ZipFile(f) as z:  # a ZipFile given a file object leaves it open
                 total = sum(info.file_size for info in z.infolist())
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
             raise ArtifactError(f"{p.name}: expected a torch zip checkpoint, found an unreadable zip ({exc})") from None
     elif p.suffix == ".safetensors":
-        total = p.stat().st_size
+        total = size
     else:
         raise ArtifactError(f"{p.name}: expected a torch zip checkpoint (torch.save since PyTorch 1.6) or a "
                             f".safetensors file, found neither; a legacy torch pickle declares tensor sizes PyTorch "
                             f"allocates before reading them, so it is not loaded: re-save it with a current torch.save")
+    f.seek(0)
     if total > cap:
         raise ArtifactError(f"{p.name}: expected at most {cap} bytes once decompressed, found {total} bytes; nothing "
                             f"was loaded (a larger trusted file: set {MAX_BYTES_ENV})")
-    if total > MAX_RATIO * p.stat().st_size:
+    if total > MAX_RATIO * size:
         raise ArtifactError(f"{p.name}: expected a checkpoint stored as torch.save writes it (uncompressed), found "
-                            f"{p.stat().st_size} bytes that inflate to {total}; nothing was loaded (re-save it with "
-                            f"torch.save)")
-    return p
+                            f"{size} bytes that inflate to {total}; nothing was loaded (re-save it with torch.save)")
+
+
+@contextlib.contextmanager
+def _checked(path: str | Path) -> Iterator[tuple[Path, BinaryIO]]:
+    """The file at ``path``, opened once and size-checked (``_check_inflated``), rewound for reading."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"expected a checkpoint file, found nothing at {p}")
+    with open(p, "rb") as f:
+        _check_inflated(f, p)
+        yield p, f
+
+
+def check_size(path: str | Path) -> Path:
+    """``path``, once checked to hold at most ``max_bytes()`` when decompressed, before anything is inflated.
+
+    For a file that is read again by path later (``safetensors``, ``edgead.models.weights``); ``load_restricted``
+    checks and loads one open file instead, so the file checked is the file loaded.
+    """
+    with _checked(path) as (p, _):
+        return p
 
 
 def load_restricted(path: str | Path) -> Any:
     """The object pickled in the torch file ``path``, unpickled with PyTorch's weights-only unpickler.
 
-    Globals beyond PyTorch's defaults are accepted only when they are the inert records listed above; the file's
-    decompressed size is checked first (``check_size``).
+    Globals beyond PyTorch's defaults are accepted only when they are the inert records listed above. The file is
+    opened once: its decompressed size is checked (``check_size``), its globals listed and it is loaded from that
+    one open file, so a file swapped on disk in between is never what gets loaded.
     """
-    p = check_size(path)
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(p))
-    except Exception as exc:
-        raise ArtifactError(f"expected a torch checkpoint (zip or legacy pickle), could not read {p}: "
-                            f"{str(exc).splitlines()[0][:200]}") from exc
-    refused = sorted(n for n in names if not _is_inert(n))
-    if refused:
-        raise ArtifactError(f"{p.name}: refusing to unpickle {', '.join(refused[:3])}: a checkpoint may only hold "
-                            "tensors, numbers, strings and Lightning/anomalib records; nothing was executed")
-    try:
-        with torch.serialization.safe_globals([(Inert, n) for n in names]):
-            return torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ArtifactError(f"expected a torch checkpoint, could not read {p}: "
-                            f"{str(exc).splitlines()[0][:200]}") from exc
+    with _checked(path) as (p, f):
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(f)
+        except Exception as exc:
+            raise ArtifactError(f"expected a torch checkpoint, could not read {p}: "
+                                f"{str(exc).splitlines()[0][:200]}") from exc
+        refused = sorted(n for n in names if not _is_inert(n))
+        if refused:
+            raise ArtifactError(f"{p.name}: refusing to unpickle {', '.join(refused[:3])}: a checkpoint may only "
+                                "hold tensors, numbers, strings and Lightning/anomalib records; nothing was executed")
+        f.seek(0)
+        try:
+            with torch.serialization.safe_globals([(Inert, n) for n in names]):
+                return torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ArtifactError(f"expected a torch checkpoint, could not read {p}: "
+                                f"{str(exc).splitlines()[0][:200]}") from exc
 
 
 def tensors_of(obj: Any, source: str) -> dict[str, torch.Tensor]:
