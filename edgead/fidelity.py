@@ -20,7 +20,9 @@ the interval reaches past the budget but not wholly, the set is too small to tel
 how many labelled images would be.
 
 Label flips against the threshold and the largest score shift as a fraction of it are always measured and
-reported; flips fail the verdict only when ``max_flips`` is set.
+reported; flips fail the verdict only when ``max_flips`` is set. Beside the reference's threshold, the threshold
+recomputed for the artifact from its own scores on the held-out normals (``recomputed_threshold``) and the flips
+it would make are reported; it is not written into the artifact.
 """
 
 from __future__ import annotations
@@ -125,7 +127,9 @@ class Fidelity:
 
     ``score_error_rel`` is the worst |score difference| as a fraction of the threshold; flips count images whose
     label (score > threshold) differs from the reference's. ``metrics``/``reference_metrics`` are filled on
-    labelled data only (``map_r`` included in both for uniform look-ups).
+    labelled data only (``map_r`` included in both for uniform look-ups). ``own_threshold`` is the threshold
+    recomputed for the artifact (``recomputed_threshold``) and ``own_threshold_flips`` the flips the artifact
+    would make with it, beside the reference's threshold kept in ``threshold``.
     """
 
     reference: str
@@ -147,6 +151,8 @@ class Fidelity:
     max_scaled_scores: float | None = None
     problems: tuple[str, ...] = ()  # NaN/Inf or flat outputs of either side: each fails every budget
     auroc_interval: DropInterval | None = None  # labelled data: the image-AUROC drop with its interval
+    own_threshold: float | None = None  # the threshold recomputed from the artifact's own scores on the normals
+    own_threshold_flips: int | None = None  # label flips against the reference if the artifact used it
 
     @property
     def flips(self) -> int | None:
@@ -202,6 +208,12 @@ def measure(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, ma
         ref_lab, lab = ref_scores > threshold, scores > threshold
         flips_up, flips_down = int((lab & ~ref_lab).sum()), int((~lab & ref_lab).sum())
         rel = float(ds.max() / threshold) if threshold > 0 else None
+    own = own_flips = None
+    if threshold is not None and np.isfinite(threshold) and finite:
+        normals = np.ones(scores.size, bool) if labels is None else np.asarray(labels).ravel() == 0
+        own = recomputed_threshold(threshold, ref_scores[normals], scores[normals])
+        if own is not None:
+            own_flips = int(((scores > own) != (ref_scores > threshold)).sum())
     met: dict[str, float | None] = {}
     ref_met: dict[str, float | None] = {}
     r = pearson(ref_maps, maps)
@@ -214,7 +226,28 @@ def measure(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, ma
         interval = auroc_drop(labels, ref_scores, scores, noise)
     return Fidelity(reference, candidate, precision, int(scores.size), float(dm.max()), float(dm.mean()),
                     float(ds.max()), float(ds.mean()), r, threshold, rel, flips_up, flips_down, met, ref_met,
-                    scaled_error(ref_maps, maps), scaled_error(ref_scores, scores), problems, interval)
+                    scaled_error(ref_maps, maps), scaled_error(ref_scores, scores), problems, interval, own,
+                    own_flips)
+
+
+def threshold_rule(normal_scores: np.ndarray) -> float:
+    """The decision threshold ``edgead fit`` sets from hold-out normal scores: max(mean + 3 std, max)."""
+    s = np.asarray(normal_scores, np.float64).ravel()
+    return float(max(s.mean() + 3.0 * s.std(), s.max()))
+
+
+def recomputed_threshold(threshold: float, ref_normals: np.ndarray, normals: np.ndarray) -> float | None:
+    """The reference's ``threshold`` recomputed for an artifact from its own scores on held-out normals.
+
+    ``threshold_rule`` is applied to the artifact's and to the reference's scores of the same normals, and the
+    reference's threshold moves by the difference: an artifact that reproduces its reference keeps the threshold
+    exactly, and one whose normals score higher gets a threshold as much higher (the reference's own threshold
+    came from another hold-out, so the rule's value on these normals is not used directly). None with fewer than
+    two normals.
+    """
+    if np.size(normals) < 2:
+        return None
+    return float(threshold + threshold_rule(normals) - threshold_rule(ref_normals))
 
 
 # -- the image-AUROC drop, judged with what the labelled set can resolve -----------------------------------------

@@ -79,6 +79,10 @@ def record(fid: Fidelity | None, target: AccuracyTarget | None, failures: list[s
             "max_abs_scores": fid.max_abs_scores, "score_error_rel": fid.score_error_rel, "flips": fid.flips,
             "flips_to_anomalous": fid.flips_to_anomalous, "flips_to_normal": fid.flips_to_normal,
             "problems": list(fid.problems), "noise": target.noise,
+            "threshold": {"reference": fid.threshold, "recomputed": fid.own_threshold,
+                          "flips_with_recomputed": fid.own_threshold_flips,
+                          "rule": "the reference's threshold moved by max(mean + 3 std, max) of the artifact's "
+                                  "minus the reference's scores on the held-out normals (not applied)"},
             "auroc_interval": None if fid.auroc_interval is None else fid.auroc_interval.to_dict(),
             "metrics": fid.metrics, "reference_metrics": fid.reference_metrics}
 

@@ -240,3 +240,6 @@ def test_tiny_detector_max_drop_half_a_point_compiles_on_its_proxy(fitted_export
     assert (iv["normals"], iv["defects"], iv["resamples"], iv["seed"]) == (4, 4, 2000, 0)
     assert iv["high"] <= 0.005 and fid["drop"] == iv["drop"] <= 0.005
     assert fid["flips"] is not None and fid["score_error_rel"] < 0.05  # flips and score shift always recorded
+    thr = fid["threshold"]  # the artifact's own threshold from the 4 held-out normals, beside the PyTorch one
+    assert thr["reference"] == rt.load(export, "onnxruntime").spec.threshold
+    assert abs(thr["recomputed"] - thr["reference"]) < 0.05 * thr["reference"] and thr["flips_with_recomputed"] <= 2

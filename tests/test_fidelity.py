@@ -206,3 +206,29 @@ def test_reference_noise_comes_from_the_exports_parity_record():
     assert score_noise({"parity_vs_torch": {"max_scaled_scores": 3.2e-6}}) == 3.2e-6
     assert score_noise({"parity_vs_torch": {"max_scaled_scores": 1e-9}}) == NOISE == 1e-6
     assert score_noise({}) == NOISE and score_noise(None) == NOISE
+
+
+def test_the_artifacts_own_threshold_is_recomputed_by_the_fit_rule_beside_the_reference_one():
+    from edgead.fidelity import recomputed_threshold, threshold_rule
+    from edgead.fit import threshold_from
+
+    normals = np.array([0.9, 1.0, 1.1, 1.2, 1.0])
+    assert threshold_rule(normals) == threshold_from(normals) == pytest.approx(1.04 + 3 * normals.std())
+    labels = np.array([0] * 5 + [1] * 5)
+    ref = np.concatenate([normals, [1.5, 1.6, 1.7, 1.8, 1.9]])
+    maps = np.random.default_rng(8).random((10, 4, 4)) + ref[:, None, None]
+    same = measure(ref, maps, ref, maps, reference="r", candidate="c", precision="int8", threshold=1.45,
+                   labels=labels)
+    assert same.own_threshold == 1.45 and same.own_threshold_flips == 0 == same.flips
+    # an artifact that scores every image 0.1 higher: its own threshold moves by the same 0.1
+    up = measure(ref, maps, ref + 0.1, maps, reference="r", candidate="c", precision="int8", threshold=1.45,
+                 labels=labels)
+    assert up.own_threshold == pytest.approx(1.55) and up.own_threshold_flips == 0 and up.flips == 0
+    # normals spread wider by INT8 noise: the recomputed threshold rises with their mean + 3 std
+    wide = ref.copy()
+    wide[:5] = [0.8, 1.0, 1.2, 1.3, 1.0]
+    w = measure(ref, maps, wide, maps, reference="r", candidate="c", precision="int8", threshold=1.45,
+                labels=labels)
+    assert w.own_threshold == pytest.approx(1.45 + threshold_rule(wide[:5]) - threshold_rule(normals))
+    assert w.own_threshold == pytest.approx(1.687127) and w.own_threshold_flips == 2  # defects 1.5, 1.6 fall below
+    assert recomputed_threshold(1.0, np.array([1.0]), np.array([2.0])) is None  # one normal: no spread to use

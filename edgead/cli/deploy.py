@@ -145,6 +145,10 @@ def _report_compile(path: Path, json_out: bool) -> None:
                       f"{100 * b['max_drop']:.2f}), map r {fid['map_r']:.4f} (>= {b['min_map_r']}), label flips "
                       f"{fid['flips']}, largest score shift "
                       f"{'n/a' if shift is None else f'{100 * shift:.2f} % of the threshold'}: {verdict}")
+        thr = fid.get("threshold") or {}
+        if thr.get("recomputed") is not None:
+            console.print(f"  threshold {thr['reference']:.6g} (PyTorch); recomputed from this artifact's held-out "
+                          f"normals {thr['recomputed']:.6g}, with {thr['flips_with_recomputed']} label flips")
 
 
 def verify(
