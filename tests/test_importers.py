@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -477,3 +478,22 @@ def test_size_cap_and_its_override(tmp_path, monkeypatch):
     with pytest.raises(ArtifactError, match=r"^legacy\.pth: expected a torch zip checkpoint \(torch\.save since "
                                             r"PyTorch 1\.6\) or a \.safetensors file, found neither"):
         convert_checkpoint(tmp_path / "legacy.pth", "dinomaly")
+
+
+def test_checkpoint_swapped_after_the_size_check_is_not_what_loads(tmp_path, monkeypatch):
+    """The size check and the load read one open file: a checkpoint replaced on disk right after its zip directory
+    was sized (here by another state dict) is not what gets loaded; before, the load opened the path again."""
+    model = tmp_path / "model.pth"
+    shutil.copy(GOLDEN / "dinomaly" / "tiny" / "model.pth", model)
+    torch.save({"conv.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    real_infolist = zipfile.ZipFile.infolist
+
+    def infolist_then_swap(self):
+        entries = real_infolist(self)
+        if (tmp_path / "other.pth").exists():
+            (tmp_path / "other.pth").replace(model)
+        return entries
+
+    monkeypatch.setattr(zipfile.ZipFile, "infolist", infolist_then_swap)
+    assert convert_checkpoint(model, "dinomaly").spec.family == "dinomaly"
+    assert not (tmp_path / "other.pth").exists() and sniff(torch.load(model)) == "unknown"  # the swap happened
