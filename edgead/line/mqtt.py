@@ -35,7 +35,8 @@ class MqttTarget:
         if u.scheme != "mqtt" or not u.hostname:
             raise InputError(f"expected an MQTT sink as mqtt://HOST[:PORT][/TOPIC], found '{url}'")
         topic = u.path.lstrip("/") or DEFAULT_TOPIC
-        if any(c in topic for c in "#+"):
+        if "#" in url or "+" in topic or u.query:
+            topic += "#" if "#" in url else ""
             raise InputError(f"expected an MQTT topic without wildcards (# +) to publish to, found '{topic}'")
         try:
             port = u.port or 1883
@@ -121,7 +122,10 @@ class MqttSink:
                     client = self._client()
                 except OSError:
                     self.connected = False
-                    self._stop.wait(backoff) if not self._stop.is_set() else time.sleep(min(backoff, 0.1))
+                    if self._stop.is_set():  # draining: keep trying until the drain deadline
+                        time.sleep(min(backoff, 0.1))
+                    else:
+                        self._stop.wait(backoff)
                     backoff = min(2 * backoff, self.max_backoff_s)
                     continue
                 self._alive = None  # waiting for CONNACK
