@@ -88,3 +88,42 @@ def test_missing_and_corrupt_files(tmp_path):
     save_file({"blocks.0.norm1.weight": torch.ones(32)}, str(tmp_path / "part.safetensors"))
     with pytest.raises(ArtifactError, match=r"does not fit the backbone backbone: missing \d+ tensors"):
         load_backbone_weights(dst, tmp_path / "part.safetensors")
+
+
+def test_backbone_weights_bomb_refused_before_anything_is_inflated(tmp_path, monkeypatch):
+    """``fit --weights`` and the hierarchical backbones read through ``read_state_dict``: a 64 MB tensor deflated
+    into a small .pth is refused from the zip directory alone, before torch inflates it (issue 25 item 9)."""
+    import zipfile
+
+    torch.save({"w": torch.zeros(16 << 20)}, tmp_path / "plain.pth")
+    with zipfile.ZipFile(tmp_path / "plain.pth") as zin, \
+            zipfile.ZipFile(tmp_path / "bomb.pth", "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+    size = (tmp_path / "bomb.pth").stat().st_size
+    assert size < 200_000
+
+    def never(*args, **kwargs):
+        raise AssertionError("the weights file was inflated")
+
+    monkeypatch.setattr(torch, "load", never)
+    vit = create_vit("vit_tiny_test_patch14", "layernorm", (28, 28))
+    with pytest.raises(ArtifactError, match=rf"^bomb\.pth: expected a checkpoint stored as torch\.save writes it "
+                                            rf"\(uncompressed\), found {size} bytes that inflate to \d+; nothing"):
+        load_backbone_weights(vit, tmp_path / "bomb.pth")
+
+
+def test_backbone_weights_over_the_size_cap_are_refused(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    src = create_vit("vit_tiny_test_patch14", "layernorm", (28, 28))
+    save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
+    size = (tmp_path / "w.safetensors").stat().st_size
+    monkeypatch.setenv("EDGEAD_IMPORT_MAX_BYTES", str(size - 1))
+    vit = create_vit("vit_tiny_test_patch14", "layernorm", (28, 28))
+    with pytest.raises(ArtifactError, match=rf"^w\.safetensors: expected at most {size - 1} bytes once decompressed, "
+                                            rf"found {size} bytes; nothing was loaded"):
+        load_backbone_weights(vit, tmp_path / "w.safetensors")
+    monkeypatch.setenv("EDGEAD_IMPORT_MAX_BYTES", str(size))
+    load_backbone_weights(vit, tmp_path / "w.safetensors")
+    for k, v in src.state_dict().items():
+        assert torch.equal(vit.state_dict()[k], v), k

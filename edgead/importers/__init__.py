@@ -12,7 +12,7 @@ from typing import Any
 
 from edgead.errors import EdgeadError
 from edgead.importers import anomalib_dinomaly, dinomaly, l2bt, timm
-from edgead.importers.ckpt import check_size, load_restricted, tensors_of
+from edgead.importers.ckpt import load_restricted, tensors_of
 from edgead.importers.detect import NAMES, check_format, sniff
 from edgead.models.checkpoint import save_checkpoint
 from edgead.models.detector import Detector
@@ -28,7 +28,7 @@ def convert_checkpoint(file: str | Path, fmt: str, **opts: Any) -> Detector:
         raise EdgeadError(f"import format must be one of {', '.join(FORMATS)}, found '{fmt}'")
     file = Path(file)
     if file.suffix == ".safetensors":
-        raw: Any = read_state_dict(check_size(file))  # sized before anything is read
+        raw: Any = read_state_dict(file)  # sized, then read from the same open file
     else:
         raw = load_restricted(file)  # sized, then loaded from the same open file
     sd = check_format(tensors_of(raw, file.name), fmt, file.name)

@@ -8,7 +8,7 @@ only remembers its arguments, so nothing from anomalib, Lightning or numpy is im
 asking for any other global (``os.system``, ``builtins.eval``, a class of its own...) is refused naming it,
 before anything is unpickled.
 
-Before that, ``check_size`` bounds what the file may inflate to: at most ``max_bytes()`` and at most ``MAX_RATIO``
+Before that, ``open_checked`` bounds what the file may inflate to: at most ``max_bytes()`` and at most ``MAX_RATIO``
 times the file's own size; a torch zip by its entries' uncompressed sizes, read from the zip's directory without
 decompressing anything, a safetensors file by its size (it is stored uncompressed). A legacy (pre-1.6, non-zip)
 torch pickle is refused: PyTorch allocates each tensor at the size the pickle declares before reading its bytes,
@@ -109,8 +109,9 @@ def _check_inflated(f: BinaryIO, p: Path) -> None:
 
 
 @contextlib.contextmanager
-def _checked(path: str | Path) -> Iterator[tuple[Path, BinaryIO]]:
-    """The file at ``path``, opened once and size-checked (``_check_inflated``), rewound for reading."""
+def open_checked(path: str | Path) -> Iterator[tuple[Path, BinaryIO]]:
+    """The file at ``path``, opened once and size-checked (``_check_inflated``), rewound for reading: load from this
+    file object, not the path, so the file checked is the file loaded."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"expected a checkpoint file, found nothing at {p}")
@@ -119,24 +120,14 @@ def _checked(path: str | Path) -> Iterator[tuple[Path, BinaryIO]]:
         yield p, f
 
 
-def check_size(path: str | Path) -> Path:
-    """``path``, once checked to hold at most ``max_bytes()`` when decompressed, before anything is inflated.
-
-    For a file that is read again by path later (``safetensors``, ``edgead.models.weights``); ``load_restricted``
-    checks and loads one open file instead, so the file checked is the file loaded.
-    """
-    with _checked(path) as (p, _):
-        return p
-
-
 def load_restricted(path: str | Path) -> Any:
     """The object pickled in the torch file ``path``, unpickled with PyTorch's weights-only unpickler.
 
     Globals beyond PyTorch's defaults are accepted only when they are the inert records listed above. The file is
-    opened once: its decompressed size is checked (``check_size``), its globals listed and it is loaded from that
+    opened once: its decompressed size is checked (``open_checked``), its globals listed and it is loaded from that
     one open file, so a file swapped on disk in between is never what gets loaded.
     """
-    with _checked(path) as (p, f):
+    with open_checked(path) as (p, f):
         try:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(f)
         except Exception as exc:

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 from edgead.errors import ArtifactError, InputError
-from edgead.importers.ckpt import check_size
 from edgead.importers.common import (
     backbone_tensors,
     dinov2_to_timm,
@@ -62,7 +61,7 @@ def _students(sd: dict[str, torch.Tensor], backward: str | Path | None, what: st
         return sub_dict(sd, "forward_net."), sub_dict(sd, "backward_net.")
     if backward is None:
         raise InputError(f"{what} holds one L2BT student; pass the other with --backward BACKWARD_NET.pth")
-    other = check_format(read_state_dict(check_size(backward)), FORMAT, Path(backward).name)
+    other = check_format(read_state_dict(backward), FORMAT, Path(backward).name)
     return sd, other
 
 
@@ -81,7 +80,7 @@ def convert(sd: dict[str, torch.Tensor], what: str, *, weights: str | Path | Non
     if weights is None:
         raise InputError("L2BT checkpoints hold only the students; pass the DINOv2 teacher weights with --weights "
                          "(dinov2_vitb14_reg4_pretrain.pth)")
-    teacher = normalise(read_state_dict(check_size(weights)))
+    teacher = normalise(read_state_dict(weights))
     if sniff(teacher) != "timm":
         raise ArtifactError(f"{Path(weights).name}: expected DINOv2 teacher weights, found a different layout")
     teacher = strip_prefix(teacher, "encoder.")

@@ -20,20 +20,27 @@ _PREFIXES = ("module.", "backbone.", "encoder.", "teacher.backbone.")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors or torch file, unwrapped from common ``{'model': ...}`` containers."""
+    """Tensors of a safetensors or torch file, unwrapped from common ``{'model': ...}`` containers.
+
+    The file is opened once, its decompressed size checked against the importers' cap (``EDGEAD_IMPORT_MAX_BYTES``)
+    before anything is inflated, and the tensors are read from that same open file.
+    """
+    from edgead.importers.ckpt import open_checked  # importers build on this module: import when called
+
     p = Path(path)
     if not p.is_file():
         raise InputError(f"expected a weights file, found nothing at {p}")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    with open_checked(p) as (p, f):
+        try:
+            if p.suffix == ".safetensors":
+                from safetensors.torch import load
 
-            sd = load_file(str(p))
-        else:
-            sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, unsupported pickle content
-        raise ArtifactError(f"expected a safetensors or torch weights file, could not read {p}: "
-                            f"{str(exc).splitlines()[0][:200]}") from exc
+                sd = load(f.read())
+            else:
+                sd = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as exc:  # corrupt file, unsupported pickle content
+            raise ArtifactError(f"expected a safetensors or torch weights file, could not read {p}: "
+                                f"{str(exc).splitlines()[0][:200]}") from exc
     for key in _WRAPPERS:
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
