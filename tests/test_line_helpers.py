@@ -56,10 +56,13 @@ def build_line_artifact(root) -> object:
 
 
 class ListSource(Source):
-    """A named fake harness: yields the given frames (ids ``f0``, ``f1``, ...) every ``period_s`` seconds."""
+    """A named fake harness: yields the given frames (ids ``f0``, ``f1``, ...) every ``period_s`` seconds; with
+    ``hold`` it then waits for the line's stop instead of ending (so the sinks stay up to be read)."""
 
-    def __init__(self, images: list[np.ndarray], period_s: float = 0.0, policy: str = BLOCK) -> None:
+    def __init__(self, images: list[np.ndarray], period_s: float = 0.0, policy: str = BLOCK,
+                 hold: bool = False) -> None:
         self.images = images
+        self.hold = hold
         self.period_s = period_s
         self.policy = policy  # type: ignore[misc]
         self.name = "list"
@@ -72,6 +75,8 @@ class ListSource(Source):
             yield Frame(f"f{i}", now_ns(), img, self.name)
             if self.period_s:
                 time.sleep(self.period_s)
+        if self.hold:
+            stop.wait()
 
     def done(self, frame: Frame) -> None:
         self.done_ids.append(frame.frame_id)

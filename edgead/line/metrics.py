@@ -51,6 +51,12 @@ class LineMetrics:
         self.overhead = Histogram()  # trigger to verdict minus the engine's own time
         self.gauges: dict[str, Callable[[], float]] = {}
         self.extra: dict[str, Callable[[], int]] = {}  # source and sink counters, read at render time
+        self.checks: list[Callable[[], str | None]] = []  # each says what is wrong, or None
+
+    def health(self) -> str:
+        """``ok``, or ``degraded: `` and what the checks found wrong (broker away, camera gone)."""
+        problems = [p for p in (check() for check in self.checks) if p]
+        return "ok" if not problems else "degraded: " + "; ".join(problems)
 
     def frame_in(self) -> None:
         with self._lock:
@@ -97,6 +103,7 @@ class LineMetrics:
             lines += [f"# TYPE {p}_{name} gauge", f"{p}_{name} {f():g}"]
         for name, f in sorted(self.extra.items()):
             lines += [f"# TYPE {p}_{name}_total counter", f"{p}_{name}_total {int(f())}"]
+        lines += [f"# TYPE {p}_healthy gauge", f"{p}_healthy {int(self.health() == 'ok')}"]
         return "\n".join(lines) + "\n"
 
 

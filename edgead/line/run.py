@@ -107,6 +107,7 @@ class Line:
         self.queue = FrameQueue(config.queue, config.policy or source.policy)
         self.metrics.gauges["queue_depth"] = lambda: len(self.queue)
         self.metrics.extra.update({k: (lambda k=k: source.counters().get(k, 0)) for k in source.counters()})
+        self.metrics.checks.append(source.health)
         self._keeps_state = hasattr(source, "processed")
         self._stop = threading.Event()
         self._seq = itertools.count()

@@ -44,6 +44,10 @@ class Source(ABC):
         """Source-side counts (reconnects, frames the camera lost), for the metrics and the summary."""
         return {}
 
+    def health(self) -> str | None:
+        """What is wrong with the source now (camera gone), or None."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the device or files."""
 

@@ -64,6 +64,8 @@ def make_sinks(urls: Sequence[str], out: Path, metrics: LineMetrics, threshold: 
             metrics.extra.update({"mqtt_delivered": lambda s=sink: s.delivered,
                                   "mqtt_redelivered": lambda s=sink: s.redelivered,
                                   "mqtt_spool_refused": lambda s=sink: s.spool.refused})
+            metrics.checks.append(lambda s=sink: None if s.connected or not s.pending else
+                                  f"MQTT broker unreachable, {s.pending} verdicts spooled")
             sinks.append(sink)
         elif url.startswith("opc.tcp://"):
             from edgead.line.opcua import OpcUaSink
