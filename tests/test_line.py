@@ -302,3 +302,28 @@ def test_cli_refuses_a_bad_source_in_one_line(artifact, tmp_path):
                         "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert r.stderr.strip() == ("error: expected --source folder:PATH, video:PATH|URL or camera:[ID], found 'ftp:x'")
+
+
+def test_video_file_every_frame_once(runner, tmp_path):
+    import cv2
+
+    from edgead.line.sources import VideoSource
+
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
+    for i in range(10):
+        w.write(make_image(i)[:, :, ::-1])
+    w.release()
+    cap, decoded = cv2.VideoCapture(str(path)), []
+    while (got := cap.read())[0]:
+        decoded.append(got[1][:, :, ::-1])
+    cap.release()
+    src = VideoSource(str(path))
+    assert src.policy == BLOCK  # a file can wait: no frame of it is dropped
+    s = Line(runner, src, tmp_path / "out", LineConfig(queue=1)).run()
+    rows = read_log(tmp_path / "out" / "verdicts.csv")
+    assert len(decoded) == 10 and s.scored == 10 and s.dropped == 0
+    assert [r["frame_id"] for r in rows] == [f"clip:{i}" for i in range(10)]
+    for r, img in zip(rows, decoded, strict=True):
+        assert float(r["score"]) == pytest.approx(expected_score(runner, np.ascontiguousarray(img)), abs=1e-6)
+    assert VideoSource("rtsp://127.0.0.1:1/x").policy == DROP_OLDEST
