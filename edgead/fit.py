@@ -17,11 +17,12 @@ import torch
 
 from edgead.data import find_train_images, split_holdout
 from edgead.errors import ConfigError
-from edgead.imageio import load_batch
+from edgead.imageio import load_inputs, read_image
 from edgead.models.build import build_detector, default_backbone, detector_spec
 from edgead.models.checkpoint import save_checkpoint
 from edgead.models.detector import Detector
 from edgead.models.norms import convert_to_dyt
+from edgead.spec import TilePlan
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -77,6 +78,14 @@ def train_head(detector: Detector, cached: list[list[torch.Tensor]], epochs: int
     return last
 
 
+def _frame_scores(detector: Detector, frames: list[Path]) -> np.ndarray:
+    """Stitched image scores of whole frames under the detector's tiling plan, as every runtime computes them."""
+    from edgead.runtimes.torch_runner import TorchRunner
+
+    runner = TorchRunner.from_detector(detector)
+    return np.concatenate([runner.predict_frames(read_image(p)).scores for p in frames])
+
+
 def threshold_from(scores: np.ndarray) -> float:
     return float(max(scores.mean() + 3.0 * scores.std(), scores.max()))
 
@@ -100,6 +109,7 @@ def fit(
     layers: tuple[int, ...] | None = None,
     finetune_epochs: int | None = None,
     mask_ratio: float | None = None,
+    tiling: TilePlan | None = None,
 ) -> FitResult:
     """Fit on the normal images of ``data`` (image folder or MVTec category) and write the checkpoint ``out``.
 
@@ -112,6 +122,10 @@ def fit(
     Heads may define two optional steps: ``prepare(cached_taps)`` before training (the GMM head's projection)
     and ``calibrate(holdout_taps) -> dict`` after it (the GMM head's normalisation), whose fields are stored in
     the spec's ``head``.
+
+    ``tiling`` fits a tiled detector: the plan goes into the spec, the head trains on the tiles the plan cuts from
+    each training frame (``edgead.imageio.model_inputs``, the runtimes' cutter), and the threshold is set from the
+    hold-out frames' stitched scores (``Runner.predict_frames``), the scores the artifact will give.
     """
     if size is not None and min((size, size) if isinstance(size, int) else size) < 1:
         raise ConfigError(f"input size must be a positive number of pixels, found {size}")
@@ -133,19 +147,20 @@ def fit(
     if convert_dyt:
         convert_to_dyt(detector)
         spec = detector_spec(family, backbone, "dyt", input_size=size, layers=layers)
-        detector.spec = spec
-    cached = _taps(detector, load_batch(train, spec), batch_size, progress)
+    spec = replace(spec, tiling=tiling)
+    detector.spec = spec
+    cached = _taps(detector, load_inputs(train, spec), batch_size, progress)
     if hasattr(detector.head, "prepare"):
         detector.head.prepare(cached)
     loss = train_head(detector, cached, DEFAULT_EPOCHS[family] if epochs is None else epochs,
                       lr or DEFAULT_LR[family], seed, progress)
-    hold_images = torch.from_numpy(load_batch(hold, spec))
+    hold_images = torch.from_numpy(load_inputs(hold, spec))
     with torch.no_grad():
         if hasattr(detector.head, "calibrate"):
             updates = detector.head.calibrate(detector.taps(hold_images))
             spec = replace(spec, head={**spec.head, **updates})
             detector.spec = spec
-        hold_scores = detector(hold_images)[0].numpy()
+        hold_scores = detector(hold_images)[0].numpy() if tiling is None else _frame_scores(detector, hold)
     thr = threshold_from(hold_scores)
     detector.spec = spec.with_threshold(thr)
     seconds = time.perf_counter() - t0

@@ -226,6 +226,24 @@ def prepare(img: np.ndarray, spec: DetectorSpec, nearest: bool = False) -> np.nd
     return np.ascontiguousarray(out)
 
 
+def model_inputs(img: np.ndarray, spec: DetectorSpec) -> np.ndarray:
+    """What the network sees of one frame, uint8 ``(n, H, W, 3)``: the tiles of ``spec.tiling``
+    (``edgead.runtimes.tiling``, the cutter every runtime uses) or, without a plan, the one ``prepare``d image.
+    Fitting and calibration read frames through this, so they see exactly what inference sees."""
+    if spec.tiling is None:
+        return prepare(img, spec)[None]
+    from edgead.runtimes.tiling import cut, tile_grid
+
+    return cut(np.ascontiguousarray(img)[None], tile_grid(img.shape[:2], spec.tiling))
+
+
+def load_inputs(paths: list[str | Path] | list[Path], spec: DetectorSpec) -> np.ndarray:
+    """``model_inputs`` of every image, concatenated: ``load_batch`` for an untiled spec, all tiles for a tiled one."""
+    if spec.tiling is None:
+        return load_batch(paths, spec)
+    return np.concatenate([model_inputs(read_image(p), spec) for p in paths])
+
+
 def load_batch(paths: list[str | Path] | list[Path], spec: DetectorSpec) -> np.ndarray:
     """Read and prepare images into one uint8 (N, H, W, 3) batch."""
     h, w = spec.input_size

@@ -15,8 +15,12 @@ from typing import Any
 from edgead import __version__
 from edgead.errors import ArtifactError, EdgeadError
 
-#: Bumped when the meaning of a spec field changes; a reader refuses a newer format.
-SPEC_FORMAT = 1
+#: Bumped when the meaning of a spec field changes; a reader refuses a newer format. This edgead reads up to
+#: ``SPEC_FORMAT``; it writes format 1 for a spec without a tiling plan (so every untiled artifact still opens in
+#: an older edgead or libedgead) and ``TILED_FORMAT`` for one with a plan (an older reader refuses it by format,
+#: naming the versions, instead of running frames it cannot tile).
+SPEC_FORMAT = 2
+TILED_FORMAT = 2
 #: TensorRT's TopK layer accepts k <= 3840; the image score is a TopK, so every spec respects it.
 TOPK_LIMIT = 3840
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,6 +95,40 @@ class PostSpec:
 
 
 @dataclass(frozen=True)
+class TilePlan:
+    """How a frame larger than the model input is run: cut into tiles of the input size, maps stitched back.
+
+    - ``tile``: (h, w) of a tile, always the detector's input size (a multiple of the patch): tiles are cut at the
+      frame's own resolution, never rescaled;
+    - ``overlap``: pixels shared by neighbouring tiles (both axes); tiles step by ``tile - overlap`` and the last
+      tile of each axis is aligned to the frame's edge, so nothing is padded;
+    - ``blend``: ``linear``: over each overlap the two tile maps cross-fade with linear ramps (separable in y and
+      x, normalised so the weights of every frame pixel sum to 1);
+    - ``score``: ``topk_mean``: the image score is the mean of the top-k pixels of the stitched map, k the graph's
+      rule (``post.score_fraction`` of the frame's pixels, at least 1, at most ``TOPK_LIMIT``).
+
+    The one implementation is ``edgead.runtimes.tiling`` (and ``runtimes/c/edgead_tiling.c``, checked against it).
+    """
+
+    tile: tuple[int, int]
+    overlap: int = 0
+    blend: str = "linear"
+    score: str = "topk_mean"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tile", _pair(self.tile, "tile size"))
+        if isinstance(self.overlap, bool) or not isinstance(self.overlap, int):
+            raise EdgeadError(f"tile overlap must be an integer number of pixels, found {self.overlap!r}")
+        if not 0 <= 2 * self.overlap <= min(self.tile):
+            raise EdgeadError(f"tile overlap must be between 0 and half the tile ({min(self.tile) // 2} px for "
+                              f"{self.tile[0]}x{self.tile[1]} tiles), found {self.overlap}")
+        if self.blend != "linear":
+            raise EdgeadError(f"tile blend must be 'linear', found '{self.blend}'")
+        if self.score != "topk_mean":
+            raise EdgeadError(f"tiled image score must be 'topk_mean', found '{self.score}'")
+
+
+@dataclass(frozen=True)
 class DetectorSpec:
     """What a detector is and how to feed it. ``layers`` are 0-based block indices of the backbone."""
 
@@ -110,8 +148,11 @@ class DetectorSpec:
     #: grid's size; otherwise an imported original's rule, see ``edgead.importers.common.POS_RULES``). The
     #: resized table is a constant of every exported graph.
     pos_interp: str | None = None
+    #: Frames larger than the input are tiled by this plan (``None``: ``edgead.imageio.prepare`` fits each frame
+    #: to the input by resize and centre crop, the full-frame path).
+    tiling: TilePlan | None = None
     version: str = __version__
-    format: int = SPEC_FORMAT
+    format: int = 1
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -136,6 +177,18 @@ class DetectorSpec:
         if self.top_k == 0:
             object.__setattr__(self, "top_k", top_k_for(self.post.score_fraction, scored))
         check_top_k(self.top_k, scored)
+        if isinstance(self.tiling, dict):
+            object.__setattr__(self, "tiling", TilePlan(**self.tiling))
+        if self.tiling is not None:
+            if self.tiling.tile != self.input_size:
+                raise EdgeadError(f"tile size {self.tiling.tile[0]}x{self.tiling.tile[1]} must equal the input size "
+                                  f"{self.input_size[0]}x{self.input_size[1]}: tiles are cut at the frame's "
+                                  f"resolution and fed to the network as they are")
+            if self.post.score != "topk_mean":
+                raise EdgeadError(f"a tiling plan scores the stitched map by its top-k mean; this detector scores by "
+                                  f"'{self.post.score}', which does not tile")
+        # the format says whether a plan is present (``replace(spec, tiling=None)`` reads in older edgead again)
+        object.__setattr__(self, "format", TILED_FORMAT if self.tiling is not None else min(int(self.format), 1))
         if self.threshold is not None and not math.isfinite(self.threshold):
             # NaN would compare as "normal" for every score; an infinite threshold never flags anything.
             raise EdgeadError(f"threshold must be a finite number or None, found {self.threshold}")
@@ -153,6 +206,10 @@ class DetectorSpec:
         d["layers"] = list(self.layers)
         d["input_size"] = list(self.input_size)
         d["resize"] = list(self.resize) if self.resize else None
+        if self.tiling is None:
+            del d["tiling"]  # an untiled spec reads exactly as before, in older edgead and libedgead too
+        else:
+            d["tiling"]["tile"] = list(self.tiling.tile)
         return d
 
     def to_json(self) -> str:
@@ -247,6 +304,7 @@ def _typed(d: dict[str, Any]) -> dict[str, Any]:
         raise ArtifactError(f"spec is corrupt: expected 'post' as an object of smoothing/score fields, "
                             f"found {post!r:.80}")
     out["post"] = PostSpec(**post)
+    out["tiling"] = _typed_tiling(d.get("tiling"))
     if "head" in d and not isinstance(d["head"], dict):
         raise ArtifactError("spec is corrupt: expected 'head' to be an object")
     if "top_k" in d and (not isinstance(d["top_k"], int) or isinstance(d["top_k"], bool)):
@@ -255,6 +313,25 @@ def _typed(d: dict[str, Any]) -> dict[str, Any]:
     if thr is not None and (isinstance(thr, bool) or not isinstance(thr, (int, float)) or not math.isfinite(thr)):
         raise ArtifactError(f"spec is corrupt: expected 'threshold' to be a finite number or null, found {thr!r:.40}")
     return out
+
+
+def _typed_tiling(t: Any) -> TilePlan | None:
+    if t is None:
+        return None
+    if not isinstance(t, dict) or not set(t) <= set(TilePlan.__dataclass_fields__) or "tile" not in t:
+        raise ArtifactError(f"spec is corrupt: expected 'tiling' as null or an object with 'tile', 'overlap', "
+                            f"'blend' and 'score', found {t!r:.80}")
+    tile = t["tile"]
+    if not isinstance(tile, list) or len(tile) != 2 or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in tile):
+        raise ArtifactError(f"spec is corrupt: expected 'tiling.tile' as 2 integers, found {tile!r:.40}")
+    overlap = t.get("overlap", 0)
+    if isinstance(overlap, bool) or not isinstance(overlap, int):
+        raise ArtifactError(f"spec is corrupt: expected an integer 'tiling.overlap', found {overlap!r:.40}")
+    for key in ("blend", "score"):
+        if key in t and not isinstance(t[key], str):
+            raise ArtifactError(f"spec is corrupt: expected 'tiling.{key}' to be a string")
+    return TilePlan(**{**t, "tile": tuple(tile)})
 
 
 def _pair(value: Any, what: str) -> tuple[int, int]:

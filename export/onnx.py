@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from edgead.fsutil import atomic_dir, sha256_file
 from edgead.registry import INPUT, ONNX, OUTPUTS
 from edgead.runtimes.compare import Difference, check_batch, difference
 from edgead.runtimes.manifest import Manifest, read_manifest, write_manifest
+from edgead.spec import TilePlan
 
 MODEL = "model.onnx"
 PARITY_ATOL = 1e-4
@@ -140,14 +141,17 @@ def export_onnx(
     check_batch_size: int = 2,
     source: str | Path | None = None,
     fold_norms: bool = True,
+    tiling: TilePlan | None = None,
 ) -> ExportReport:
-    """Export ``detector`` to ``out/model.onnx`` with its manifest; raise if the graph does not match PyTorch."""
+    """Export ``detector`` to ``out/model.onnx`` with its manifest; raise if the graph does not match PyTorch.
+
+    ``tiling`` writes a tiling plan into the artifact's spec (``None``: the checkpoint's own plan, if any)."""
     torch = require("torch", "torch", "export")
     from edgead.runtimes.torch_runner import TorchRunner
 
     if opset < 17:
         raise EdgeadError(f"opset must be >= 17 (LayerNormalization, reliable Resize), found {opset}")
-    spec = detector.spec
+    spec = detector.spec if tiling is None else replace(detector.spec, tiling=tiling)
     images = check_batch(0, check_batch_size, spec.input_size)
     ref = TorchRunner.from_detector(detector).predict(images)
     notes: list[str] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,7 @@ import numpy as np
 
 from edgead.errors import ArtifactError, InputError
 from edgead.runtimes.manifest import Manifest, read_verified
-from edgead.spec import DetectorSpec
+from edgead.spec import DetectorSpec, TilePlan
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ class Runner(ABC):
         self.folder = Path(folder)
         self.manifest = manifest
         self.spec: DetectorSpec = manifest.spec
+        #: how ``predict_frames`` fits a frame: the artifact's tiling plan, or None for the full-frame path
+        #: (resize and centre crop by ``edgead.imageio.prepare``). Set it to choose the other path.
+        self.tiling: TilePlan | None = self.spec.tiling
         self._lock = threading.Lock()
 
     def check_model_input(self, shape: list | tuple) -> None:
@@ -139,6 +142,58 @@ class Runner(ABC):
             with self._lock:
                 scores, maps = self._run_chunks(images)
         return self._wrap(scores, maps, time.perf_counter() - t0)
+
+    def predict_frames(self, frames: np.ndarray | Sequence[np.ndarray]) -> Predictions:
+        """Scores, maps and labels of camera frames of any one size ``(H, W)``: maps come back ``(N, H, W)``.
+
+        With a tiling plan (``self.tiling``, the artifact's by default) each frame is cut into tiles of the input
+        size, all tiles of the batch run through the engine in chunks it accepts, and ``edgead.runtimes.tiling``
+        stitches the maps and takes the score over the stitched map. Without one, each frame is fitted by
+        ``edgead.imageio.prepare``, scored by the graph, and its map brought back onto the frame by
+        ``edgead.geometry.map_to_frame``.
+        """
+        frames = self.validate_frames(frames)
+        t0 = time.perf_counter()
+        if self.tiling is None:
+            from edgead.geometry import map_to_frame
+            from edgead.imageio import prepare
+
+            p = self.predict(np.stack([prepare(f, self.spec) for f in frames]))
+            maps = np.stack([map_to_frame(m, frames.shape[1:3], self.spec) for m in p.maps])
+            return self._wrap(p.scores, maps, time.perf_counter() - t0)
+        from edgead.runtimes.tiling import cut, stitch_frames, tile_grid
+
+        if self.tiling.tile != self.spec.input_size:
+            raise InputError(f"expected a tiling plan with tiles of the input size {self.spec.input_size}, found "
+                             f"{self.tiling.tile}")
+        grid = tile_grid(frames.shape[1:3], self.tiling)
+        tiles = cut(frames, grid)
+        if self.thread_safe:
+            _, tile_maps = self._run_chunks(tiles)
+        else:
+            with self._lock:
+                _, tile_maps = self._run_chunks(tiles)
+        scores, maps = stitch_frames(tile_maps, grid, self.spec.post.score_fraction)
+        return self._wrap(scores, maps, time.perf_counter() - t0)
+
+    @staticmethod
+    def validate_frames(frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Frames as one C-contiguous uint8 ``(N, H, W, 3)`` array; a list must hold frames of one size."""
+        if not isinstance(frames, np.ndarray):
+            frames = list(frames)
+            if not frames or any(not isinstance(f, np.ndarray) for f in frames):
+                raise InputError("expected a non-empty list of uint8 (H, W, 3) frames")
+            shapes = {f.shape for f in frames}
+            if len(shapes) > 1:
+                raise InputError(f"expected frames of one size per call, found {sorted(shapes)}; call once per size")
+            frames = np.stack(frames)
+        if frames.dtype != np.uint8:
+            raise InputError(f"expected uint8 frames, found dtype {frames.dtype}")
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+            raise InputError(f"expected frames (N, H, W, 3) with N >= 1, found {frames.shape}")
+        return np.ascontiguousarray(frames)
 
     def predict_stream(self, batches: Iterable[np.ndarray], workers: int = 2) -> Iterator[Predictions]:
         """Throughput mode: run a stream of batches, overlapping work where the engine allows; keeps order."""

@@ -73,3 +73,32 @@ def test_post_stage_errors():
     with pytest.raises(EdgeadError, match=r"post crop \(300, 300\) is larger than the map \(224, 224\)"):
         spec(post=PostSpec(crop=(300, 300)))
     assert PostSpec().score == "topk_mean" and PostSpec().output == "smoothed"  # defaults keep old behaviour
+
+
+def test_tiling_plan_travels_and_marks_the_format():
+    from dataclasses import replace
+
+    from edgead.spec import TilePlan
+
+    untiled = spec(input_size=56)
+    d = untiled.to_dict()
+    assert "tiling" not in d and d["format"] == 1  # untiled specs read as before, in older readers too
+    tiled = replace(untiled, tiling=TilePlan(56, 14))
+    d = json.loads(tiled.to_json())
+    assert d["tiling"] == {"tile": [56, 56], "overlap": 14, "blend": "linear", "score": "topk_mean"}
+    assert d["format"] == 2
+    assert DetectorSpec.from_json(tiled.to_json()) == tiled
+    assert replace(tiled, tiling=None).format == 1
+    with pytest.raises(EdgeadError, match="tile size 64x64 must equal the input size 56x56"):
+        replace(untiled, tiling=TilePlan(64, 8))
+    with pytest.raises(EdgeadError, match="between 0 and half the tile .*found 29"):
+        TilePlan(56, 29)
+    with pytest.raises(EdgeadError, match="does not tile"):
+        spec(input_size=56, post=PostSpec(score="avgpool_max"), tiling=TilePlan(56, 8))
+    for bad, match in (({"tile": [56]}, "tiling.tile"), ({"tile": [56, 56], "overlap": "8"}, "tiling.overlap"),
+                       ([56], "expected 'tiling' as null or an object"),
+                       ({"tile": [56, 56], "overlap": 40}, "half the tile")):
+        d = json.loads(tiled.to_json())
+        d["tiling"] = bad
+        with pytest.raises(ArtifactError, match=match):
+            DetectorSpec.from_dict(d)
