@@ -281,11 +281,18 @@ def test_cli_sigterm_drains_and_exits_zero(artifact, tmp_path):
         write_png(folder / f"p{i}.png", make_image(i))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    from tests.test_line_helpers import free_port
+    from tests.test_line_metrics import scrape
+
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "edgead.cli.app", "line", str(artifact), "--source",
-                             f"folder:{folder}", "-o", str(out), "--settle-ms", "20", "--json"],
+                             f"folder:{folder}", "-o", str(out), "--settle-ms", "20", "--json",
+                             "--metrics-port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         wait_for(lambda: (out / "verdicts.csv").is_file() and len(read_log(out / "verdicts.csv")) == 3, 30)
+        m = scrape(port)
+        assert m["edgead_line_frames_in_total"] == 3 and m['edgead_line_verdicts_total{status="scored"}'] == 3
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=20)
     finally:
