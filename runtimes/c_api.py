@@ -17,7 +17,7 @@ import numpy as np
 
 from edgead.errors import EdgeadError
 
-API_VERSION = 1
+API_VERSION = 2  # 2: edgead_tiling_info, edgead_predict_frame
 
 
 class CAPIError(EdgeadError):
@@ -45,6 +45,9 @@ _SIGNATURES = {
     "edgead_input_info": ([ctypes.c_void_p, _int_p, _int_p, _int_p, _f32p, _int_p], ctypes.c_int),
     "edgead_predict": ([ctypes.c_void_p, _u8p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_size_t, _f32p,
                         _f32p, ctypes.c_size_t], ctypes.c_int),
+    "edgead_tiling_info": ([ctypes.c_void_p, _int_p, _int_p, _int_p, _int_p], ctypes.c_int),
+    "edgead_predict_frame": ([ctypes.c_void_p, _u8p, ctypes.c_int, ctypes.c_int, ctypes.c_size_t, _f32p, _f32p,
+                              ctypes.c_size_t], ctypes.c_int),
     "edgead_last_error": ([ctypes.c_void_p], ctypes.c_char_p),
     "edgead_describe": ([ctypes.c_void_p], ctypes.c_char_p),
     "edgead_close": ([ctypes.c_void_p], None),
@@ -107,6 +110,10 @@ class CHandle:
         self.input_size = (h.value, w.value)
         self.max_batch = mb.value or None
         self.threshold = float(thr.value) if has.value else None
+        tiled, th, tw, overlap = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        lib.check(lib.raw.edgead_tiling_info(handle, *(ctypes.byref(v) for v in (tiled, th, tw, overlap))), handle)
+        #: ((tile h, tile w), overlap) of the artifact's tiling plan, or None
+        self.tiling = ((th.value, tw.value), overlap.value) if tiled.value else None
 
     def describe(self) -> str:
         return self.lib.raw.edgead_describe(self._live()).decode()
@@ -135,6 +142,27 @@ class CHandle:
         )
         self.lib.check(status, handle)
         return scores, out_maps
+
+    def predict_frame(self, frame: np.ndarray, maps: bool = True) -> tuple[float, np.ndarray | None]:
+        """Score and ``(H, W)`` map (None with ``maps=False``) of one uint8 ``(H, W, 3)`` frame of any size, by the
+        artifact's tiling plan (``edgead_predict_frame``); a row-strided view is passed without a copy."""
+        handle = self._live()
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise EdgeadError(f"expected a uint8 frame (H, W, 3), found "
+                              f"{getattr(frame, 'dtype', type(frame).__name__)} {getattr(frame, 'shape', '')}")
+        height, width = frame.shape[:2]
+        s0, s1, s2 = frame.strides
+        if not (s2 == 1 and s1 == 3 and s0 >= width * 3):
+            frame = np.ascontiguousarray(frame)
+            s0 = width * 3
+        score = ctypes.c_float()
+        out = np.empty((height, width), np.float32) if maps else None
+        status = self.lib.raw.edgead_predict_frame(
+            handle, frame.ctypes.data_as(_u8p), height, width, s0, ctypes.byref(score),
+            out.ctypes.data_as(_f32p) if out is not None else None, out.size if out is not None else 0,
+        )
+        self.lib.check(status, handle)
+        return float(score.value), out
 
     def close(self) -> None:
         if self.handle is not None:

@@ -88,3 +88,39 @@ def fitted_export(tiny_synthetic, tmp_path_factory):
     r = fit(tiny_synthetic, root / "ckpt", "fbft", "vit_tiny_test_patch14", "layernorm", 56, epochs=5)
     export_onnx(load_checkpoint(r.checkpoint), root / "export", source=r.checkpoint)
     return root / "export"
+
+
+# -- a tiled detector (issue 27): frames bigger than the input ----------------------------------------------
+@pytest.fixture(scope="session")
+def defect_frame():
+    """(frame, (row, col)): a 300x250 grey frame with a little noise and a bright 6 px defect centred there."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    frame = np.clip(rng.normal(120, 4, (300, 250, 3)), 0, 255).astype(np.uint8)
+    frame[168:174, 94:100] = (255, 255, 40)
+    return frame, (171, 97)
+
+
+@pytest.fixture(scope="session")
+def tiled_export(tmp_path_factory: pytest.TempPathFactory):
+    """(checkpoint, export) of a tiny FBFT fitted (3 epochs, ~2 s) on the 56 px tiles, overlap 14, of five normal
+    300x250 frames like ``defect_frame``'s; the plan travels from the checkpoint into the export."""
+    import numpy as np
+
+    from edgead.export import export_onnx
+    from edgead.fit import fit
+    from edgead.imageio import write_image
+    from edgead.models.checkpoint import load_checkpoint
+    from edgead.spec import TilePlan
+
+    root = tmp_path_factory.mktemp("tiled")
+    (root / "train").mkdir()
+    for i in range(5):
+        rng = np.random.default_rng(100 + i)
+        write_image(root / "train" / f"{i}.png", np.clip(rng.normal(120, 4, (300, 250, 3)), 0, 255).astype(np.uint8))
+    r = fit(root / "train", root / "ckpt", "fbft", "vit_tiny_test_patch14", "layernorm", 56, epochs=3,
+            tiling=TilePlan((56, 56), 14))
+    assert r.train_images == 3 and r.holdout_images == 2
+    export_onnx(load_checkpoint(r.checkpoint), root / "export")
+    return r.checkpoint, root / "export"

@@ -409,3 +409,72 @@ def test_onnx_with_external_data_refused(lib, artifact: Path, images: np.ndarray
     assert info.value.status == "EDGEAD_ERR_UNSUPPORTED"
     assert (f"expected an ONNX model with its weights inside (as edgead exports are), found one that keeps them in "
             f"other files ({folder}/model.onnx)") in str(info.value)
+
+
+# -- tiling (issue 27): edgead_predict_frame against edgead.runtimes.tiling ---------------------------------------
+def test_predict_frame_matches_python_tiling_on_an_odd_frame(lib, artifact: Path, tmp_path) -> None:
+    """The same stitched map (1e-5) and score from C as from the Python OpenVINO runner on a 301x227 frame, with the
+    engine taking all tiles at once, two at a time, or padded to four."""
+    from edgead.runtimes import load
+    from edgead.spec import TilePlan
+
+    rng = np.random.default_rng(11)
+    frame = rng.integers(0, 256, (301, 227, 3), dtype=np.uint8)
+    with load(artifact, engine="openvino") as runner:
+        assert runner.tiling is None
+        runner.tiling = TilePlan((56, 56), 14)
+        ref = runner.predict_frames(frame)
+    assert ref.maps.shape == (1, 301, 227)
+
+    def tiled(batch):
+        def edit(d: dict) -> None:
+            d["spec"]["tiling"] = {"tile": [56, 56], "overlap": 14, "blend": "linear", "score": "topk_mean"}
+            d["spec"]["format"] = 2
+            if batch is not None:
+                d["batch"] = batch
+        return edit
+
+    for name, batch in (("tiled", None), ("tiled-chunked", [1, 2]), ("tiled-padded", [4, 4])):
+        folder = _variant(artifact, tmp_path, name, manifest=tiled(batch))
+        with lib.open(folder) as h:
+            assert h.tiling == ((56, 56), 14)
+            score, amap = h.predict_frame(frame)
+            assert amap.shape == (301, 227)
+            assert np.abs(amap - ref.maps[0]).max() <= TOL, name
+            assert abs(score - float(ref.scores[0])) <= TOL, name
+            # a crop of a wider frame is passed row-strided; the score alone needs no map buffer
+            wide = np.zeros((301, 240, 3), np.uint8)
+            wide[:, 7:234] = frame
+            s2, m2 = h.predict_frame(wide[:, 7:234])
+            assert np.abs(m2 - ref.maps[0]).max() <= TOL and abs(s2 - score) <= TOL
+            s3, m3 = h.predict_frame(frame, maps=False)
+            assert m3 is None and abs(s3 - score) <= TOL
+            with pytest.raises(EdgeadError, match=r"SHAPE_MISMATCH: .*at least one tile \(56x56\), found 55x227"):
+                h.predict_frame(np.ascontiguousarray(frame[:55]))
+    with lib.open(artifact) as h:
+        assert h.tiling is None
+        with pytest.raises(EdgeadError, match="EDGEAD_ERR_UNSUPPORTED: .*no tiling plan"):
+            h.predict_frame(frame)
+    bad = _variant(artifact, tmp_path, "tiled-bad", manifest=lambda d: d["spec"].update(
+        tiling={"tile": [64, 64], "overlap": 8}, format=2))
+    with pytest.raises(EdgeadError, match="EDGEAD_ERR_CORRUPT_ARTIFACT: .*tiles of the input size 56x56"):
+        lib.open(bad)
+
+
+def test_predict_frame_finds_the_defect_like_every_engine(lib, tiled_export, defect_frame, tmp_path) -> None:
+    """Issue 27's acceptance on the tiny fitted, tiled detector: the C library's 300x250 map peaks on the defect
+    and matches PyTorch (the reference) within the 1e-4 parity target."""
+    from edgead.export.openvino import compile_openvino
+    from edgead.runtimes import load
+
+    ckpt, export = tiled_export
+    frame, (cy, cx) = defect_frame
+    ref = load(ckpt).predict_frames(frame)
+    with lib.open(compile_openvino(export, "fp32")) as h:
+        assert h.tiling == ((56, 56), 14) and h.threshold is not None
+        score, amap = h.predict_frame(frame)
+    assert np.abs(amap - ref.maps[0]).max() <= 1e-4
+    assert abs(score - float(ref.scores[0])) <= 1e-4
+    peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
+    assert abs(peak[0] - cy) <= 6 and abs(peak[1] - cx) <= 6, peak
+    assert not score <= h.threshold  # labelled anomalous, NaN-safe

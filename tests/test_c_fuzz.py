@@ -32,7 +32,7 @@ def _build(target: str, out: Path) -> Path:
            "-fno-sanitize-recover=undefined", f"-I{SRC}", f'-DEDGEAD_VERSION_STRING="{__version__}"',
            "-DEDGEAD_TEST_BACKEND=edgead_harness_backend", "-DCJSON_NESTING_LIMIT=64",
            *(str(SRC / f) for f in ("edgead_api.c", "edgead_manifest.c", "edgead_sha256.c",
-                                   "third_party/cjson/cJSON.c")),
+                                   "edgead_tiling.c", "third_party/cjson/cJSON.c")),
            str(FUZZ / "harness_backend.c"), str(FUZZ / f"fuzz_{target}.c"), str(FUZZ / "standalone.c"),
            "-o", str(exe), "-lm", "-lpthread"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -23,7 +23,7 @@ from edgead.runtimes.tiling import (
 )
 from edgead.spec import TilePlan
 
-PLAN = TilePlan((56, 56), 14)
+PLAN = TilePlan((56, 56), 14)  # the plan of conftest.tiled_export
 ODD_SIZES = [(56, 56), (57, 101), (300, 250), (61, 199), (113, 57)]
 
 
@@ -107,39 +107,12 @@ def test_frames_smaller_than_a_tile_are_refused() -> None:
 
 
 # -- through the runners --------------------------------------------------------------------------------------
-def defect_frame() -> tuple[np.ndarray, tuple[int, int]]:
-    """A 300x250 grey frame with a little noise and a bright 6 px defect at (171, 97)."""
-    rng = np.random.default_rng(5)
-    frame = np.clip(rng.normal(120, 4, (300, 250, 3)), 0, 255).astype(np.uint8)
-    frame[168:174, 94:100] = (255, 255, 40)
-    return frame, (171, 97)
-
-
-@pytest.fixture(scope="module")
-def tiled_export(tmp_path_factory):
-    """A tiny FBFT fitted on the tiles of five normal 300x250 frames (3 epochs, ~2 s), and its export."""
-    from edgead.export import export_onnx
-    from edgead.fit import fit
-    from edgead.imageio import write_image
-    from edgead.models.checkpoint import load_checkpoint
-
-    root = tmp_path_factory.mktemp("tiled")
-    (root / "train").mkdir()
-    for i in range(5):
-        rng = np.random.default_rng(100 + i)
-        write_image(root / "train" / f"{i}.png", np.clip(rng.normal(120, 4, (300, 250, 3)), 0, 255).astype(np.uint8))
-    r = fit(root / "train", root / "ckpt", "fbft", "vit_tiny_test_patch14", "layernorm", 56, epochs=3, tiling=PLAN)
-    assert r.train_images == 3 and r.holdout_images == 2
-    export_onnx(load_checkpoint(r.checkpoint), root / "export")
-    return r.checkpoint, root / "export"
-
-
-def test_predict_frames_same_map_on_every_engine(tiled_export) -> None:
+def test_predict_frames_same_map_on_every_engine(tiled_export, defect_frame) -> None:
     from edgead.runtimes import load
     from edgead.runtimes.loader import available_engines
 
     ckpt, export = tiled_export
-    frame, (cy, cx) = defect_frame()
+    frame, (cy, cx) = defect_frame
     torch_runner = load(ckpt)
     assert torch_runner.tiling == PLAN  # fit wrote the plan into the checkpoint's spec
     ref = torch_runner.predict_frames(frame)
@@ -165,13 +138,13 @@ def test_predict_frames_same_map_on_every_engine(tiled_export) -> None:
         np.testing.assert_allclose(p.scores, ref.scores[0], atol=1e-4, err_msg=engine)
 
 
-def test_predict_frames_labels_and_one_size_per_call(tiled_export) -> None:
+def test_predict_frames_labels_and_one_size_per_call(tiled_export, defect_frame) -> None:
     from edgead.runtimes import load
 
     _, export = tiled_export
     with load(export, "onnxruntime") as runner:
         runner.spec = replace(runner.spec, threshold=1e9)
-        frame, _ = defect_frame()
+        frame, _ = defect_frame
         p = runner.predict_frames(frame)
         assert p.labels is not None and not p.labels[0]
         with pytest.raises(InputError, match="one size"):

@@ -20,7 +20,9 @@
  *     edgead_close(h);
  *
  * Images are uint8 RGB, channels last (H, W, 3), already resized / cropped to the artifact's input size
- * (edgead_input_info); the network does the scaling and mean/std normalisation itself.
+ * (edgead_input_info); the network does the scaling and mean/std normalisation itself. An artifact with a
+ * tiling plan (edgead_tiling_info) also takes whole camera frames of any size through edgead_predict_frame:
+ * a frame of H x W pixels in, an H x W map out.
  *
  * ABI rules
  *   - No exception, signal or abort crosses this boundary: every failure is a status code plus a message.
@@ -59,7 +61,7 @@ extern "C" {
 #endif
 
 /** Version of this header's API; edgead_api_version() returns the library's. */
-#define EDGEAD_API_VERSION 1
+#define EDGEAD_API_VERSION 2 /* 2: edgead_tiling_info, edgead_predict_frame */
 /** Major ABI version: the number in libedgead.so.<N>. Bumped only for incompatible changes. */
 #define EDGEAD_ABI_MAJOR 1
 
@@ -148,6 +150,30 @@ EDGEAD_API edgead_status edgead_input_info(edgead_handle* handle, int* height, i
 EDGEAD_API edgead_status edgead_predict(edgead_handle* handle, const uint8_t* images, size_t n, int height,
                                         int width, size_t row_stride, float* scores, float* maps,
                                         size_t maps_capacity);
+
+/**
+ * The artifact's tiling plan (edgead.spec.TilePlan). Every output pointer may be NULL.
+ *   has_tiling: 1 when the artifact carries a plan (then edgead_predict_frame runs frames), else 0;
+ *   tile_height, tile_width: the tile, always the input size; overlap: pixels neighbouring tiles share.
+ */
+EDGEAD_API edgead_status edgead_tiling_info(edgead_handle* handle, int* has_tiling, int* tile_height,
+                                            int* tile_width, int* overlap);
+
+/**
+ * Score one camera frame of any size (at least one tile in each axis) by the artifact's tiling plan: the frame
+ * is cut into tiles of the input size (the last tile of each axis aligned to the frame's edge), the tiles run
+ * through the engine in the batches it accepts, their maps are blended with linear cross-fades over the
+ * overlaps, and the score is the mean of the top-k pixels of the stitched map (k = round(0.1 % of the frame's
+ * pixels, the spec's score fraction), at most 3840). The same arithmetic as edgead.runtimes.tiling in Python.
+ *   frame:        height x width x 3 uint8 RGB; row r starts at frame + r * row_stride (0: width * 3);
+ *   score:        one float out; label it with !(score <= threshold) (a NaN score is anomalous);
+ *   map:          height * width floats out (row major), or NULL for the score only;
+ *   map_capacity: the number of floats map can hold (ignored when map is NULL).
+ * EDGEAD_ERR_UNSUPPORTED when the artifact has no tiling plan (resize / crop the frame and call edgead_predict),
+ * EDGEAD_ERR_SHAPE_MISMATCH when the frame is smaller than a tile.
+ */
+EDGEAD_API edgead_status edgead_predict_frame(edgead_handle* handle, const uint8_t* frame, int height, int width,
+                                              size_t row_stride, float* score, float* map, size_t map_capacity);
 
 /**
  * One line describing the last failure: of the last failing call on handle, or, with handle NULL, of the

@@ -327,6 +327,127 @@ edgead_status edgead_predict(edgead_handle* h, const uint8_t* images, size_t n, 
     return st;
 }
 
+edgead_status edgead_tiling_info(edgead_handle* h, int* has_tiling, int* tile_height, int* tile_width,
+                                 int* overlap) {
+    if (!h) return fail(NULL, EDGEAD_ERR_INVALID_ARGUMENT, "edgead_tiling_info: expected a handle, found NULL");
+    if (has_tiling) *has_tiling = h->m.has_tiling;
+    if (tile_height) *tile_height = h->m.has_tiling ? h->m.height : 0;
+    if (tile_width) *tile_width = h->m.has_tiling ? h->m.width : 0;
+    if (overlap) *overlap = h->m.has_tiling ? h->m.tile_overlap : 0;
+    return EDGEAD_OK;
+}
+
+/* The buffers of one tiled frame; freed together by frame_free. */
+typedef struct frame_work {
+    int *ys, *xs;
+    double *wy, *wx, *acc;
+    uint8_t* tiles;
+    float *tile_scores, *tile_maps, *own_map;
+} frame_work;
+
+static void frame_free(frame_work* f) {
+    free(f->ys);
+    free(f->xs);
+    free(f->wy);
+    free(f->wx);
+    free(f->acc);
+    free(f->tiles);
+    free(f->tile_scores);
+    free(f->tile_maps);
+    free(f->own_map);
+}
+
+/* Cut, run and stitch one frame (edgead.runtimes.tiling); called with the mutex held and arguments checked. */
+static edgead_status run_frame(edgead_handle* h, const uint8_t* frame, int height, int width, size_t row_stride,
+                               float* score, float* map) {
+    const int th = h->m.height, tw = h->m.width, ov = h->m.tile_overlap;
+    const int ny = edgead_tile_origins(height, th, ov, NULL), nx = edgead_tile_origins(width, tw, ov, NULL);
+    const size_t tile_px = (size_t)th * (size_t)tw, frame_px = (size_t)height * (size_t)width;
+    const size_t group = h->max_batch ? (size_t)h->max_batch : 8; /* tiles per engine call */
+    frame_work f = {0};
+    f.ys = (int*)malloc((size_t)ny * sizeof(int));
+    f.xs = (int*)malloc((size_t)nx * sizeof(int));
+    f.wy = (double*)malloc((size_t)ny * (size_t)th * sizeof(double));
+    f.wx = (double*)malloc((size_t)nx * (size_t)tw * sizeof(double));
+    f.acc = (double*)calloc(frame_px, sizeof(double));
+    f.tiles = (uint8_t*)malloc(group * tile_px * 3);
+    f.tile_scores = (float*)malloc(group * sizeof(float));
+    f.tile_maps = (float*)malloc(group * tile_px * sizeof(float));
+    if (!map) map = f.own_map = (float*)malloc(frame_px * sizeof(float));
+    if (!f.ys || !f.xs || !f.wy || !f.wx || !f.acc || !f.tiles || !f.tile_scores || !f.tile_maps || !map) {
+        frame_free(&f);
+        return fail(h, EDGEAD_ERR_OUT_OF_MEMORY, "edgead_predict_frame: out of memory for the frame's tiles");
+    }
+    edgead_tile_origins(height, th, ov, f.ys);
+    edgead_tile_origins(width, tw, ov, f.xs);
+    if (!edgead_axis_weights(f.ys, ny, th, height, f.wy) || !edgead_axis_weights(f.xs, nx, tw, width, f.wx)) {
+        frame_free(&f);
+        return fail(h, EDGEAD_ERR_OUT_OF_MEMORY, "edgead_predict_frame: out of memory for the blend weights");
+    }
+    const size_t total = (size_t)ny * (size_t)nx;
+    for (size_t first = 0; first < total; first += group) {
+        const size_t count = total - first < group ? total - first : group;
+        for (size_t k = 0; k < count; ++k) { /* cut: row-major tile order, as edgead.runtimes.tiling.cut */
+            const size_t y = (size_t)f.ys[(first + k) / nx], x = (size_t)f.xs[(first + k) % nx];
+            for (int r = 0; r < th; ++r)
+                memcpy(f.tiles + (k * th + r) * (size_t)tw * 3, frame + (y + r) * row_stride + x * 3, (size_t)tw * 3);
+        }
+        edgead_status st = run_chunks(h, f.tiles, count, (size_t)tw * 3, f.tile_scores, f.tile_maps);
+        if (st != EDGEAD_OK) {
+            frame_free(&f);
+            return st;
+        }
+        for (size_t k = 0; k < count; ++k) { /* stitch: acc += (wy x wx) * tile map, in double */
+            const size_t i = (first + k) / nx, j = (first + k) % nx;
+            const double *wy = f.wy + i * th, *wx = f.wx + j * tw;
+            const float* tm = f.tile_maps + k * tile_px;
+            for (int r = 0; r < th; ++r) {
+                double* row = f.acc + ((size_t)f.ys[i] + r) * width + f.xs[j];
+                for (int c = 0; c < tw; ++c) row[c] += (wy[r] * wx[c]) * (double)tm[(size_t)r * tw + c];
+            }
+        }
+    }
+    for (size_t p = 0; p < frame_px; ++p) map[p] = (float)f.acc[p];
+    *score = edgead_top_k_mean(map, frame_px, edgead_frame_top_k(height, width, h->m.score_fraction));
+    frame_free(&f);
+    return EDGEAD_OK;
+}
+
+edgead_status edgead_predict_frame(edgead_handle* h, const uint8_t* frame, int height, int width,
+                                   size_t row_stride, float* score, float* map, size_t map_capacity) {
+    if (!h) return fail(NULL, EDGEAD_ERR_INVALID_ARGUMENT, "edgead_predict_frame: expected a handle, found NULL");
+    MUTEX_LOCK(&h->lock);
+    edgead_status st = EDGEAD_OK;
+    size_t frame_px = 0, extent = 0;
+    if (!frame) st = fail(h, EDGEAD_ERR_INVALID_ARGUMENT, "edgead_predict_frame: expected a frame buffer, found NULL");
+    else if (!score) st = fail(h, EDGEAD_ERR_INVALID_ARGUMENT, "edgead_predict_frame: expected a score pointer, found NULL");
+    else if (!h->m.has_tiling)
+        st = fail(h, EDGEAD_ERR_UNSUPPORTED, "edgead_predict_frame: this artifact has no tiling plan; resize/crop "
+                  "frames to its input size and call edgead_predict (or export it with edgead export --tile)");
+    else if (height < h->m.height || width < h->m.width)
+        st = failf(h, EDGEAD_ERR_SHAPE_MISMATCH, "edgead_predict_frame: expected a frame of at least one tile "
+                   "(%dx%d), found %dx%d", h->m.height, h->m.width, height, width);
+    else {
+        if (row_stride == 0) row_stride = (size_t)width * 3;
+        int overflow = mul_overflow((size_t)height, (size_t)width, &frame_px) ||
+                       mul_overflow(frame_px, sizeof(double), &extent) ||
+                       mul_overflow((size_t)height, row_stride, &extent);
+        if (row_stride < (size_t)width * 3)
+            st = failf(h, EDGEAD_ERR_INVALID_ARGUMENT, "edgead_predict_frame: expected a row stride of at least %zu "
+                       "bytes (width x 3), found %zu", (size_t)width * 3, row_stride);
+        else if (overflow)
+            st = failf(h, EDGEAD_ERR_INVALID_ARGUMENT, "edgead_predict_frame: a %dx%d frame of row stride %zu "
+                       "bytes overflows the address space", height, width, row_stride);
+        else if (map && map_capacity < frame_px)
+            st = failf(h, EDGEAD_ERR_BUFFER_TOO_SMALL, "edgead_predict_frame: expected a map buffer of at least %zu "
+                       "floats (%d x %d), found capacity %zu", frame_px, height, width, map_capacity);
+        else
+            st = run_frame(h, frame, height, width, row_stride, score, map);
+    }
+    MUTEX_UNLOCK(&h->lock);
+    return st;
+}
+
 const char* edgead_last_error(const edgead_handle* h) { return h ? h->error : tls_error; }
 
 const char* edgead_describe(const edgead_handle* h) { return h ? h->desc : ""; }

@@ -21,7 +21,7 @@ extern "C" {
 
 #define EDGEAD_ERR_LEN 1024
 #define EDGEAD_MANIFEST_FORMAT 1
-#define EDGEAD_SPEC_FORMAT 1
+#define EDGEAD_SPEC_FORMAT 2 /* 2: the spec may carry a tiling plan */
 
 /** The fields of manifest.json the runtime uses (strings are NUL-terminated copies). */
 typedef struct edgead_manifest {
@@ -42,6 +42,9 @@ typedef struct edgead_manifest {
     int min_batch;                /* batch[0] */
     int max_batch;                /* batch[1]; 0 = any */
     int format;
+    double score_fraction;        /* spec.post.score_fraction (0.001 when absent) */
+    int has_tiling;               /* spec.tiling is an object (edgead.spec.TilePlan) */
+    int tile_overlap;             /* spec.tiling.overlap; the tile is the input size */
 } edgead_manifest;
 
 /* ---- edgead_sha256.c ---------------------------------------------------------------------------------- */
@@ -98,6 +101,22 @@ edgead_status edgead_read_manifest(const char* dir, edgead_manifest* m, edgead_m
 
 /** ``dir`` + '/' + ``name`` in a malloc'd string (NULL when out of memory). */
 char* edgead_path_join(const char* dir, const char* name);
+
+/* ---- edgead_tiling.c ---------------------------------------------------------------------------------- */
+/* The C twin of edgead.runtimes.tiling (checked against it by tests/test_c_api.py). */
+
+/** Tile starts along an axis of ``length`` (stride tile - overlap, the last one ending on the edge) into ``out``
+ *  (NULL: only count); returns how many, 0 when length < tile or the overlap is out of range. */
+int edgead_tile_origins(int length, int tile, int overlap, int* out);
+
+/** Normalised linear cross-fade weights ``w[n * tile]`` of the tiles at ``origins``; 0 when out of memory. */
+int edgead_axis_weights(const int* origins, int n, int tile, int length, double* w);
+
+/** k of a stitched map's image score: round(score_fraction * height * width), within [1, 3840]. */
+int edgead_frame_top_k(int height, int width, double score_fraction);
+
+/** Mean of the ``k`` largest of ``n`` values (k <= 3840), summed in double; NaN when any value is NaN. */
+float edgead_top_k_mean(const float* map, size_t n, int k);
 
 /** An engine backend. ``err`` is a buffer of EDGEAD_ERR_LEN bytes for a one-line message. */
 typedef struct edgead_backend {

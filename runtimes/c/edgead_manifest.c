@@ -202,6 +202,34 @@ static edgead_status manifest_fields(const cJSON* root, const char* where, edgea
     }
     if ((v = cJSON_GetObjectItemCaseSensitive(spec, "top_k")) && !as_int(v, 0, 1 << 30, &m->top_k))
         CORRUPT("%s is corrupt: expected an integer spec.top_k", where);
+    m->score_fraction = 0.001;
+    const cJSON* post = cJSON_GetObjectItemCaseSensitive(spec, "post");
+    if (post && !cJSON_IsObject(post)) CORRUPT("%s is corrupt: expected spec.post to be an object", where);
+    if ((v = cJSON_GetObjectItemCaseSensitive(post, "score_fraction")) != NULL) {
+        if (!cJSON_IsNumber(v) || !(v->valuedouble > 0.0 && v->valuedouble <= 1.0))
+            CORRUPT("%s is corrupt: expected spec.post.score_fraction in (0, 1]", where);
+        m->score_fraction = v->valuedouble;
+    }
+    if ((v = cJSON_GetObjectItemCaseSensitive(spec, "tiling")) != NULL && !cJSON_IsNull(v)) {
+        const cJSON* tile = cJSON_GetObjectItemCaseSensitive(v, "tile");
+        const cJSON* blend = cJSON_GetObjectItemCaseSensitive(v, "blend");
+        const cJSON* score = cJSON_GetObjectItemCaseSensitive(v, "score");
+        int th = 0, tw = 0, overlap = 0;
+        const cJSON* ov = cJSON_GetObjectItemCaseSensitive(v, "overlap");
+        if (!cJSON_IsObject(v) || !cJSON_IsArray(tile) || cJSON_GetArraySize(tile) != 2 ||
+            !as_int(cJSON_GetArrayItem(tile, 0), 1, 1 << 16, &th) || !as_int(cJSON_GetArrayItem(tile, 1), 1, 1 << 16, &tw) ||
+            (ov && !as_int(ov, 0, 1 << 16, &overlap)))
+            CORRUPT("%s is corrupt: expected spec.tiling as null or {tile: [h, w], overlap: integer, ...}", where);
+        if (th != m->height || tw != m->width || 2 * overlap > (th < tw ? th : tw))
+            CORRUPT("%s is corrupt: expected spec.tiling with tiles of the input size %dx%d and an overlap of at most "
+                    "half a tile, found %dx%d overlap %d", where, m->height, m->width, th, tw, overlap);
+        if ((blend && (!cJSON_IsString(blend) || strcmp(blend->valuestring, "linear") != 0)) ||
+            (score && (!cJSON_IsString(score) || strcmp(score->valuestring, "topk_mean") != 0)))
+            FAIL(EDGEAD_ERR_UNSUPPORTED, "%s has a tiling plan this libedgead %s does not run (it blends 'linear' and "
+                 "scores 'topk_mean'); upgrade libedgead", where, EDGEAD_VERSION_STRING);
+        m->has_tiling = 1;
+        m->tile_overlap = overlap;
+    }
     m->min_batch = 1;
     m->max_batch = 0;
     if ((v = cJSON_GetObjectItemCaseSensitive(root, "batch")) != NULL) {

@@ -14,7 +14,7 @@ cc=${CLANG:-clang}
 command -v "$cc" >/dev/null || { echo "fuzz: $cc not found (apt-get install clang libclang-rt-dev)" >&2; exit 2; }
 version=$(sed -n 's/^__version__ *= *"\([^"]*\)".*/\1/p' "$root/edgead/__init__.py")
 mkdir -p "$work"
-core=("$src/edgead_api.c" "$src/edgead_manifest.c" "$src/edgead_sha256.c" "$src/third_party/cjson/cJSON.c"
+core=("$src/edgead_api.c" "$src/edgead_manifest.c" "$src/edgead_sha256.c" "$src/edgead_tiling.c" "$src/third_party/cjson/cJSON.c"
       "$here/harness_backend.c")
 flags=(-g -O1 -std=c11 -D_GNU_SOURCE -I"$src" "-DEDGEAD_VERSION_STRING=\"$version\""
        -DEDGEAD_TEST_BACKEND=edgead_harness_backend -DCJSON_NESTING_LIMIT=64)
