@@ -334,3 +334,14 @@ def test_video_file_every_frame_once(runner, tmp_path):
     for r, img in zip(rows, decoded, strict=True):
         assert float(r["score"]) == pytest.approx(expected_score(runner, np.ascontiguousarray(img)), abs=1e-6)
     assert VideoSource("rtsp://127.0.0.1:1/x").policy == DROP_OLDEST
+
+
+def test_archive_falls_behind_without_holding_the_line(runner, tmp_path):
+    from edgead.line.archive import Archive
+
+    a = Archive(tmp_path / "a", 1 << 30, None, backlog=2)
+    v = Verdict("x", 0, "r", "s", "scored", 0, 1, 9.0, "anomalous", 1.0, "0" * 64, None, False)
+    img = make_image(0, size=512)
+    accepted = [a.submit(v, img, img[:56, :56], np.zeros((56, 56), np.float32)) for _ in range(12)]
+    a.close()
+    assert a.skipped == accepted.count(False) > 0 and a.saved == accepted.count(True)

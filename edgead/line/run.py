@@ -3,7 +3,8 @@ exactly one verdict, and the verdict goes to every sink and to the log.
 
 Order of work for one frame: fit it to the model (``imageio.prepare``), ``runner.predict``, stamp the verdict
 (deadline judged here: a late verdict is published with ``deadline_missed``, never held back), count it, hand it to
-the sinks (OPC UA, MQTT's spool), append its log row, tell the source it is done, then archive it if anomalous.
+the sinks (OPC UA, MQTT's spool), append its log row, tell the source it is done, then queue it for the archive
+if anomalous (written by the archive's own thread).
 ``stop()`` (SIGTERM) ends the source; the frames already queued still get their verdicts, then the sinks drain.
 """
 
@@ -106,6 +107,8 @@ class Line:
         self.metrics = metrics or LineMetrics()
         self.queue = FrameQueue(config.queue, config.policy or source.policy)
         self.metrics.gauges["queue_depth"] = lambda: len(self.queue)
+        self.metrics.extra.update({"archived": lambda: self.archive.saved,
+                                   "archive_skipped": lambda: self.archive.skipped})
         self.metrics.extra.update({k: (lambda k=k: source.counters().get(k, 0)) for k in source.counters()})
         self.metrics.checks.append(source.health)
         self._keeps_state = hasattr(source, "processed")
@@ -170,7 +173,7 @@ class Line:
         self.log.add(v, f.meta.get("path", ""), sync=self._keeps_state)
         self.source.done(f)
         if v.anomalous and prepared is not None and f.image is not None and amap is not None:
-            self.archive.save(v, f.image, prepared, amap)
+            self.archive.submit(v, f.image, prepared, amap)
 
     # -- the loop ------------------------------------------------------------------------------------------
     def run(self) -> LineSummary:
@@ -197,6 +200,7 @@ class Line:
         for sink in self.sinks:
             sink.close(self.config.drain_s)
         self.source.close()
+        self.archive.close()
         self.log.close()
         self._lock_fh.close()
 
