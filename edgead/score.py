@@ -33,6 +33,7 @@ from typing import IO
 import cv2
 import numpy as np
 
+from edgead import registry
 from edgead.errors import EdgeadError, InputError, OutputError
 from edgead.fsutil import atomic_file, sha256_file, write_text_atomic
 from edgead.imageio import IMAGE_SUFFIXES, prepare, read_image
@@ -396,6 +397,30 @@ def read_batch(paths: Sequence[str | Path], spec) -> ReadBatch:  # noqa: ANN001 
     return ReadBatch(ok, out[: len(ok)], failed)
 
 
+@dataclass(frozen=True)
+class ReadFrames:
+    """A chunk of images read whole, for a tiled artifact: the frames that could be read, and why the others not."""
+
+    paths: list[str]
+    frames: list[np.ndarray]  # uint8 (H, W, 3), each at its own size
+    failed: dict[str, str]
+
+
+def read_frames(paths: Sequence[str | Path]) -> ReadFrames:
+    """Read a chunk of images at their own size; an image that cannot be read is set aside with its reason."""
+    ok: list[str] = []
+    frames: list[np.ndarray] = []
+    failed: dict[str, str] = {}
+    for p in paths:
+        try:
+            frames.append(read_image(p))
+        except UNREADABLE as exc:
+            failed[str(p)] = unreadable_reason(exc)
+            continue
+        ok.append(str(p))
+    return ReadFrames(ok, frames, failed)
+
+
 def read_prepared(paths: Sequence[str | Path], spec) -> np.ndarray:  # noqa: ANN001 - DetectorSpec
     """Read and prepare a chunk of images into one uint8 batch; the first unreadable image raises."""
     h, w = spec.input_size
@@ -432,6 +457,8 @@ def score_embedded(runner, writer: ScoreWriter, todo: Sequence[Path], batch: int
     spec = runner.spec
     thr = spec.threshold
     chunks = list(_chunks(todo, batch))
+    if getattr(runner, "tiling", None) is not None:
+        return _score_tiled(runner, writer, todo, chunks, workers, heatmaps, progress)
     added = failed = 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = [pool.submit(read_batch, c, spec) for c in chunks[:2]]
@@ -449,6 +476,45 @@ def score_embedded(runner, writer: ScoreWriter, todo: Sequence[Path], batch: int
             failed += writer.add_errors(got.failed)
             if progress:
                 progress(min((k + 1) * batch, len(todo)), len(todo))
+    return added, failed
+
+
+def artifact_spec(folder: str | Path):  # noqa: ANN201 - DetectorSpec
+    """The spec of an artifact folder's manifest, or of a checkpoint's spec.json, read without loading a model."""
+    from edgead.runtimes.manifest import read_manifest
+    from edgead.spec import DetectorSpec
+
+    p = Path(folder)
+    if registry.is_checkpoint(p):
+        return DetectorSpec.from_json((p / registry.CHECKPOINT_SPEC).read_text())
+    return read_manifest(p).spec
+
+
+def _score_tiled(runner, writer: ScoreWriter, todo: Sequence[Path], chunks: list[list[Path]], workers: int,  # noqa: ANN001
+                 heatmaps: bool, progress: Progress | None) -> tuple[int, int]:
+    """``score_embedded`` for an artifact with a tiling plan: each frame, read whole, goes through
+    ``Runner.predict_frames`` (its tiles batched through the engine); heatmaps are drawn at the frame's size."""
+    thr = runner.spec.threshold
+    added = failed = done = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = [pool.submit(read_frames, c) for c in chunks[:2]]
+        for k in range(len(chunks)):
+            got = pending.pop(0).result()
+            if k + 2 < len(chunks):
+                pending.append(pool.submit(read_frames, chunks[k + 2]))
+            preds = [runner.predict_frames(f) for f in got.frames]
+            if preds:
+                scores = np.concatenate([p.scores for p in preds])
+                labels = None if thr is None else np.concatenate([p.labels for p in preds])
+                added += writer.add(got.paths, scores, labels, thr)
+                if heatmaps and labels is not None and labels.any():
+                    idx = np.flatnonzero(labels).tolist()
+                    save_heatmaps(writer.out, [got.paths[i] for i in idx], [got.frames[i] for i in idx],
+                                  [preds[i].maps[0] for i in idx], scores[idx], thr)
+            failed += writer.add_errors(got.failed)
+            done += len(chunks[k])
+            if progress:
+                progress(done, len(todo))
     return added, failed
 
 
@@ -488,6 +554,10 @@ def score_archive(
             added = failed = 0
         elif use_ray:
             from edgead.scale.ray_data import score_on_ray
+
+            if artifact_spec(artifact).tiling is not None:
+                raise InputError(f"expected an untiled artifact for score --ray, found a tiling plan in {artifact}; "
+                                 f"score it without --ray (the embedded backend runs tiled artifacts)")
 
             added, failed, per_node = score_on_ray(
                 artifact, writer, todo, engine=engine, batch=batch, address=ray_address, actors=ray_actors,

@@ -313,3 +313,34 @@ def test_output_inside_the_archive_is_not_scored(scored_artifact, tmp_path):
     assert list_archive(listing, skip=out) == sorted(archive.rglob("0*.png"))[:3]
     with pytest.raises(OutputError, match="found the archive itself"):
         score_archive(archive, artifact, archive)
+
+
+def test_a_tiled_artifact_scores_whole_frames(tiled_export, defect_frame, tmp_path):
+    """Frames of two sizes and an unreadable file: each frame's row is Runner.predict_frames' score and label, the
+    anomalous frame's heatmap panel is drawn at its own size, the broken file is an error row; --ray is refused."""
+    import cv2
+
+    import edgead.runtimes as rt
+    from edgead.imageio import write_image
+
+    _, export = tiled_export
+    frame, _ = defect_frame
+    normal = np.clip(np.random.default_rng(9).normal(120, 4, (180, 260, 3)), 0, 255).astype(np.uint8)
+    archive = tmp_path / "frames"
+    archive.mkdir()
+    write_image(archive / "a_defect.png", frame)
+    write_image(archive / "b_normal.png", normal)
+    (archive / "c_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    s = score_archive(archive, export, tmp_path / "out", batch=2, heatmaps=True)
+    assert (s.total, s.scored, s.failed) == (3, 2, 1)
+    rows = read_rows(tmp_path / "out" / "scores.csv")
+    with rt.load(export) as runner:
+        ref = [runner.predict_frames(f) for f in (frame, normal)]
+    assert [float(r["score"]) for r in rows[:2]] == [float(p.scores[0]) for p in ref]
+    assert [r["label"] for r in rows[:2]] == ["anomalous", "normal"] == [
+        "anomalous" if p.labels[0] else "normal" for p in ref]
+    assert rows[2]["score"] == "" and "c_broken.png" in rows[2]["path"] and rows[2]["error"]
+    panels = list((tmp_path / "out" / "heatmaps").glob("*.png"))
+    assert len(panels) == 1 and cv2.imread(str(panels[0])).shape[1] == 2 * 250
+    with pytest.raises(InputError, match="untiled artifact for score --ray"):
+        score_archive(archive, export, tmp_path / "ray", use_ray=True)

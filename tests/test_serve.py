@@ -658,3 +658,33 @@ def test_deep_json_is_400_and_a_request_that_can_never_fit_the_queue_is_413(tmp_
         assert _metric(url, "edgead_queue_images") == 0.0
         x = _first_pixels(*[10] * 4)  # exactly the queue still fits
         assert _infer_json(url, _v2(shape=x.shape, data=x.reshape(-1).tolist()), model="m")[0] == 200
+
+
+def test_predict_tiles_frames_by_the_artifacts_plan(tiled_export, defect_frame):
+    """A tiled artifact: /predict cuts each upload (two sizes in one request) into tiles that go through the
+    batcher (a queue of 16 makes a 42-tile frame three submissions) and answers the frame-level score of
+    Runner.predict_frames; the panel is drawn at the frame's own size; /api/info shows the plan."""
+    import base64
+
+    import edgead.runtimes as rt
+
+    _, export = tiled_export
+    frame, _ = defect_frame
+    small = np.ascontiguousarray(frame[40:140, 30:190])
+    with rt.load(export, "onnxruntime") as runner:
+        expected = [float(runner.predict_frames(f).scores[0]) for f in (frame, small)]
+        app = app_for_runner(runner, ServeConfig(name="tiled", max_queue=16, max_batch=8, max_delay_ms=2.0))
+        with background_server(app) as url:
+            files = [(n, cv2.imencode(".png", f[:, :, ::-1])[1].tobytes()) for n, f in (("a.png", frame),
+                                                                                        ("b.png", small))]
+            body, ctype = _multipart(files)
+            status, out, _ = _request(f"{url}/predict?heatmap=true", "POST", body, {"content-type": ctype})
+            assert status == 200, out
+            res = json.loads(out)["results"]
+            assert [r["score"] for r in res] == pytest.approx(expected, abs=1e-5)
+            assert res[0]["label"] == "anomalous"
+            png = base64.b64decode(res[0]["heatmap"].split(",", 1)[1])
+            panel = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+            assert panel.shape[1] == 2 * 250 and panel.shape[0] > 300
+            status, out, _ = _request(f"{url}/api/info")
+            assert json.loads(out)["tiling"] == {"tile": [56, 56], "overlap": 14}

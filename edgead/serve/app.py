@@ -6,7 +6,9 @@ wires a loaded runner; a Ray Serve deployment builds the same app inside its rep
 
 - KServe v2 / Open Inference Protocol: ``/v2``, ``/v2/health/{live,ready}``, ``/v2/models/{name}[/versions/{v}]``,
   ``.../ready``, ``POST .../infer`` (JSON tensors and the binary tensor extension);
-- ``POST /predict``: image files (multipart ``files``), any size, fitted by the shared ``prepare``;
+- ``POST /predict``: image files (multipart ``files``), any size, fitted by the shared ``prepare``, or, for an
+  artifact with a tiling plan, cut into tiles (``edgead.runtimes.tiling``) that go through the batcher like any
+  images and are stitched back: the map of each file comes back at the file's own size;
 - ``/metrics`` (Prometheus), ``/`` the inspection page and its small JSON API under ``/api``.
 
 Every refused request gets the v2 error body ``{"error": "..."}`` with a 4xx status (503 when the queue is full);
@@ -117,6 +119,7 @@ class Service:
         self.max_upload_pixels = int(config.max_upload_mpx * 1e6)
         self.decoding = asyncio.Semaphore(os.cpu_count() or 1)  # decoded frames in memory: at most this many
         self.model = ModelInfo(config.name, spec, extra={k: v for k, v in config.info.items() if k != "name"})
+        self.tiling = spec.tiling  # uploads are tiled by the artifact's plan; v2 tensors are model inputs as sent
         self.metrics = ServeMetrics()
         max_batch = config.max_batch if batch_range[1] is None else min(config.max_batch, batch_range[1])
         self.batcher = DynamicBatcher(predict, max_batch=max_batch, max_delay_s=config.max_delay_ms / 1000.0,
@@ -149,14 +152,38 @@ class Service:
             self.metrics.queued.set(self.batcher.queued_images)
         return Predictions(p.scores, p.maps, self.labels(p.scores), p.seconds)
 
-    async def decode(self, names: list[str], frames: list[bytes], cap: int | None) -> np.ndarray:
+    async def run_frames(self, images: np.ndarray | list[np.ndarray]) -> Predictions:
+        """Predictions for decoded uploads (``decode``): the prepared batch as it is, or with a tiling plan each
+        frame's tiles through the batcher (at most a queue's worth at a time) and their maps stitched back; then
+        ``maps`` holds one ``(H, W)`` map per frame, and frames may differ in size."""
+        if self.tiling is None:
+            return await self.run(images)  # type: ignore[arg-type]
+        from edgead.runtimes.tiling import cut, stitch_frames, tile_grid
+
+        scores, maps = [], []
+        for frame in images:
+            grid = tile_grid(frame.shape[:2], self.tiling)
+            tiles = cut(frame[None], grid)
+            step = min(self.batcher.max_queue, len(tiles))
+            parts = [(await self.run(tiles[i : i + step])).maps for i in range(0, len(tiles), step)]
+            s, m = await run_in_threadpool(stitch_frames, np.concatenate(parts), grid,
+                                           self.model.spec.post.score_fraction)
+            scores.append(s[0])
+            maps.append(m[0])
+        out = np.asarray(scores, np.float32)
+        return Predictions(out, maps, self.labels(out))  # type: ignore[arg-type]  # a list: sizes may differ
+
+    async def decode(self, names: list[str], frames: list[bytes], cap: int | None) -> np.ndarray | list[np.ndarray]:
         """Decode (``imageio.decode_image``, ``cap`` pixels each; None: ``EDGEAD_MAX_PIXELS``) and prepare encoded
-        images; at most one request per CPU decodes at a time, so full-size frames in memory stay bounded."""
+        images (with a tiling plan: keep the decoded frames, ``run_frames`` tiles them); at most one request per
+        CPU decodes at a time, so full-size frames in memory stay bounded."""
         option = "EDGEAD_MAX_PIXELS" if cap is None else "--max-upload-mpx"
 
-        def work() -> np.ndarray:
-            return np.stack([prepare(decode_image(d, n, cap, option), self.model.spec)
-                             for n, d in zip(names, frames, strict=True)])
+        def work() -> np.ndarray | list[np.ndarray]:
+            decoded = [decode_image(d, n, cap, option) for n, d in zip(names, frames, strict=True)]
+            if self.tiling is not None:
+                return decoded
+            return np.stack([prepare(f, self.model.spec) for f in decoded])
 
         async with self.decoding:
             return await run_in_threadpool(work)
@@ -329,7 +356,7 @@ def create_app(
             names.append(up.filename or f"upload{len(names)}")
             frames.append(data)
         images = await svc.decode(names, frames, svc.max_upload_pixels)
-        p = await svc.run(images)
+        p = await svc.run_frames(images)
         svc.remember("predict", names, p)
         rows = await run_in_threadpool(svc.image_rows, names, images, p, heatmap, overlay)
         return {"model": svc.model.name, "threshold": svc.threshold, "results": rows}
@@ -348,6 +375,8 @@ def create_app(
         return {"model": svc.model.name, "threshold": svc.threshold, "input_size": list(spec.input_size),
                 "family": f"{spec.family} {spec.backbone} {spec.norm}", "max_batch": svc.batcher.max_batch,
                 "max_delay_ms": config.max_delay_ms, "folder": config.folder.name if config.folder else None,
+                "tiling": None if svc.tiling is None else {"tile": list(svc.tiling.tile),
+                                                           "overlap": svc.tiling.overlap},
                 **config.info}
 
     @app.get("/api/recent")
@@ -384,7 +413,7 @@ def create_app(
         svc.check_fits(len(wanted))
         frames = await run_in_threadpool(lambda: [files[n].read_bytes() for n in wanted])
         images = await svc.decode(wanted, frames, None)  # the server's own files: only EDGEAD_MAX_PIXELS applies
-        p = await svc.run(images)
+        p = await svc.run_frames(images)
         svc.remember("folder", wanted, p)
         rows = await run_in_threadpool(svc.image_rows, wanted, images, p, False, True)
         return {"model": svc.model.name, "threshold": svc.threshold, "results": rows}
