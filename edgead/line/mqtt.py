@@ -138,23 +138,25 @@ class MqttSink:
                 self.connects += 1
                 self.connected = True
                 backoff = 0.05
-            rc = client.loop(timeout=0.005)
-            if rc != self.mqtt.MQTT_ERR_SUCCESS or not self._alive:
-                client = self._drop(client)
-                continue
             room = self.window - len(self._inflight)
             sent = 0
-            if room > 0:
+            if room > 0 and self._alive:
                 for key, payload in self.spool.head(room, after=self._last_sent):
-                    info = client.publish(self.target.topic, payload, qos=1)
+                    info = client.publish(self.target.topic, payload, qos=1)  # written to the socket at once
                     if info.rc != self.mqtt.MQTT_ERR_SUCCESS:
                         break
                     self._inflight[info.mid] = key
                     self._last_sent = key
                     sent += 1
+            # read PUBACKs (and keepalives); waits briefly only while something is in flight
+            rc = client.loop(timeout=0.002 if self._inflight else 0.0)
+            if rc != self.mqtt.MQTT_ERR_SUCCESS or not self._alive:
+                client = self._drop(client)
+                continue
             if not sent and not self._inflight:
-                self._wake.wait(0.05)
-                self._wake.clear()
+                self._wake.clear()  # cleared before looking again, so a verdict spooled meanwhile is not missed
+                if not self.spool.head(1, after=self._last_sent):
+                    self._wake.wait(0.05)
         if client is not None:
             client.disconnect()
             client.loop(timeout=0.05)
