@@ -73,6 +73,45 @@ def test_fit_export_predict_json(tmp_path, tiny_synthetic):
     assert rep["passed"] is True and rep["reference_is"] == "PyTorch checkpoint"
 
 
+def test_fit_with_overlap_exports_a_tiled_artifact_that_predicts_frames(tmp_path, defect_frame):
+    """fit --overlap 14 (tiles of the 56 px input) -> export carries the plan -> predict scores a 300x250 frame at its
+    own size (the heatmap panel is that wide), exactly as Runner.predict_frames; --full-frame takes the old path."""
+    import cv2
+    import numpy as np
+
+    from edgead.imageio import write_image
+    from edgead.runtimes import load
+
+    frame, _ = defect_frame
+    (tmp_path / "train").mkdir()
+    for i in range(5):
+        normal = np.clip(np.random.default_rng(100 + i).normal(120, 4, (300, 250, 3)), 0, 255)
+        write_image(tmp_path / "train" / f"{i}.png", normal.astype(np.uint8))
+    write_image(tmp_path / "frame.png", frame)
+    out = run("fit", tmp_path / "train", "--backbone", "vit_tiny_test_patch14", "--size", "56", "--epochs", "3",
+              "--overlap", "14", "-o", tmp_path / "ck", "--json")
+    assert out.returncode == 0, out.stderr
+    out = run("export", tmp_path / "ck", "-o", tmp_path / "exp", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["tiling"] == {"tile": [56, 56], "overlap": 14}
+    out = run("predict", tmp_path / "exp", tmp_path / "frame.png", "--out", tmp_path / "heat", "--json")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["tiling"] == {"tile": [56, 56], "overlap": 14}
+    with load(tmp_path / "exp") as runner:
+        ref = runner.predict_frames(frame)
+        runner.tiling = None
+        full = runner.predict_frames(frame)
+    assert res["results"][0]["score"] == float(ref.scores[0]) and res["results"][0]["label"] == "anomalous"
+    assert cv2.imread(res["results"][0]["heatmap"]).shape[1] == 2 * 250
+    out = run("predict", tmp_path / "exp", tmp_path / "frame.png", "--full-frame", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["tiling"] is None
+    assert json.loads(out.stdout)["results"][0]["score"] == pytest.approx(float(full.scores[0]), abs=1e-6)
+    out = run("export", tmp_path / "ck", "-o", tmp_path / "exp2", "--tile", "64")
+    assert out.returncode == 1 and "expected --tile 56" in out.stderr
+
+
 def test_shared_options_mean_one_thing_everywhere():
     """--json is a flag, --out one folder option and --engine lists the registry's engines, in every command."""
     import typer

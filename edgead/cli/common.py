@@ -74,6 +74,30 @@ BenchEngines = Annotated[str, live_option("--engine", "-e", describe=_engines(
     "Engines to measure: a comma list, or all.", extra=("all",)))]
 
 
+#: the tiling plan written at fit or export (edgead.spec.TilePlan)
+TileSize = Annotated[int | None, typer.Option(
+    "--tile", help="Tile frames bigger than the input: tiles of N px, which must be the input size (default with "
+                   "--overlap: the input size). See docs/tiling.md.")]
+TileOverlap = Annotated[int | None, typer.Option(
+    "--overlap", help="Pixels neighbouring tiles share (at most half a tile); writes a tiling plan.")]
+#: run an artifact by the full-frame path even when it has a plan
+FullFrame = Annotated[bool, typer.Option(
+    "--full-frame", help="Ignore the artifact's tiling plan: resize and centre-crop each frame to the input.")]
+
+
+def tile_plan(tile: int | None, overlap: int | None, input_size: tuple[int, int]):  # noqa: ANN201 - TilePlan | None
+    """The plan ``--tile``/``--overlap`` ask for (None when neither is given); the tile must be the input size."""
+    from edgead.errors import ConfigError
+    from edgead.spec import TilePlan
+
+    if tile is None and overlap is None:
+        return None
+    if tile is not None and (tile, tile) != tuple(input_size):
+        raise ConfigError(f"expected --tile {input_size[0]} (tiles are the model input, {input_size[0]}x"
+                          f"{input_size[1]}), found --tile {tile}; fit at --size {tile} for tiles of {tile} px")
+    return TilePlan(tuple(input_size), int(overlap or 0))
+
+
 def check_batch(batch: int, option: str = "--batch") -> int:
     """A batch size must be a positive integer (0 or -1 would score nothing and still exit 0)."""
     if batch < 1:

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgead.cli.common import CompileEngine, CompilePrecision, JsonFlag, OutDir, console, emit_json
+from edgead.cli.common import (
+    CompileEngine,
+    CompilePrecision,
+    FullFrame,
+    JsonFlag,
+    OutDir,
+    TileOverlap,
+    TileSize,
+    console,
+    emit_json,
+    tile_plan,
+)
 from edgead.errors import require
 
 
@@ -18,18 +29,35 @@ def export(
     simplifier: Annotated[str, typer.Option(help="onnxslim | onnxsim | none")] = "onnxslim",
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
     fold_norms: Annotated[bool, typer.Option(help="Fold each norm's affine into the next linear layer.")] = True,
+    tile: TileSize = None,
+    overlap: TileOverlap = None,
+    full_frame: FullFrame = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Export one end-to-end ONNX graph (uint8 images in; scores and maps out), checked against PyTorch.
 
+    A tiling plan (--tile/--overlap, or the checkpoint's own from fit) travels in the artifact: frames of any
+    size are cut into tiles and their maps stitched back by every runtime; --full-frame exports without one.
+
     OUT: the export folder (model.onnx and its manifest), replaced atomically."""
     require("torch", "torch", "edgead export")
+    from dataclasses import replace
+
+    from edgead.errors import ConfigError
     from edgead.export.onnx import export_onnx
     from edgead.models.checkpoint import load_checkpoint
 
-    r = export_onnx(load_checkpoint(ckpt), out, simplifier=simplifier, opset=opset, source=ckpt,
-                    fold_norms=fold_norms)
+    detector = load_checkpoint(ckpt)
+    plan = tile_plan(tile, overlap, detector.spec.input_size)
+    if full_frame:
+        if plan is not None:
+            raise ConfigError("expected either a tiling plan (--tile/--overlap) or --full-frame, found both")
+        detector.spec = replace(detector.spec, tiling=None)
+    r = export_onnx(detector, out, simplifier=simplifier, opset=opset, source=ckpt, fold_norms=fold_norms,
+                    tiling=plan)
+    final_plan = plan or detector.spec.tiling
     result = {"path": str(r.path / "model.onnx"), "simplified": r.simplified, "nodes_raw": r.nodes_raw,
+              "tiling": None if final_plan is None else {"tile": list(final_plan.tile), "overlap": final_plan.overlap},
               "nodes_final": r.nodes_final, "max_abs_maps": r.parity.max_abs_maps,
               "max_abs_scores": r.parity.max_abs_scores, "passes": r.passes, "notes": r.notes}
     if json_out:
@@ -40,6 +68,9 @@ def export(
     console.print(f"exported [bold]{result['path']}[/] ({r.nodes_raw} -> {r.nodes_final} nodes"
                   f"{', ' + ', '.join(r.passes) if r.passes else ''}); vs PyTorch max |diff| maps "
                   f"{r.parity.max_abs_maps:.2e}, scores {r.parity.max_abs_scores:.2e}")
+    if final_plan is not None:
+        console.print(f"tiling plan: {final_plan.tile[0]}x{final_plan.tile[1]} tiles, overlap {final_plan.overlap} px "
+                      f"(frames of any size in, maps of their size out)")
 
 
 ValDir = Annotated[Path | None, typer.Option("--val", help="Labelled MVTec-layout category the fidelity gate and "

@@ -12,10 +12,20 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgead.cli.common import BenchEngines, JsonFlag, MaybeOutDir, OutDir, RunEngine, check_batch, console, emit_json
+from edgead.cli.common import (
+    BenchEngines,
+    FullFrame,
+    JsonFlag,
+    MaybeOutDir,
+    OutDir,
+    RunEngine,
+    check_batch,
+    console,
+    emit_json,
+)
 from edgead.errors import InputError
 from edgead.fsutil import write_text_atomic
-from edgead.imageio import IMAGE_SUFFIXES, list_images, load_batch
+from edgead.imageio import IMAGE_SUFFIXES, list_images, load_batch, read_image
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -36,13 +46,20 @@ def predict(
     out: MaybeOutDir = None,
     engine: RunEngine = None,
     batch: Annotated[int, typer.Option(help="Images per inference call.")] = 8,
+    full_frame: FullFrame = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Score images: score, label against the artifact's threshold, and heatmap overlays with --out.
 
+    An artifact with a tiling plan scores each image at its own size (tiles stitched back; the heatmap is the
+    frame's size); --full-frame resizes and centre-crops to the input instead.
+
     OUT: heatmap overlay PNGs, one per image, written atomically."""
+    import numpy as np
+
     import edgead.runtimes as rt
     from edgead.fsutil import atomic_dir, check_output_target
+    from edgead.runtimes.base import Predictions
     from edgead.viz import save_panel
 
     check_batch(batch)
@@ -50,6 +67,8 @@ def predict(
     if out is not None:
         check_output_target(out, inputs=(target, *images))
     runner = rt.load(target, engine)
+    if full_frame:
+        runner.tiling = None
     thr = runner.spec.threshold
     rows = []
     # Panels are written chunk by chunk from the prepared batch (no second read, no map kept); colours span
@@ -57,8 +76,14 @@ def predict(
     with atomic_dir(out, inputs=(target, *images)) if out is not None else contextlib.nullcontext() as tmp:
         for i in range(0, len(files), batch):
             chunk = files[i : i + batch]
-            prepared = load_batch(chunk, runner.spec)
-            p = runner.predict(prepared)
+            if runner.tiling is None:
+                prepared = load_batch(chunk, runner.spec)
+                p = runner.predict(prepared)
+            else:  # each frame at its own size through the plan; frames in one chunk may differ in size
+                prepared = [read_image(f) for f in chunk]
+                parts = [runner.predict_frames(f) for f in prepared]
+                p = Predictions(np.concatenate([q.scores for q in parts]), [q.maps[0] for q in parts],
+                                None if thr is None else np.concatenate([q.labels for q in parts]))
             for j, f in enumerate(chunk):
                 label = None if p.labels is None else ("anomalous" if p.labels[j] else "normal")
                 row = {"image": str(f), "score": float(p.scores[j]), "label": label}
@@ -69,7 +94,9 @@ def predict(
                     row["heatmap"] = str(out / name)
                 rows.append(row)
     if json_out:
-        emit_json({"target": str(target), "engine": runner.engine, "threshold": thr, "results": rows})
+        tiling = None if runner.tiling is None else {"tile": list(runner.tiling.tile), "overlap": runner.tiling.overlap}
+        emit_json({"target": str(target), "engine": runner.engine, "threshold": thr, "tiling": tiling,
+                   "results": rows})
         return
     table = Table(title=f"{target} ({runner.engine} {runner.manifest.precision})")
     table.add_column("image")

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from edgead.cli.common import JsonFlag, OutDir, RunEngine, console, emit_json, progress_bar
+from edgead.cli.common import (
+    JsonFlag,
+    OutDir,
+    RunEngine,
+    TileOverlap,
+    TileSize,
+    console,
+    emit_json,
+    progress_bar,
+    tile_plan,
+)
 from edgead.errors import ConfigError, require
 
 if TYPE_CHECKING:
@@ -84,16 +94,25 @@ def fit(
         help="mae only: fine-tuning epochs, reconstruction MSE only (default 20).")] = None,
     mask_ratio: Annotated[float | None, typer.Option(
         help="mae only: share of patches masked (in blocks) during training, in (0, 1) (default 0.75).")] = None,
+    tile: TileSize = None,
+    overlap: TileOverlap = None,
     out: OutDir = Path("runs/detector"),
     seed: int = 0,
     json_out: JsonFlag = False,
 ) -> None:
     """Train on normal images (CPU): the head, or the whole mae network; threshold from held-out normals.
 
+    With --tile/--overlap the head trains on the tiles of each full-resolution frame, the threshold comes from the
+    hold-out frames' stitched scores, and the plan travels on to export.
+
     OUT: the checkpoint folder (detector.safetensors, spec.json), written atomically."""
     require("torch", "torch", "edgead fit")
     if model != "mae" and (finetune_epochs is not None or mask_ratio is not None):
         raise ConfigError(f"--finetune-epochs and --mask-ratio apply to --model mae only, found --model {model}")
+    input_size = parse_size(size) or 224
+    plan = tile_plan(tile, overlap, (input_size, input_size) if isinstance(input_size, int) else input_size)
+    if plan is not None and model == "mae":
+        raise ConfigError("--tile/--overlap apply to the head families, found --model mae")
     from edgead.fit import fit as fit_detector
     from edgead.fsutil import check_output_target
 
@@ -101,7 +120,7 @@ def fit(
     with progress_bar(quiet=json_out) as cb:
         r = fit_detector(data, out, model, backbone, norm, parse_size(size), weights, convert_dyt, epochs, seed=seed,
                          progress=cb, layers=parse_layers(layers), finetune_epochs=finetune_epochs,
-                         mask_ratio=mask_ratio)
+                         mask_ratio=mask_ratio, tiling=plan)
     result = {"checkpoint": str(r.checkpoint), "train_images": r.train_images, "holdout_images": r.holdout_images,
               "threshold": r.threshold, "final_loss": r.final_loss, "seconds": round(r.seconds, 1)}
     if json_out:
