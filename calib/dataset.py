@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgead.errors import InputError
-from edgead.imageio import list_images, prepare, read_image
+from edgead.imageio import list_images, model_inputs, read_image
 from edgead.spec import DetectorSpec
 
 
@@ -80,12 +80,17 @@ class CalibrationSet:
         else:
             self.available = len(files)
         images, self.skipped, self.files = [], [], []
+        per_frame = -(-limit // max(1, len(files)))  # tiles kept from each frame of a tiled spec
         for f in files:
             try:
-                images.append(prepare(read_image(f), spec))
-                self.files.append(Path(f))
+                inputs = model_inputs(read_image(f), spec)
             except InputError:
                 self.skipped.append(Path(f))
+                continue
+            if len(inputs) > per_frame:
+                inputs = inputs[np.round(np.linspace(0, len(inputs) - 1, per_frame)).astype(int)]
+            images.extend(inputs)
+            self.files.append(Path(f))
         if not images:
             raise InputError(f"calibration folder {folder} has no usable image ({len(files)} files, none readable)")
         self.images = np.stack(images)
@@ -95,7 +100,7 @@ class CalibrationSet:
 
     def describe(self) -> dict:
         """The manifest's record of the calibration set."""
-        return {"folder": str(self.folder), "images": len(self), "available": self.available,
+        return {"folder": str(self.folder), "images": len(self), "frames": len(self.files), "available": self.available,
                 "selection": "stratified over the sorted folder listing",
                 "skipped": [str(p) for p in self.skipped]}
 

@@ -27,6 +27,30 @@ def test_calibration_set_reads_mvtec_train_good(tiny_synthetic):
     assert cs.describe()["selection"] == "stratified over the sorted folder listing"
 
 
+def test_a_tiled_spec_calibrates_on_the_plans_tiles(tmp_path):
+    """Calibration reads tiles through the runtimes' cutter: 2 frames of 300x250 (42 tiles of 56 px each), limit 10
+    -> 5 evenly spread tiles per frame, each exactly a tile of its frame."""
+    from dataclasses import replace
+
+    from edgead.imageio import write_image
+    from edgead.runtimes.tiling import tile_grid
+    from edgead.spec import TilePlan
+
+    frames = [np.random.default_rng(i).integers(0, 256, (300, 250, 3), dtype=np.uint8) for i in range(2)]
+    for i, f in enumerate(frames):
+        write_image(tmp_path / f"{i}.png", f)
+    spec = replace(_spec(), tiling=TilePlan(56, 14))
+    cs = CalibrationSet(tmp_path, spec, limit=10)
+    assert cs.images.shape == (10, 56, 56, 3) and cs.describe()["frames"] == 2
+    origins = tile_grid((300, 250), spec.tiling).origins()
+    picked = np.round(np.linspace(0, 41, 5)).astype(int)
+    for k, t in enumerate(picked):
+        y, x = origins[t]
+        np.testing.assert_array_equal(cs.images[k], frames[0][y : y + 56, x : x + 56])
+    y, x = origins[41]
+    np.testing.assert_array_equal(cs.images[9], frames[1][y : y + 56, x : x + 56])
+
+
 def test_calibration_subset_is_stratified_not_the_first_files():
     idx = stratified_indices(1000, 10, seed=3)
     assert len(idx) == 10 and len(set(idx)) == 10
