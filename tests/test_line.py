@@ -19,14 +19,14 @@ from edgead.line.queue import BLOCK, DROP_OLDEST, FrameQueue
 from edgead.line.run import Line, LineConfig
 from edgead.line.sources import HotFolderSource
 from edgead.score import COLUMNS as SCORE_COLUMNS
-from tests.test_line_helpers import FixedRunner, ListSource, build_line_artifact, make_image, write_png
+from tests.test_line_helpers import FixedRunner, ListSource, line_artifact, make_image, write_png
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
-    return build_line_artifact(tmp_path_factory.mktemp("line-artifact"))
+    return line_artifact(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from edgead.line.camera import CameraError, RawFrame, skipped, to_rgb
 from edgead.line.log import read_log
 from edgead.line.run import Line, LineConfig
-from tests.test_line_helpers import FixedRunner, build_line_artifact
+from tests.test_line_helpers import FixedRunner, line_artifact
 
 pytestmark = pytest.mark.timeout(120)
 MONO8 = 0x01080001
@@ -182,7 +182,7 @@ def fake_camera():
 def runner(tmp_path_factory):
     import edgead.runtimes as rt
 
-    with rt.load(build_line_artifact(tmp_path_factory.mktemp("cam-artifact"))) as r:
+    with rt.load(line_artifact(tmp_path_factory)) as r:
         yield r
 
 

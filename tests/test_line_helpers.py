@@ -55,6 +55,16 @@ def build_line_artifact(root) -> object:
     return root / "export"
 
 
+_BUILT: dict[str, object] = {}
+
+
+def line_artifact(tmp_path_factory) -> object:  # noqa: ANN001
+    """``build_line_artifact`` once per test session, shared by the line test modules."""
+    if "export" not in _BUILT:
+        _BUILT["export"] = build_line_artifact(tmp_path_factory.mktemp("line-artifact"))
+    return _BUILT["export"]
+
+
 class ListSource(Source):
     """A named fake harness: yields the given frames (ids ``f0``, ``f1``, ...) every ``period_s`` seconds; with
     ``hold`` it then waits for the line's stop instead of ending (so the sinks stay up to be read)."""

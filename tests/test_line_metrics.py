@@ -11,7 +11,7 @@ from edgead.line.log import read_log
 from edgead.line.metrics import Histogram, LineMetrics, serve_metrics
 from edgead.line.queue import DROP_OLDEST
 from edgead.line.run import Line, LineConfig
-from tests.test_line_helpers import FixedRunner, ListSource, build_line_artifact, free_port, make_image
+from tests.test_line_helpers import FixedRunner, ListSource, free_port, line_artifact, make_image
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 def runner(tmp_path_factory):
     import edgead.runtimes as rt
 
-    with rt.load(build_line_artifact(tmp_path_factory.mktemp("metrics-artifact"))) as r:
+    with rt.load(line_artifact(tmp_path_factory)) as r:
         yield r
 
 

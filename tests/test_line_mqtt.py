@@ -18,7 +18,7 @@ import pytest
 from edgead.line.mqtt import MqttSink, MqttTarget
 from edgead.line.run import Line, LineConfig
 from edgead.line.spool import Spool
-from tests.test_line_helpers import FixedRunner, ListSource, build_line_artifact, free_port, make_image
+from tests.test_line_helpers import FixedRunner, ListSource, free_port, line_artifact, make_image
 
 pytestmark = pytest.mark.timeout(120)
 MOSQUITTO = shutil.which("mosquitto") or (shutil.which("mosquitto", path="/usr/sbin"))
@@ -120,7 +120,7 @@ def wait_for(cond, timeout: float = 15.0) -> None:
 def runner(tmp_path_factory):
     import edgead.runtimes as rt
 
-    with rt.load(build_line_artifact(tmp_path_factory.mktemp("mqtt-artifact"))) as r:
+    with rt.load(line_artifact(tmp_path_factory)) as r:
         yield r
 
 
@@ -215,3 +215,31 @@ def test_spool_survives_a_restart_and_is_delivered_first(runner, broker, tmp_pat
         assert not list((tmp_path / "spool").glob("*.msg"))
     finally:
         sub.close()
+
+
+def test_run_line_wires_folder_mqtt_and_opcua(runner, broker, tmp_path):
+    """``run_line`` (what the CLI calls) with a hot folder, an MQTT sink and an OPC UA sink."""
+    pytest.importorskip("asyncua")
+    from edgead.line.wiring import SourceOptions, run_line
+    from tests.test_line_helpers import write_png
+
+    folder = tmp_path / "hot"
+    folder.mkdir()
+    for i in range(4):
+        write_png(folder / f"p{i}.png", make_image(i))
+    sub = Subscriber(broker.port, "w/v")
+    health = []
+    try:
+        s = run_line(runner.folder, f"folder:{folder}", tmp_path / "out",
+                     [f"mqtt://127.0.0.1:{broker.port}/w/v", f"opc.tcp://127.0.0.1:{free_port()}"],
+                     config=LineConfig(max_frames=4), opts=SourceOptions(settle_s=0.02),
+                     on_start=lambda line: health.append(line.metrics.health()))
+        wait_for(lambda: len(sub.frame_ids) >= 4, 10)
+    finally:
+        sub.close()
+    assert (s.frames_in, s.log_rows) == (4, 4) and sub.frame_ids == [f"p{i}.png" for i in range(4)]
+    assert health == ["ok"] and s.counters["mqtt_delivered"] == 4 and s.counters["mqtt_redelivered"] == 0
+    from edgead.errors import InputError
+
+    with pytest.raises(InputError, match="expected a sink mqtt://HOST"):
+        run_line(runner.folder, f"folder:{folder}", tmp_path / "out2", ["http://x"])

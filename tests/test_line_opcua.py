@@ -14,7 +14,7 @@ from edgead.line.log import read_log
 from edgead.line.metrics import LineMetrics
 from edgead.line.run import Line, LineConfig
 from edgead.line.sources import Source
-from tests.test_line_helpers import FixedRunner, ListSource, build_line_artifact, free_port, make_image
+from tests.test_line_helpers import FixedRunner, ListSource, free_port, line_artifact, make_image
 
 pytest.importorskip("asyncua", reason="asyncua is not installed (pip install 'edgead[line]')")
 pytestmark = pytest.mark.timeout(120)
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 def runner(tmp_path_factory):
     import edgead.runtimes as rt
 
-    with rt.load(build_line_artifact(tmp_path_factory.mktemp("opcua-artifact"))) as r:
+    with rt.load(line_artifact(tmp_path_factory)) as r:
         yield r
 
 
