@@ -110,6 +110,24 @@ def predict(
         console.print(f"heatmaps written to [bold]{out}[/]")
 
 
+def _bench_frames(target: str, engine: str, precisions: tuple[str, ...], frame: str, iters: int,
+                  json_out: bool) -> None:
+    from edgead.bench.frames import bench_frames_target, frames_document, render_frames
+    from edgead.cli.train import parse_size
+
+    size = parse_size(frame)
+    hw = (size, size) if isinstance(size, int) else size
+    engines = None if engine == "all" else [e for e in engine.split(",") if e]
+    timings, skipped = bench_frames_target(Path(target), hw, engines, precisions or None, iters,
+                                           progress=None if json_out else lambda m: console.print(f"[dim]{m}[/dim]"))
+    if json_out:
+        emit_json(frames_document(timings, skipped, target))
+        return
+    console.print(render_frames(timings, f"edgead bench {target} --frame {hw[0]}x{hw[1]}"))
+    for reason in skipped:
+        console.print(f"[dim]skipped {reason}[/dim]")
+
+
 def bench(
     target: Annotated[str, typer.Argument(help="Checkpoint or export folder; 'norms': the DyT vs LayerNorm study.")],
     engine: BenchEngines = "all",
@@ -117,6 +135,9 @@ def bench(
     = "",
     batch: Annotated[str, typer.Option(help="Comma list of batch sizes.")] = "1,8",
     iters: Annotated[int, typer.Option(help="Timed iterations per configuration.")] = 20,
+    frame: Annotated[str | None, typer.Option(
+        help="Time whole frames of HxW pixels (e.g. 2048x2448) through predict_frames: a tiled row when the "
+             "artifact has a tiling plan and a full-frame (resize/crop) row; --batch is not used.")] = None,
     json_file: Annotated[Path | None, typer.Option("--json-out", help="Also write the results as JSON to this file "
                                                    "(the norms study: its folder).")] = None,
     backbone: Annotated[str | None, typer.Option(
@@ -139,6 +160,9 @@ def bench(
     for b in batches:
         check_batch(b)
     precisions = tuple(p for p in precision.split(",") if p)
+    if frame is not None:
+        _bench_frames(target, engine, precisions, frame, iters, json_out)
+        return
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, found '{device}'")
     if device == "cuda":
