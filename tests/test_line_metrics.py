@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 
@@ -52,6 +53,7 @@ def test_metrics_equal_the_log(runner, tmp_path):
                     tmp_path / "out", LineConfig(queue=3, deadline_ms=50), metrics=metrics)
         s = line.run()
         m = scrape(port)
+        status = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5).read())
     finally:
         server.shutdown()
     rows = read_log(tmp_path / "out" / "verdicts.csv")
@@ -68,6 +70,8 @@ def test_metrics_equal_the_log(runner, tmp_path):
     assert m['edgead_line_trigger_to_verdict_seconds_bucket{le="0.01"}'] == 0  # each prediction alone takes 20 ms
     assert m["edgead_line_overhead_seconds_count"] == scored
     assert m["edgead_line_queue_depth"] == 0 and m["edgead_line_healthy"] == 1
+    assert status["counters"]["frames_in"] == 20 and status["counters"]["dropped"] == dropped
+    assert status["health"] == "ok" and status["last_verdict"]["frame_id"] == rows[-1]["frame_id"] == "f19"
 
 
 def test_metrics_port_taken_and_404(tmp_path):

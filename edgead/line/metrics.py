@@ -1,12 +1,15 @@
-"""The line's counters and latency histograms, and ``/metrics`` in the Prometheus text format.
+"""The line's counters and latency histograms: ``/metrics`` in the Prometheus text format and ``/status`` as JSON.
 
-One ``LineMetrics`` object is the only place the line counts: the summary, the OPC UA counters and ``/metrics`` all
-read it, so they cannot disagree. Written by hand (a few dozen lines) so a line PC needs no Prometheus client.
+One ``LineMetrics`` object is the only place the line counts: the summary, the OPC UA counters, ``/metrics`` and
+``/status`` all read it, so they cannot disagree. ``/status`` (counters, health, the last verdict) is what a page
+such as ``edgead serve``'s inspection page can poll to show the line's live state. Written by hand (a few dozen
+lines) so a line PC needs no Prometheus client.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,6 +55,7 @@ class LineMetrics:
         self.gauges: dict[str, Callable[[], float]] = {}
         self.extra: dict[str, Callable[[], int]] = {}  # source and sink counters, read at render time
         self.checks: list[Callable[[], str | None]] = []  # each says what is wrong, or None
+        self.last: dict | None = None  # the last verdict, as its JSON dict
 
     def health(self) -> str:
         """``ok``, or ``degraded: `` and what the checks found wrong (broker away, camera gone)."""
@@ -77,12 +81,20 @@ class LineMetrics:
                 if v.engine_ms is not None:
                     self.overhead.observe(max(v.latency_ms - v.engine_ms, 0.0) / 1e3)
             c["deadline_missed"] += v.deadline_missed
+            self.last = v.to_dict()
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             out = dict(self.counts)
         out.update({k: int(f()) for k, f in self.extra.items()})
         return out
+
+    def status(self) -> dict:
+        """Counters, gauges, health and the last verdict, for ``GET /status``."""
+        with self._lock:
+            last = self.last
+        return {"counters": self.snapshot(), "gauges": {k: f() for k, f in sorted(self.gauges.items())},
+                "health": self.health(), "last_verdict": last}
 
     def render(self) -> str:
         """The Prometheus text exposition (format 0.0.4)."""
@@ -108,16 +120,22 @@ class LineMetrics:
 
 
 def serve_metrics(metrics: LineMetrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """Serve ``GET /metrics`` on ``host:port`` from a daemon thread; ``shutdown()`` the returned server to stop."""
+    """Serve ``GET /metrics`` and ``GET /status`` on ``host:port`` from a daemon thread; ``shutdown()`` the returned
+    server to stop."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            if self.path.split("?")[0] != "/metrics":
-                self.send_error(404, "only /metrics is here")
+            route = self.path.split("?")[0]
+            if route == "/metrics":
+                body, kind = metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8"
+            elif route == "/status":
+                body = json.dumps(metrics.status(), allow_nan=False).encode()
+                kind = "application/json"
+            else:
+                self.send_error(404, "only /metrics and /status are here")
                 return
-            body = metrics.render().encode()
             self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
