@@ -262,6 +262,21 @@ def test_restart_rescores_nothing(runner, tmp_path):
     held.close()
 
 
+def test_done_dir_moves_processed_files(runner, tmp_path):
+    folder, done = tmp_path / "hot", tmp_path / "done"
+    folder.mkdir()
+    for i in range(3):
+        write_png(folder / f"p{i}.png", make_image(i))
+    src = HotFolderSource(folder, tmp_path / "s.txt", settle_s=0.0, poll_s=0.01, done_dir=done)
+    s = Line(runner, src, tmp_path / "out", LineConfig(max_frames=3)).run()
+    assert s.scored == 3 and list(folder.iterdir()) == []
+    assert sorted(p.name for p in done.iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    from edgead.errors import InputError
+
+    with pytest.raises(InputError, match="expected --done-dir apart from the hot folder"):
+        HotFolderSource(folder, tmp_path / "s2.txt", done_dir=folder)
+
+
 def test_undecodable_file_becomes_one_error_row(runner, tmp_path):
     folder = tmp_path / "hot"
     folder.mkdir()

@@ -228,3 +228,17 @@ def test_fake_gige_camera_stopped_and_restarted(runner, fake_camera, tmp_path):
     # at least 1.5 s without frames at the camera's rate: the gap is counted in frames and milliseconds
     assert c["camera_gap_ms"] >= 1500 and c["camera_gap_frames"] >= int(1.5 * 20) - 2
     assert len(rows) == line.metrics.snapshot()["frames_in"] == c["camera_frames"]
+
+
+def test_cli_camera_source(runner, fake_camera, tmp_path):
+    import json
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "edgead.cli.app", "line", str(runner.folder), "--source",
+                        "camera:127.0.0.1", "--camera-fps", "20", "--max-frames", "15", "-o", str(tmp_path / "o"),
+                        "--json"], capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads(r.stdout)
+    rows = read_log(tmp_path / "o" / "verdicts.csv")
+    assert s["frames_in"] == 15 == len(rows) and s["counters"]["camera_frames"] >= 15
+    assert all(row["frame_id"].startswith("EDGEADTEST:0:") and row["source"] == "camera:127.0.0.1" for row in rows)

@@ -29,6 +29,8 @@ def line(
                                                     "and streams, block for folders and video files).")] = None,
     settle_ms: Annotated[float, typer.Option(help="Hot folder: a file must stay unchanged this long (0: trust "
                                              "writers that rename finished files into place).")] = 200.0,
+    done_dir: Annotated[Path | None, typer.Option(help="Hot folder: move each processed file here (same file "
+                                                  "system), so the watched folder stays small.")] = None,
     camera_fps: Annotated[float | None, typer.Option(help="Camera: free-run frame rate.")] = None,
     camera_trigger: Annotated[str, typer.Option(help="Camera: free-run or software.")] = "free-run",
     archive_max_mb: Annotated[float, typer.Option(help="Archive of anomalous frames: size limit.")] = 1024.0,
@@ -49,7 +51,8 @@ def line(
     config = LineConfig(deadline_ms=deadline_ms, queue=queue, policy=drop_policy,
                         archive_max_bytes=int(archive_max_mb * (1 << 20)), archive_max_age_s=archive_max_age_h * 3600,
                         drain_s=drain_s, max_frames=max_frames)
-    opts = SourceOptions(settle_s=settle_ms / 1e3, camera_fps=camera_fps, camera_trigger=camera_trigger)
+    opts = SourceOptions(settle_s=settle_ms / 1e3, done_dir=done_dir, camera_fps=camera_fps,
+                         camera_trigger=camera_trigger)
     s = run_line(artifact, source, out, sink or (), engine=engine, config=config, opts=opts,
                  spool_max_bytes=int(spool_max_mb * (1 << 20)), metrics_port=metrics_port)
     if json_out:

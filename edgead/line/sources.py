@@ -60,16 +60,23 @@ class HotFolderSource(Source):
     (a writer that writes in place, in chunks). A size-stable file that still does not decode is given
     ``grace_s`` more seconds (a writer that paused longer than ``settle_s``) before it becomes an error frame.
     Processed names are appended to ``state`` (one a line, fsync'ed) after their verdict is logged; a restart skips
-    them, and the names in ``known`` (the log's frame ids) too.
+    them, and the names in ``known`` (the log's frame ids) too. With ``done_dir`` a processed file is then moved
+    there (same file system: a rename), which keeps the watched folder small; without it files stay where they are.
     """
 
     policy = BLOCK
 
     def __init__(self, folder: str | Path, state: str | Path, settle_s: float = 0.2, poll_s: float = 0.02,
-                 grace_s: float = 2.0, known: Iterable[str] = ()) -> None:
+                 grace_s: float = 2.0, known: Iterable[str] = (), done_dir: str | Path | None = None) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise InputError(f"expected a hot folder to watch, found no folder at {self.folder}")
+        self.done_dir = None if done_dir is None else Path(done_dir)
+        if self.done_dir is not None:
+            if self.done_dir.resolve() == self.folder.resolve():
+                raise InputError(f"expected --done-dir apart from the hot folder, found the hot folder itself "
+                                 f"({self.done_dir})")
+            self.done_dir.mkdir(parents=True, exist_ok=True)
         self.name = f"folder:{self.folder}"
         self.settle_s, self.poll_s, self.grace_s = settle_s, poll_s, grace_s
         self.state = Path(state)
@@ -158,6 +165,11 @@ class HotFolderSource(Source):
         os.fsync(self._state_fh.fileno())
         self.processed.add(frame.frame_id)
         self._taken.discard(frame.frame_id)
+        if self.done_dir is not None:
+            try:
+                os.replace(self.folder / frame.frame_id, self.done_dir / frame.frame_id)
+            except FileNotFoundError:  # the writer took it back: it is listed as processed all the same
+                pass
 
     def close(self) -> None:
         if not self._state_fh.closed:

@@ -27,6 +27,7 @@ SPOOL = "spool"
 @dataclass(frozen=True)
 class SourceOptions:
     settle_s: float = 0.2  # hot folder: how long a file must stay unchanged
+    done_dir: Path | None = None  # hot folder: move processed files here
     camera_fps: float | None = None  # camera: free-run frame rate (None: the camera's)
     camera_trigger: str = "free-run"  # camera: free-run | software
     camera_timeout_s: float = 2.0  # camera: no frame for this long means it is gone: reconnect
@@ -35,7 +36,8 @@ class SourceOptions:
 def make_source(text: str, out: Path, opts: SourceOptions, known: Sequence[str] = ()) -> Source:
     kind, _, rest = text.partition(":")
     if kind == "folder" or (kind not in ("video", "camera") and Path(text).is_dir()):
-        return HotFolderSource(rest if kind == "folder" else text, out / STATE, settle_s=opts.settle_s, known=known)
+        return HotFolderSource(rest if kind == "folder" else text, out / STATE, settle_s=opts.settle_s, known=known,
+                               done_dir=opts.done_dir)
     if kind == "video":
         if not rest:
             raise InputError("expected video:PATH or video:URL, found an empty video source")
