@@ -1,13 +1,17 @@
 """Roofline: this machine's peak matrix-multiply rate per precision, and how close each engine comes to it.
 
-Peaks are micro-benchmarks of one large ``(M, K) x (K, N)`` product, best of several timed runs, on every core:
+Peaks are micro-benchmarks of one large ``(M, K) x (K, N)`` product on every core, each the best of the runs in a
+short window, timed with the engine's own kernels (``PeakSampler``; ``edgead bench`` samples them once per
+interleaved round, between the rows they divide, and reports their spread):
 
-- ``f32``: numpy (its BLAS) and an OpenVINO ``MatMul`` model; the larger counts.
+- ``f32``: an OpenVINO ``MatMul`` (oneDNN). numpy's BLAS is timed beside it and shown as a note, not used as the
+  yardstick (it is not what the engines run); numpy stands in only where OpenVINO is missing.
 - ``bf16``: an OpenVINO ``MatMul`` with ``INFERENCE_PRECISION_HINT=bf16``, measured only where the CPU has bf16
   instructions (AVX512_BF16 or AMX) *and* the compiled product really runs in bf16; otherwise reported as not
   supported by this CPU (OpenVINO silently executes f32 there).
 - ``int8``: an OpenVINO model in the form NNCF writes (FakeQuantize on the activations, int8 weights with a
-  dequantising scale), which the CPU plugin turns into a u8 x i8 product; the runtime precision is checked.
+  dequantising scale), which the CPU plugin turns into a u8 x i8 product (VNNI or AMX where present); the runtime
+  precision is checked.
 
 An engine's achieved rate is the detector's FLOPs (``edgead.export.flops``) over its p50 batch latency,
 compared with the peak of the precision it executed. Achieved rates include the elementwise and data-movement
@@ -40,6 +44,7 @@ class Peak:
     gflops: float | None
     method: str
     note: str = ""
+    runs: tuple[float, ...] = ()  # one rate per sample (interleaved rounds); ``gflops`` is their median
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +61,7 @@ class Achieved:
     peak_precision: str
     peak_gflops: float | None
     share: float | None  # achieved / peak
+    label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,15 +78,6 @@ def _best_rate(run: Callable[[], object], flops: float, seconds: float, min_runs
     return flops / best / 1e9
 
 
-def _numpy_f32(shape: tuple[int, int, int], seconds: float) -> float:
-    m, k, n = shape
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((m, k), dtype=np.float32)
-    b = rng.standard_normal((k, n), dtype=np.float32)
-    out = np.empty((m, n), dtype=np.float32)
-    return _best_rate(lambda: np.matmul(a, b, out=out), 2.0 * m * k * n, seconds)
-
-
 def _ov_runtime_precision(compiled: Any) -> set[str]:
     found = set()
     for op in compiled.get_runtime_model().get_ops():
@@ -91,7 +88,9 @@ def _ov_runtime_precision(compiled: Any) -> set[str]:
     return found
 
 
-def _ov_matmul(shape: tuple[int, int, int], precision: str, seconds: float) -> tuple[float, set[str]]:
+def _ov_matmul_request(shape: tuple[int, int, int], precision: str) -> tuple[Callable[[], object], set[str]]:
+    """A compiled OpenVINO product of ``shape`` at ``precision`` (one call = one product) and the runtime
+    precisions its products report."""
     import openvino as ov
     from openvino import opset13 as ops
 
@@ -118,54 +117,102 @@ def _ov_matmul(shape: tuple[int, int, int], precision: str, seconds: float) -> t
     )
     req = compiled.create_infer_request()
     data = rng.uniform(-3, 3, size=(m, k)).astype(np.float32)
-    rate = _best_rate(lambda: req.infer({0: data}), 2.0 * m * k * n, seconds)
-    return rate, _ov_runtime_precision(compiled)
+    return (lambda: req.infer({0: data})), _ov_runtime_precision(compiled)
+
+
+def _ov_matmul(shape: tuple[int, int, int], precision: str, seconds: float) -> tuple[float, set[str]]:
+    run, ran = _ov_matmul_request(shape, precision)
+    m, k, n = shape
+    return _best_rate(run, 2.0 * m * k * n, seconds), ran
+
+
+class PeakSampler:
+    """This machine's peaks, measured again each time ``sample`` is called, so they can be interleaved with the
+    rows they divide (``bench.timing.bench_interleaved``'s ``before_round``).
+
+    Each precision's peak is the engine's own kernel: OpenVINO's CPU plugin (oneDNN, AMX where present) for
+    f32, bf16 and int8. numpy's BLAS is timed beside the f32 product and reported as a note, never as the
+    yardstick: a share of peak should say how much of *the kernels the engine runs* the detector gets (numpy
+    stands in only where OpenVINO is not installed). Precisions this CPU cannot run are ``Peak(gflops=None)``
+    with the reason.
+    """
+
+    def __init__(self, shape: tuple[int, int, int] = SHAPE, seconds: float = 0.3,
+                 flags: dict[str, bool] | None = None) -> None:
+        self.shape, self.seconds = shape, seconds
+        self.flops = 2.0 * shape[0] * shape[1] * shape[2]
+        flags = flags if flags is not None else machine_info()["flags"]
+        self.kernels: dict[str, Callable[[], object]] = {}
+        self.methods: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
+        self.runs: dict[str, list[float]] = {}
+        self._numpy = _numpy_matmul(shape)
+        self.numpy_runs: list[float] = []
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            self.kernels["f32"], self.methods["f32"] = self._numpy, "numpy matmul f32 (OpenVINO not installed)"
+            self.notes.update(bf16="openvino is not installed", int8="openvino is not installed")
+            return
+        self.kernels["f32"], _ = _ov_matmul_request(shape, "f32")
+        self.methods["f32"] = "openvino MatMul f32 (oneDNN)"
+        if not (flags.get("avx512_bf16") or flags.get("amx_bf16")):
+            self.notes["bf16"] = ("not supported by this CPU (no AVX512_BF16 or AMX-BF16): OpenVINO executes a "
+                                  "bf16 request in f32")
+        else:
+            run, ran = _ov_matmul_request(shape, "bf16")
+            if "bf16" in ran:
+                self.kernels["bf16"] = run
+                self.methods["bf16"] = "openvino MatMul bf16 (oneDNN" + (", AMX)" if flags.get("amx_bf16") else ")")
+            else:
+                self.notes["bf16"] = f"OpenVINO ran the bf16 request as {sorted(ran)}"
+        run, ran = _ov_matmul_request(shape, "int8")
+        if ran & {"u8", "i8"}:
+            self.kernels["int8"] = run
+            isa = "AMX" if flags.get("amx_int8") else "VNNI" if flags.get("avx512_vnni") or flags.get("avx_vnni") \
+                else "AVX2, no VNNI"
+            self.methods["int8"] = f"openvino FakeQuantize + int8 MatMul (u8 x i8, {isa})"
+        else:
+            self.notes["int8"] = f"OpenVINO ran the int8 product as {sorted(ran)}"
+
+    def sample(self, _round: int = 0) -> dict[str, float]:
+        """Measure every precision once now (best of ``seconds`` of runs); returns this sample's GFLOP/s."""
+        now = {p: _best_rate(run, self.flops, self.seconds) for p, run in self.kernels.items()}
+        for p, rate in now.items():
+            self.runs.setdefault(p, []).append(rate)
+        if self.methods.get("f32", "").startswith("openvino"):
+            self.numpy_runs.append(_best_rate(self._numpy, self.flops, self.seconds))
+        return now
+
+    def peaks(self) -> dict[str, Peak]:
+        """Each precision's median over the samples so far, with its spread."""
+        out = {}
+        for p in ("f32", "bf16", "int8"):
+            runs = tuple(self.runs.get(p, ()))
+            note = self.notes.get(p, "")
+            if p == "f32" and self.numpy_runs:
+                note = f"numpy {float(np.median(self.numpy_runs)):.1f} GFLOP/s (median; not the yardstick)"
+            if runs:
+                out[p] = Peak(p, float(np.median(runs)), self.methods[p], note, runs)
+            else:
+                out[p] = Peak(p, None, "-", note)
+        return out
+
+
+def _numpy_matmul(shape: tuple[int, int, int]) -> Callable[[], object]:
+    m, k, n = shape
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    out = np.empty((m, n), dtype=np.float32)
+    return lambda: np.matmul(a, b, out=out)
 
 
 def measure_peaks(shape: tuple[int, int, int] = SHAPE, seconds: float = 1.0) -> dict[str, Peak]:
-    """Peak GFLOP/s per precision (``f32``, ``bf16``, ``int8``) on this machine."""
-    flags = machine_info()["flags"]
-    peaks: dict[str, Peak] = {}
-    f32_np = _numpy_f32(shape, seconds)
-    try:
-        f32_ov, _ = _ov_matmul(shape, "f32", seconds)
-    except ImportError:
-        f32_ov = 0.0
-    peaks["f32"] = (
-        Peak("f32", f32_ov, "openvino MatMul f32", f"numpy {f32_np:.1f} GFLOP/s")
-        if f32_ov > f32_np
-        else Peak("f32", f32_np, "numpy matmul f32", f"openvino {f32_ov:.1f} GFLOP/s")
-    )
-    if not (flags["avx512_bf16"] or flags["amx_bf16"]):
-        peaks["bf16"] = Peak(
-            "bf16",
-            None,
-            "-",
-            "not supported by this CPU (no AVX512_BF16 or AMX-BF16): OpenVINO executes a bf16 request in f32",
-        )
-    else:
-        rate, ran = _ov_matmul(shape, "bf16", seconds)
-        peaks["bf16"] = (
-            Peak("bf16", rate, "openvino MatMul bf16")
-            if "bf16" in ran
-            else Peak("bf16", None, "-", f"OpenVINO ran the bf16 request as {sorted(ran)}")
-        )
-    try:
-        rate, ran = _ov_matmul(shape, "int8", seconds)
-        ok = bool(ran & {"u8", "i8"})
-        note = (
-            "u8 x i8 via AVX2 (no VNNI)"
-            if not (flags["avx512_vnni"] or flags["avx_vnni"])
-            else "u8 x i8 VNNI"
-        )
-        peaks["int8"] = (
-            Peak("int8", rate, "openvino FakeQuantize + int8 MatMul", note)
-            if ok
-            else Peak("int8", None, "-", f"OpenVINO ran the int8 product as {sorted(ran)}")
-        )
-    except ImportError:
-        peaks["int8"] = Peak("int8", None, "-", "openvino is not installed")
-    return peaks
+    """Peak GFLOP/s per precision (``f32``, ``bf16``, ``int8``) on this machine, measured once now."""
+    sampler = PeakSampler(shape, seconds)
+    sampler.sample()
+    return sampler.peaks()
 
 
 def _peak_key(executed: str) -> str:
@@ -199,19 +246,31 @@ def achieved_rates(
                 key,
                 pg,
                 rate / pg if pg else None,
+                r.label,
             )
         )
     return rows
+
+
+def round_shares(result: BenchResult, flops: int, peak: Peak | None) -> tuple[float, float, float] | None:
+    """(min, median, max) over the interleaved rounds of (FLOPs / that round's median time) / that round's peak,
+    or None when the row has no rounds or the peak was not sampled once per round."""
+    rounds = result.round_ms_per_image
+    if peak is None or not rounds or len(peak.runs) != len(rounds):
+        return None
+    shares = [flops / (ms * result.batch / 1e3) / 1e9 / g for ms, g in zip(rounds, peak.runs, strict=True)]
+    return min(shares), float(np.median(shares)), max(shares)
 
 
 def render_peaks(peaks: dict[str, Peak]) -> Any:
     from rich.table import Table
 
     t = Table(title=f"peak matmul rate, {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}", title_justify="left")
-    for col in ("precision", "GFLOP/s", "method", "note"):
+    for col in ("precision", "GFLOP/s", "min-max", "method", "note"):
         t.add_column(col)
     for p in peaks.values():
-        t.add_row(p.precision, "-" if p.gflops is None else f"{p.gflops:.1f}", p.method, p.note)
+        spread = f"{min(p.runs):.1f}-{max(p.runs):.1f} ({len(p.runs)})" if len(p.runs) > 1 else "-"
+        t.add_row(p.precision, "-" if p.gflops is None else f"{p.gflops:.1f}", spread, p.method, p.note)
     return t
 
 

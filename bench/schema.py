@@ -1,9 +1,9 @@
 """The benchmark's result schema: one ``BenchResult`` per engine x precision x batch, and the JSON document.
 
-JSON (``write_json``), ``schema_version`` 1::
+JSON (``write_json``), ``schema_version`` 2::
 
     {
-      "schema_version": 1, "kind": "edgead.bench", "created": "<ISO 8601 UTC>", "target": "<path or label>",
+      "schema_version": 2, "kind": "edgead.bench", "created": "<ISO 8601 UTC>", "target": "<path or label>",
       "machine": {"cpu_model": str, "cores": int, "physical_cores": int | null, "system": str, "python": str,
                   "flags": {"avx2": bool, "fma": bool, "avx512f": bool, "avx512_vnni": bool, "avx_vnni": bool,
                             "avx512_bf16": bool, "amx_bf16": bool, "amx_int8": bool},
@@ -13,8 +13,16 @@ JSON (``write_json``), ``schema_version`` 1::
                    "iters": int, "p50_ms", "p90_ms", "p99_ms": per batch, "p50_ms_per_image",
                    "p90_ms_per_image", "p99_ms_per_image", "throughput_ips": images/s (float, null when
                    skipped), "peak_rss_mb": float | null, "label": str, "artifact": str, "skipped": str |
-                   null}]
+                   null, "mode": "" | "eager" | "compile" (plain-PyTorch rows), "rounds": int,
+                   "round_ms_per_image": [each interleaved round's median ms/image], "min_ms_per_image",
+                   "median_ms_per_image", "max_ms_per_image": their spread, "share_of_peak", "share_min",
+                   "share_max": the per-round share of the same round's peak (null without a peak),
+                   "peak_precision": str, "vs_baseline": the strongest plain-PyTorch row's median over this
+                   row's (2.0 = twice as fast; null without one), "baseline": that row's label}],
+      "peaks": [{"precision": str, "method": str, "gflops": [one rate per round], "note": str}] (with --peak)
     }
+
+Version 2 added the rounds, their spread, the interleaved peaks and the plain-PyTorch baseline.
 
 A result with ``skipped`` set carries a one-line reason (engine not installed, artifact not built) and null
 numbers.
@@ -31,7 +39,7 @@ from typing import Any
 
 from edgead.bench.machine import machine_info
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -54,8 +62,18 @@ class BenchResult:
     label: str = ""
     artifact: str = ""
     skipped: str | None = None
-    share_of_peak: float | None = None  # model FLOPs / p50 over the measured peak of the executed precision
+    share_of_peak: float | None = None  # median over rounds of (model FLOPs / round median) / that round's peak
     peak_precision: str = ""  # which peak (f32, bf16, int8) the share is of
+    mode: str = ""  # plain-PyTorch rows: "eager" | "compile" (``bench.baseline``)
+    rounds: int = 1  # interleaved rounds: each round times every row once, so drift hits all rows alike
+    round_ms_per_image: tuple[float, ...] = ()  # each round's median ms/image
+    min_ms_per_image: float | None = None  # min / median / max of ``round_ms_per_image``
+    median_ms_per_image: float | None = None
+    max_ms_per_image: float | None = None
+    share_min: float | None = None  # spread of the per-round shares of peak
+    share_max: float | None = None
+    vs_baseline: float | None = None  # the strongest plain-PyTorch row's median ms/image over this row's
+    baseline: str = ""  # the label of that row
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

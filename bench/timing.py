@@ -5,6 +5,9 @@ so preprocessing, the network, postprocessing and the copies out are all inside 
 calls, ``iters`` calls are timed one by one; p50/p90/p99 come from those. Peak memory is the largest resident
 set size sampled (every 2 ms, from ``/proc/self/statm``) while the runner was being loaded and timed;
 Python-level tracing would miss the engines' native buffers.
+
+``bench_interleaved`` times several runners in interleaved rounds and keeps each round's median, so a row carries
+its run-to-run spread.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -116,4 +119,71 @@ def bench_runner(
                 artifact=str(runner.folder),
             )
         )
+    return out
+
+
+# -- interleaved rounds ----------------------------------------------------------------------------------------
+def bench_interleaved(
+    rows: Sequence[tuple[Runner, str, str]],
+    batch_sizes: Iterable[int] = DEFAULT_BATCHES,
+    iters: int = 20,
+    warmup: int = 3,
+    rounds: int = 3,
+    before_round: Callable[[int], None] | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """Time every ``(runner, label, mode)`` row in ``rounds`` interleaved rounds (A B C A B C ...).
+
+    ``iters`` timed calls per row and batch are split evenly over the rounds; each round's median ms/image is
+    kept so the run-to-run spread (min/median/max of the round medians) travels with the row, and a slow minute
+    of a shared machine hits every row alike instead of one. ``before_round(r)`` runs at the start of each round
+    (the roofline's peaks are sampled there, in the same drift as the rows they divide). Results come back row
+    by row, batch by batch.
+    """
+    if iters < 1 or warmup < 0 or rounds < 1:
+        raise EdgeadError(f"expected iters >= 1, warmup >= 0 and rounds >= 1, found iters={iters}, warmup={warmup}, "
+                          f"rounds={rounds}")
+    batches = [int(b) for b in batch_sizes]
+    per_round = -(-iters // rounds)
+    images = {b: check_batch(seed, b, tuple(rows[0][0].spec.input_size)) for b in batches} if rows else {}
+    times: dict[tuple[int, int], list[list[float]]] = {(i, b): [] for i in range(len(rows)) for b in batches}
+    peak: dict[tuple[int, int], float] = {k: 0.0 for k in times}
+    for runner, label, _ in rows:
+        for b in batches:
+            if progress is not None:
+                progress(f"{label}: warm-up at batch {b}")
+            for _ in range(warmup):
+                preds = runner.predict(images[b])
+            if warmup and preds.maps.shape[0] != b:
+                raise EdgeadError(f"{runner.describe()} returned {preds.maps.shape[0]} maps for a batch of {b}")
+    for r in range(rounds):
+        if before_round is not None:
+            before_round(r)
+        for b in batches:
+            for i, (runner, label, _) in enumerate(rows):
+                if progress is not None:
+                    progress(f"round {r + 1}/{rounds}, batch {b}: {label}")
+                with RssSampler() as mem:
+                    t: list[float] = []
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        runner.predict(images[b])
+                        t.append(time.perf_counter() - t0)
+                times[(i, b)].append(t)
+                peak[(i, b)] = max(peak[(i, b)], mem.peak_mb)
+    out = []
+    for i, (runner, label, mode) in enumerate(rows):
+        for b in batches:
+            pooled = [s for chunk in times[(i, b)] for s in chunk]
+            p50, p90, p99 = _percentiles(pooled)
+            per_image = tuple(float(np.median(chunk)) * 1e3 / b for chunk in times[(i, b)])
+            out.append(BenchResult(
+                engine=runner.engine, precision=runner.manifest.precision,
+                executed_precision=runner.executed_precision(), batch=b, iters=len(pooled),
+                p50_ms=p50, p90_ms=p90, p99_ms=p99, p50_ms_per_image=p50 / b, p90_ms_per_image=p90 / b,
+                p99_ms_per_image=p99 / b, throughput_ips=b * len(pooled) / float(np.sum(pooled)),
+                peak_rss_mb=peak[(i, b)], label=label, artifact=str(runner.folder), mode=mode, rounds=rounds,
+                round_ms_per_image=per_image, min_ms_per_image=min(per_image),
+                median_ms_per_image=float(np.median(per_image)), max_ms_per_image=max(per_image)))
     return out

@@ -1,4 +1,5 @@
-"""Benchmark harness: JSON schema and table of a tiny 2-iteration run (no timing asserts)."""
+"""Benchmark harness: JSON schema and table of a tiny run, interleaved rounds and their spread, the plain-PyTorch
+baseline rows and their ratio column, the interleaved peaks (no timing asserts)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def test_json_schema_of_a_tiny_run(tiny, tmp_path: Path) -> None:
         json_path=path,
         console=console,
         warmup=1,
+        rounds=2,
     )
     assert [(r.engine, r.precision, r.batch) for r in results] == [
         ("onnxruntime", "fp32", 1),
@@ -79,7 +81,10 @@ def test_json_schema_of_a_tiny_run(tiny, tmp_path: Path) -> None:
     for r in measured:
         for key, typ in RESULT_KEYS.items():
             assert isinstance(r[key], typ), key
-        assert r["iters"] == 2 and r["executed_precision"] == "f32"
+        assert r["iters"] == 2 and r["executed_precision"] == "f32" and r["rounds"] == 2
+        assert len(r["round_ms_per_image"]) == 2
+        assert r["min_ms_per_image"] == min(r["round_ms_per_image"]) <= r["median_ms_per_image"]
+        assert r["median_ms_per_image"] <= r["max_ms_per_image"] == max(r["round_ms_per_image"])
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["p50_ms_per_image"] == pytest.approx(r["p50_ms"] / r["batch"])
         assert r["peak_rss_mb"] > 10
@@ -110,7 +115,8 @@ def test_bench_runner_on_a_torch_detector(tiny) -> None:
     assert (r.engine, r.batch, r.iters, r.label) == ("torch", 3, 2, "tiny")
     assert runner.executed_precision() == "f32"
     assert r.throughput_ips > 0
-    assert set(r.to_dict()) == set(RESULT_KEYS) | {"skipped", "share_of_peak", "peak_precision"}
+    assert set(r.to_dict()) >= set(RESULT_KEYS) | {"skipped", "share_of_peak", "peak_precision", "rounds",
+                                                   "round_ms_per_image", "vs_baseline", "baseline"}
     assert BenchResult.skip("trt", "fp16", 1, "no GPU").to_dict()["skipped"] == "no GPU"
 
 
@@ -120,7 +126,8 @@ def test_cli_json_is_a_flag_and_json_out_a_file(tiny, tmp_path: Path) -> None:
     from edgead.cli.app import app
 
     _, export = tiny
-    args = ["bench", str(export), "-e", "onnxruntime", "-p", "fp32", "--batch", "1", "--iters", "1"]
+    args = ["bench", str(export), "-e", "onnxruntime", "-p", "fp32", "--batch", "1", "--iters", "1", "--no-peak",
+            "--no-baseline"]
     res = CliRunner().invoke(app, [*args, "--json", "--json-out", str(tmp_path / "b.json")])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)  # stdout holds the JSON document and nothing else

@@ -151,6 +151,13 @@ def bench(
     json_out: JsonFlag = False,
     device: Annotated[str, typer.Option(help="cpu | cuda (torch on the GPU: eager, CUDA graph, torch.compile).")]
     = "cpu",
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds: --iters is split over them and each row shows the "
+                                        "min/median/max of its round medians.")] = 3,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Add the plain-PyTorch rows (eager "
+                                           "fp32; torch.compile, with bf16 autocast where the CPU has bf16) and "
+                                           "each row's speed-up over the faster of them.")] = True,
+    baseline_backend: Annotated[str, typer.Option(help="torch.compile backend of the baseline row (inductor; "
+                                                  "eager to skip code generation).")] = "inductor",
 ) -> None:
     """Latency p50/p90/p99, throughput and memory per engine, precision and batch size, and the share of peak."""
     try:
@@ -179,13 +186,13 @@ def bench(
             emit_json(json.loads((folder / "norms.json").read_text()))
         return
     from edgead.bench import run_bench
-    from edgead.bench.schema import bench_document
 
     engines = None if engine == "all" else [e for e in engine.split(",") if e]
-    results = run_bench(Path(target), engines, precisions or None, batches, iters, json_path=json_file,
-                        console=console, table=not json_out, peak=peak)
-    if json_out:
-        emit_json(bench_document(results, target))
+    if rounds < 1:
+        raise InputError(f"--rounds must be at least 1, found {rounds}")
+    run_bench(Path(target), engines, precisions or None, batches, iters, json_path=json_file, console=console,
+              table=not json_out, peak=peak, rounds=rounds, baseline=baseline, baseline_backend=baseline_backend,
+              emit=emit_json if json_out else None)
 
 
 def _bench_cuda(target: str, engine: str, batches: tuple[int, ...], iters: int, json_path: Path | None,
