@@ -113,6 +113,19 @@ def test_every_frame_one_row_scores_equal_runner(runner, tmp_path):
     assert s.anomalous == sum(r["label"] == "anomalous" for r in rows)
 
 
+def test_parquet_log_has_the_rows_typed(runner, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    slow = FixedRunner(runner, score=0.0, delay_s=0.03)
+    Line(slow, ListSource([make_image(i) for i in range(8)], policy=DROP_OLDEST), tmp_path / "out",
+         LineConfig(queue=1, parquet=True)).run()
+    rows = read_log(tmp_path / "out" / "verdicts.csv")
+    t = pq.read_table(tmp_path / "out" / "verdicts.parquet").to_pylist()
+    assert [r["frame_id"] for r in t] == [r["frame_id"] for r in rows] and len(t) == 8
+    assert [r["seq"] for r in t] == list(range(8))
+    assert [r["score"] is None for r in t] == [r["status"] == "dropped" for r in rows]
+    assert all(r["score"] == 0.0 and r["label"] == "normal" for r in t if r["status"] == "scored")
+
+
 def test_drop_oldest_counts_every_dropped_frame(runner, tmp_path):
     slow = FixedRunner(runner, score=0.0, delay_s=0.05)
     src = ListSource([make_image(i) for i in range(20)], policy=DROP_OLDEST)  # all at once, no pacing

@@ -37,6 +37,8 @@ def line(
     archive_max_age_h: Annotated[float, typer.Option(help="Archive: files older than this go.")] = 720.0,
     spool_max_mb: Annotated[float, typer.Option(help="MQTT spool on disk while the broker is away.")] = 256.0,
     drain_s: Annotated[float, typer.Option(help="At stop: how long to wait for the MQTT spool to empty.")] = 10.0,
+    parquet: Annotated[bool, typer.Option("--parquet", help="At stop, also write OUT/verdicts.parquet (needs "
+                                          "pyarrow).")] = False,
     max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics on 127.0.0.1:PORT.")] = None,
     json_out: JsonFlag = False,
@@ -50,7 +52,7 @@ def line(
 
     config = LineConfig(deadline_ms=deadline_ms, queue=queue, policy=drop_policy,
                         archive_max_bytes=int(archive_max_mb * (1 << 20)), archive_max_age_s=archive_max_age_h * 3600,
-                        drain_s=drain_s, max_frames=max_frames)
+                        drain_s=drain_s, max_frames=max_frames, parquet=parquet)
     opts = SourceOptions(settle_s=settle_ms / 1e3, done_dir=done_dir, camera_fps=camera_fps,
                          camera_trigger=camera_trigger)
     s = run_line(artifact, source, out, sink or (), engine=engine, config=config, opts=opts,

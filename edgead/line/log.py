@@ -49,6 +49,35 @@ def read_log(path: str | Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+_FLOATS = ("score", "threshold", "latency_ms", "engine_ms", "deadline_ms")
+
+
+def write_parquet(log: str | Path) -> Path:
+    """``verdicts.parquet`` beside the log, the same rows typed (numbers as numbers, empty as null); needs pyarrow,
+    which the ``ray`` extra brings. Written atomically from the CSV, which stays the log of record."""
+    from edgead.errors import require
+    from edgead.fsutil import atomic_file
+
+    pa = require("pyarrow", "ray", "Parquet output")
+    pq = require("pyarrow.parquet", "ray", "Parquet output")
+    rows = read_log(log)
+    cols: dict[str, object] = {}
+    for c in COLUMNS:
+        vals = [r[c] for r in rows]
+        if c in _FLOATS:
+            cols[c] = pa.array([float(v) if v else None for v in vals], pa.float64())
+        elif c == "seq":
+            cols[c] = pa.array([int(v) for v in vals], pa.int64())
+        elif c == "deadline_missed":
+            cols[c] = pa.array([v == "1" for v in vals], pa.bool_())
+        else:
+            cols[c] = pa.array([v or None for v in vals], pa.string())
+    target = Path(log).with_suffix(".parquet")
+    with atomic_file(target) as tmp:
+        pq.write_table(pa.table(cols), str(tmp))
+    return target
+
+
 class VerdictLog:
     """Appends one row per verdict to ``OUT/verdicts.csv``; ``known`` holds the frame ids logged so far."""
 

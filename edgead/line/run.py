@@ -21,11 +21,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edgead.errors import InputError
+from edgead.errors import InputError, require
 from edgead.imageio import prepare
 from edgead.line.archive import Archive
 from edgead.line.frames import DROPPED, ERROR, SCORED, Frame, Verdict, label_of, now_ns
-from edgead.line.log import VerdictLog, lock_folder
+from edgead.line.log import VerdictLog, lock_folder, write_parquet
 from edgead.line.metrics import COUNTERS, LineMetrics
 from edgead.line.queue import FrameQueue
 from edgead.line.sources import Source
@@ -50,6 +50,7 @@ class LineConfig:
     archive_max_age_s: float | None = 30 * 86400.0
     drain_s: float = 10.0
     max_frames: int | None = None  # stop after this many frames (benches, tests); None: run until stopped
+    parquet: bool = False  # at stop, also write verdicts.parquet from the log
 
     def check(self) -> LineConfig:
         if self.deadline_ms is not None and not self.deadline_ms > 0:
@@ -96,6 +97,8 @@ class Line:
         self.source = source
         self.config = config.check()
         self.sinks = tuple(sinks)
+        if config.parquet:  # refuse at start, not after a shift of work
+            require("pyarrow.parquet", "ray", "Parquet output")
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock_fh = lock_folder(self.out)
@@ -202,6 +205,8 @@ class Line:
         self.source.close()
         self.archive.close()
         self.log.close()
+        if self.config.parquet:
+            write_parquet(self.log.path)
         self._lock_fh.close()
 
     def summary(self, seconds: float) -> LineSummary:
