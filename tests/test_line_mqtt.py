@@ -243,3 +243,20 @@ def test_run_line_wires_folder_mqtt_and_opcua(runner, broker, tmp_path):
 
     with pytest.raises(InputError, match="expected a sink mqtt://HOST"):
         run_line(runner.folder, f"folder:{folder}", tmp_path / "out2", ["http://x"])
+
+
+def test_spool_refuses_when_the_disk_does(tmp_path, monkeypatch):
+    import builtins
+
+    s = Spool(tmp_path / "sp")
+    real_open = builtins.open
+
+    def full(path, mode="r", *a, **k):  # noqa: ANN001, ANN202
+        if str(path).endswith(".tmp") and "w" in mode:
+            raise OSError(28, "No space left on device")
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", full)
+    assert s.put(b"x") is None and s.refused == 1 and len(s) == 0
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert s.put(b"y") == 0 and s.head(5) == [(0, b"y")]

@@ -122,18 +122,17 @@ class MqttSink:
                     client = self._client()
                 except OSError:
                     self.connected = False
-                    if self._stop.is_set():  # draining: keep trying until the drain deadline
-                        time.sleep(min(backoff, 0.1))
-                    else:
-                        self._stop.wait(backoff)
+                    self._pause(backoff)
                     backoff = min(2 * backoff, self.max_backoff_s)
                     continue
                 self._alive = None  # waiting for CONNACK
                 waited = time.monotonic()
                 while self._alive is None and time.monotonic() - waited < 5.0:
                     client.loop(timeout=0.01)
-                if not self._alive:
+                if not self._alive:  # no CONNACK, or the broker refused us: back off as for a refused connection
                     client = self._drop(client)
+                    self._pause(backoff)
+                    backoff = min(2 * backoff, self.max_backoff_s)
                     continue
                 self.connects += 1
                 self.connected = True
@@ -161,6 +160,12 @@ class MqttSink:
             client.disconnect()
             client.loop(timeout=0.05)
         self.connected = False
+
+    def _pause(self, backoff: float) -> None:
+        if self._stop.is_set():  # draining: keep trying, in short steps, until the drain deadline
+            time.sleep(min(backoff, 0.1))
+        else:
+            self._stop.wait(backoff)
 
     def _drop(self, client) -> None:  # noqa: ANN001
         """The connection is gone: forget it and what was in flight; the spool still holds those messages."""

@@ -87,7 +87,10 @@ class OpcUaSink:
 
     def _poke(self) -> None:
         if self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            try:
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:  # the server's loop has ended (closed, or died): the line goes on without it
+                pass
 
     def close(self, drain_s: float = 0.0) -> None:
         self.refresh()

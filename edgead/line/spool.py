@@ -3,8 +3,9 @@
 One file per message, named by a sequence number that only grows (``000000000042.msg``), written atomically
 (temporary name, then rename) so a crash leaves whole messages or none. The sender reads from the head in order
 and removes a message only after its acknowledgement; a restart finds the files and delivers them first. When the
-spool holds ``max_messages`` or ``max_bytes``, a new message is refused (counted in ``refused``): the messages
-already waiting keep their order, and the verdict log still has the refused verdict's row.
+spool holds ``max_messages`` or ``max_bytes`` (or the disk refuses the write), a new message is refused (counted
+in ``refused``): the messages already waiting keep their order, and the verdict log still has the refused verdict's
+row.
 """
 
 from __future__ import annotations
@@ -44,11 +45,16 @@ class Spool:
                 self.refused += 1
                 return None
             key = self._next
-            self._next += 1
             tmp = self.folder / f"{key:012d}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(payload)
-            os.replace(tmp, self._path(key))
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(payload)
+                os.replace(tmp, self._path(key))
+            except OSError:  # disk full, read-only: refused like a full spool; the log still has the verdict
+                tmp.unlink(missing_ok=True)
+                self.refused += 1
+                return None
+            self._next += 1
             self._items[key] = len(payload)
             self.bytes += len(payload)
             return key
