@@ -22,7 +22,9 @@ test: $(STAMP) fuzz
 	@# edgead line's tests: Debian's mosquitto broker and Aravis's fake GigE Vision camera (aravis-tools ships it),
 	@# and PyGObject for the camera extra, which builds against the girepository and cairo headers
 	@{ command -v mosquitto >/dev/null && command -v arv-fake-gv-camera-0.8 >/dev/null && \
-	   ls /usr/lib/*/girepository-1.0/Aravis-0.8.typelib >/dev/null 2>&1; } || [ "$$(id -u)" != 0 ] || \
+	   ls /usr/lib/*/girepository-1.0/Aravis-0.8.typelib >/dev/null 2>&1 && \
+	   { $(PY) -c "import gi" 2>/dev/null || pkg-config --exists gobject-introspection-1.0 cairo 2>/dev/null; }; } || \
+		[ "$$(id -u)" != 0 ] || \
 		! command -v apt-get >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install \
 		-y -qq --no-install-recommends mosquitto aravis-tools gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev \
 		pkg-config >/dev/null; } || echo "mosquitto/aravis could not be installed: their tests/test_line_*.py will skip"
