@@ -94,13 +94,16 @@ def fewest_float_layers(layers: Sequence[str], measure: Measure, budget: Budget,
 
     # at least one layer stays INT8: keeping every layer in float would write the FP32 model as an INT8 artifact
     top = len(ranked) - 1 if max_float is None else min(max_float, len(ranked) - 1)
+    def best(cap: int) -> Fidelity:  # the best artifact that could have been written: at most ``cap`` in float
+        return min((f for k, f in tried.items() if k <= cap), key=lambda f: _loss(f, metric))
+
     if top < 1:
-        raise impossible(min(tried.values(), key=lambda f: _loss(f, metric)), len(ranked), top)
+        raise impossible(best(top), len(ranked), top)
     lo, hi = 0, 1  # the budget fails at lo and (after the loop) holds at hi
     while hi < top and not ok_at(hi):
         lo, hi = hi, min(2 * hi, top)
     if not ok_at(hi):
-        raise impossible(min(tried.values(), key=lambda f: _loss(f, metric)), len(ranked), top)
+        raise impossible(best(top), len(ranked), top)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if ok_at(mid):

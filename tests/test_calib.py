@@ -267,3 +267,33 @@ def test_tiny_detector_max_drop_half_a_point_compiles_on_its_proxy(fitted_export
     thr = fid["threshold"]  # the artifact's own threshold from the 4 held-out normals, beside the PyTorch one
     assert thr["reference"] == rt.load(export, "onnxruntime").spec.threshold
     assert abs(thr["recomputed"] - thr["reference"]) < 0.05 * thr["reference"] and thr["flips_with_recomputed"] <= 2
+
+
+def test_search_names_why_the_best_int8_artifact_missed():
+    """On 40 labelled images one swapped pair (0.25 points) cannot be told from a 0.5-point budget; when only the
+    all-float model meets it, the refusal says so of the best INT8 artifact (not of the all-float one, which
+    passes and cannot be written)."""
+    from edgead.calib.search import fewest_float_layers
+    from edgead.fidelity import measure
+
+    rng = np.random.default_rng(9)
+    labels = np.array([0] * 20 + [1] * 20)
+    ref = np.concatenate([rng.uniform(0, 1, 20), rng.uniform(1.05, 2, 20)])
+    maps = rng.random((40, 6, 6)) + ref[:, None, None]
+    top_normal, low_defect = int(np.argmax(ref[:20])), 20 + int(np.argmin(ref[20:]))
+
+    def measured(chosen, quick):  # test harness: any INT8 layer lifts the top normal just above the lowest defect
+        s = ref.copy()
+        if len(chosen) < 3:
+            s[top_normal] = ref[low_defect] + 0.01
+        return measure(ref, maps, s, maps + 1e-3 * len(chosen), reference="r", candidate="c", precision="int8",
+                       labels=labels)
+
+    with pytest.raises(FidelityError) as err:
+        fewest_float_layers(["a", "b", "c"], measured, Budget(), "INT8")
+    assert str(err.value) == (
+        "INT8 cannot meet the budget (image_auroc drop <= 0.005, map r >= 0.99) with at most 2 of 3 layers in float "
+        "(all of them would be the FP32 model, not INT8); best reached: image_auroc drop 0.002500, map r 1.000000 "
+        "(image_auroc drop 0.25 points (95% CI 0.00 to 1.50) cannot be told from the 0.50-point budget on 40 "
+        "labelled images (20 with defects): about 1000 labelled images (500 with defects) would be needed to tell); "
+        "nothing written")
