@@ -5,14 +5,21 @@ runs the artifact with the engine's own profiler (OpenVINO performance counters;
 and sums the measured time of every executed node into groups read from the exported graph's node names
 (``/backbone/blocks.3/attn/...``, ``/post/TopK``) and the node types:
 
-- ``matmul``: matrix products and the patch-embedding convolution (what the roofline peak measures);
+- ``products``: every matrix product, whatever kernel OpenVINO or ONNX Runtime picked for it: ``MatMul``,
+  ``FullyConnected`` (oneDNN brgemm, MLAS ``gemm_mlas``, 1x1 ``brgconv``), the int8 ``FullyConnectedQuantizedLegacy``
+  (``brgemm_avx512_i8``, AMX), ``MatMulInteger``/``QLinearMatMul``, and the patch-embedding convolution: what the
+  roofline peak measures;
 - ``attention``: softmax and the attention's own fused subgraphs;
 - ``norm``: LayerNorm (OpenVINO's MVN) or DyT's elementwise chain (multiply, tanh, multiply, add);
 - ``activation``, ``residual/elementwise``, ``layout`` (reorders, transposes, reshapes, concatenations);
+- ``quantize``: FakeQuantize, Q/DQ and NNCF's smooth-quant scales;
 - ``preprocess`` (cast, scale, mean/std, NHWC->NCHW), ``distance`` (the head's cosine/L2 maps),
   ``upsample``, ``blur``, ``score`` (TopK and mean) from the ``post`` module.
 
-The per-group shares say what is left beyond the matrix products; the matmul share times the roofline share says
+A node is grouped by its layer type and, for OpenVINO, its exec type (the kernel: ``brgemm_avx512_i8``,
+``gemm_mlas_f32``, ``brgconv_avx512_1x1_f32`` ...), so a product kind added by a new plugin version still counts as
+a product when its kernel is a GEMM. The per-group shares say what is left beyond the matrix products; the
+products' share times the roofline share says
 how far the products themselves are from the peak. Times are medians over ``iters`` inferences.
 """
 
@@ -31,13 +38,20 @@ from typing import Any
 
 import numpy as np
 
-GROUPS = ("matmul", "attention", "norm", "activation", "residual/elementwise", "layout", "preprocess", "distance",
-          "upsample", "blur", "score", "other")
-_LAYOUT = {"Reorder", "Transpose", "Reshape", "Concat", "Split", "Squeeze", "Unsqueeze", "Gather", "ShapeOf",
-           "Broadcast", "Slice", "StridedSlice", "Flatten", "Shape", "Expand", "Pad", "Select", "Where", "Cast",
-           "Convert", "Constant", "Equal"}
-_MATMUL = {"MatMul", "FullyConnected", "Gemm", "Convolution", "Conv", "MatMulInteger", "QLinearMatMul",
-           "FusedMatMul", "BrgemmCPU"}
+GROUPS = ("products", "attention", "norm", "activation", "residual/elementwise", "layout", "quantize", "preprocess",
+          "distance", "upsample", "blur", "score", "other")
+_LAYOUT = {"Reorder", "Transpose", "Reshape", "Concat", "Split", "VariadicSplit", "Squeeze", "Unsqueeze", "Gather",
+           "ShapeOf", "Broadcast", "Slice", "StridedSlice", "Flatten", "Shape", "Expand", "Pad", "Select", "Where",
+           "Cast", "Convert", "Constant", "Equal"}
+_PRODUCTS = {"MatMul", "FullyConnected", "FullyConnectedQuantized", "FullyConnectedQuantizedLegacy", "Gemm",
+             "Convolution", "Conv", "MatMulInteger", "QLinearMatMul", "QLinearConv", "ConvInteger", "FusedMatMul",
+             "FusedConv", "BrgemmCPU", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits"}
+#: exec types (kernels) of OpenVINO's CPU plugin that compute a product: oneDNN brgemm / brgconv (1x1 or not) /
+#: jit or ref gemm, MLAS, AMX tiles
+_PRODUCT_KERNEL = re.compile(r"brgemm|brgconv|gemm|mlas|amx|_1x1")
+#: nodes whose kernel name mentions a GEMM but which are not products themselves
+_NOT_PRODUCTS = {"Reorder", "Subgraph", "Transpose", "Softmax"}
+_QUANTIZE = {"FakeQuantize", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 _ACT = {"Gelu", "Erf", "Elu", "Relu", "Tanh", "Sigmoid", "Swish", "BiasGelu", "FastGelu"}
 
 
@@ -49,20 +63,30 @@ class GroupTime:
     nodes: int
 
 
-def classify(name: str, op: str, before_backbone: bool) -> str:
-    """The detector part a node belongs to, from its (exported) name and its op type."""
-    n = name.lower()
+def is_product(op: str, exec_type: str = "") -> bool:
+    """Whether a node with layer type ``op`` run by kernel ``exec_type`` is a matrix product."""
+    if op in _PRODUCTS or op.startswith(("FullyConnected", "MatMul")):
+        return True
+    return bool(exec_type) and op not in _NOT_PRODUCTS and bool(_PRODUCT_KERNEL.search(exec_type.lower()))
+
+
+def classify(name: str, op: str, before_backbone: bool, exec_type: str = "", context: str = "") -> str:
+    """The detector part a node belongs to, from its (exported) name, its op (layer) type and, for OpenVINO, the
+    kernel that ran it. ``context``: the exported name of the node before it, for nodes the engine named itself."""
+    if "nncf" in name.lower() or op in _QUANTIZE:  # FakeQuantize, Q/DQ, NNCF's smooth-quant scales
+        return "quantize"
+    n = (context or name).lower()
     if "/post/" in n:
         if op in ("Interpolate", "Resize"):
             return "upsample"
         if op in ("Convolution", "Conv", "Pad", "GroupConvolution"):
             return "blur"
         return "score"
+    if is_product(op, exec_type):
+        return "products"
     if re.search(r"/norm\d*/|/norm$|/norm/|layernorm|dyt", n) or op in ("MVN", "LayerNormalization"):
         return "norm"
-    if op in _MATMUL:
-        return "matmul"
-    if op == "Softmax" or ("/attn/" in n and op == "Subgraph"):
+    if op == "Softmax" or ("/attn/" in n and op in ("Subgraph", "PowerStatic", "Multiply", "Mul")):
         return "attention"
     if op in _ACT:
         return "activation"
@@ -70,16 +94,21 @@ def classify(name: str, op: str, before_backbone: bool) -> str:
         return "layout"
     if not n.startswith("/backbone") and "student" not in n and "decoder" not in n and "bottleneck" not in n:
         return "preprocess" if before_backbone else "distance"
-    return "residual/elementwise" if op in ("Add", "Multiply", "Mul", "MulAdd", "Eltwise", "Subgraph") else "other"
+    return "residual/elementwise" if op in ("Add", "Multiply", "Mul", "MulAdd", "Eltwise", "Subgraph", "PowerStatic") \
+        else "other"
 
 
-def _group(rows: Sequence[tuple[str, str, float]]) -> list[GroupTime]:
+def group_nodes(rows: Sequence[tuple[str, str, float] | tuple[str, str, float, str]]) -> list[GroupTime]:
+    """Sum ``(name, op, ms[, exec_type])`` rows, in execution order, into the detector's groups."""
     ms: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     seen_backbone = False
-    for name, op, t in rows:
+    context = ""
+    for name, op, t, *kernel in rows:
         seen_backbone = seen_backbone or name.startswith("/backbone")
-        g = classify(name, op, before_backbone=not seen_backbone)
+        # a node the plugin made and named itself (``Multiply_8517``) belongs where the last exported node was
+        context = name if name.startswith("/") or name in ("scores", "maps") or not context else context
+        g = classify(name, op, not seen_backbone, kernel[0] if kernel else "", context)
         ms[g] += t
         count[g] += 1
     total = sum(ms.values()) or 1.0
@@ -107,17 +136,17 @@ def profile_openvino(folder: Path, batch: int, iters: int, threads: int | None) 
     x = _images(m.spec, batch)
     for _ in range(3):
         req.infer({0: x})
-    per_node: dict[tuple[str, str], list[float]] = defaultdict(list)
-    order: list[tuple[str, str]] = []
+    per_node: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    order: list[tuple[str, str, str]] = []
     for _ in range(iters):
         req.infer({0: x})
         for p in req.profiling_info:
             if str(p.status).endswith("EXECUTED") and not str(p.status).endswith("NOT_EXECUTED"):
-                key = (p.node_name, p.node_type)
+                key = (p.node_name, p.node_type, p.exec_type)
                 if key not in per_node:
                     order.append(key)
                 per_node[key].append(p.real_time.total_seconds() * 1e3)
-    return _group([(k[0], k[1], statistics.median(per_node[k])) for k in order])
+    return group_nodes([(k[0], k[1], statistics.median(per_node[k]), k[2]) for k in order])
 
 
 def profile_onnxruntime(folder: Path, batch: int, iters: int, threads: int | None) -> list[GroupTime]:
@@ -149,7 +178,7 @@ def profile_onnxruntime(folder: Path, batch: int, iters: int, threads: int | Non
         if key not in per_node:
             order.append(key)
         per_node[key].append(ev["dur"] / 1e3)
-    return _group([(k[0], k[1], statistics.median(per_node[k])) for k in order])
+    return group_nodes([(k[0], k[1], statistics.median(per_node[k])) for k in order])
 
 
 def profile(folder: str | Path, engine: str = "openvino", batch: int = 1, iters: int = 20,

@@ -173,7 +173,7 @@ def test_per_op_profile_groups_every_executed_node(tiny_export, engine):
         folder = out
     doc = profile(folder, engine, batch=2, iters=3)
     groups = {g["group"]: g for g in doc["groups"]}
-    assert set(groups) <= set(GROUPS) and "matmul" in groups and "score" in groups
+    assert set(groups) <= set(GROUPS) and "products" in groups and "score" in groups
     assert sum(g["share"] for g in doc["groups"]) == pytest.approx(1.0)
     assert doc["total_ms"] == pytest.approx(sum(g["ms"] for g in doc["groups"]))
     assert classify("/backbone/blocks.3/norm1/Tanh", "Tanh", False) == "norm"
