@@ -126,6 +126,21 @@ def test_parquet_log_has_the_rows_typed(runner, tmp_path):
     assert all(r["score"] == 0.0 and r["label"] == "normal" for r in t if r["status"] == "scored")
 
 
+def test_tiled_artifact_scores_whole_frames_by_its_plan(artifact, tmp_path):
+    import edgead.runtimes as rt
+    from edgead.spec import TilePlan
+
+    with rt.load(artifact) as tiled:
+        tiled.tiling = TilePlan((56, 56), 14)  # as a tiled artifact's runner has it
+        frames = [make_image(i, size=120) for i in range(3)]
+        want = [float(tiled.predict_frames(f[None]).scores[0]) for f in frames]
+        resized = [expected_score(tiled, f) for f in frames]  # what a silent resize would have given
+        Line(tiled, ListSource(frames), tmp_path / "out", LineConfig()).run()
+    rows = read_log(tmp_path / "out" / "verdicts.csv")
+    assert [float(r["score"]) for r in rows] == pytest.approx(want, abs=1e-6)
+    assert all(abs(a - b) > 1e-4 for a, b in zip(want, resized, strict=True))
+
+
 def test_drop_oldest_counts_every_dropped_frame(runner, tmp_path):
     slow = FixedRunner(runner, score=0.0, delay_s=0.05)
     src = ListSource([make_image(i) for i in range(20)], policy=DROP_OLDEST)  # all at once, no pacing

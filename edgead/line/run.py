@@ -1,7 +1,8 @@
 """The line loop: a source thread fills a bounded queue, the runner scores one part at a time, every frame gets
 exactly one verdict, and the verdict goes to every sink and to the log.
 
-Order of work for one frame: fit it to the model (``imageio.prepare``), ``runner.predict``, stamp the verdict
+Order of work for one frame: fit it to the model (``imageio.prepare``) and ``runner.predict`` it, or, for an
+artifact with a tiling plan, ``runner.predict_frames`` on the whole frame (tiles, stitched), stamp the verdict
 (deadline judged here: a late verdict is published with ``deadline_missed``, never held back), count it, hand it to
 the sinks (OPC UA, MQTT's spool), append its log row, tell the source it is done, then queue it for the archive
 if anomalous (written by the archive's own thread).
@@ -158,8 +159,12 @@ class Line:
         if f.image is None:
             return self._verdict(f, ERROR, error=f.error or "no image"), None, None
         try:
-            x = prepare(f.image, self.runner.spec)
-            p = self.runner.predict(x[None])
+            if getattr(self.runner, "tiling", None) is not None:  # the artifact's plan: tiles of the whole frame
+                x = f.image
+                p = self.runner.predict_frames(x[None])
+            else:
+                x = prepare(f.image, self.runner.spec)
+                p = self.runner.predict(x[None])
         except Exception as exc:  # noqa: BLE001 - one bad part must not stop the line; its verdict says why
             return self._verdict(f, ERROR, error=" ".join(f"{type(exc).__name__}: {exc}".split())), None, None
         return self._verdict(f, SCORED, float(p.scores[0]), p.seconds * 1e3), x, p.maps[0]
