@@ -164,8 +164,13 @@ def _gate(runner: Any, reference: Any, images: np.ndarray, precision: str) -> tu
 
 def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data: str | Path | None = None,
          iters: int = 20, rounds: int = 3, noise: float = 0.03, progress: Callable[[str], None] | None = None,
-         flags: dict[str, bool] | None = None) -> dict[str, Any]:
-    """Plan, build, gate, bench and choose for the export folder ``out``; record and return the decision."""
+         flags: dict[str, bool] | None = None, planner: Callable[..., tuple[list[Candidate], list[Measured]]] = plan,
+         wide_gap: float | None = None) -> dict[str, Any]:
+    """Plan, build, gate, bench and choose for the export folder ``out``; record and return the decision.
+
+    ``planner`` (default ``plan``) lists the candidates; ``wide_gap`` (e.g. 0.3) stops timing, after the first
+    round, a candidate that was more than that much slower than the fastest (it cannot win; its one round is
+    kept)."""
     import edgead.runtimes as rt
     from edgead.bench.machine import machine_info
     from edgead.bench.timing import bench_runner
@@ -181,7 +186,7 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     data_dir = Path(data) if data else None
     machine = machine_info()
     cpu_flags = flags if flags is not None else machine["flags"]
-    candidates, results = plan(cpu_flags, rt.available_engines(), calib_dir is not None, batch)
+    candidates, results = planner(cpu_flags, rt.available_engines(), calib_dir is not None, batch)
     reference = rt.load(out, "onnxruntime")
     images = _held_out(out, reference.spec, data_dir, calib_dir)
     timed: list[tuple[Measured, Any]] = []
@@ -203,8 +208,14 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
             results.append(m)
     reference.close()
     runs: dict[int, list[float]] = {i: [] for i in range(len(timed))}
+    losing: list[int] = []
     for r in range(rounds):  # interleaved: each round times every candidate once, so drift hits all alike
+        if r == 1 and wide_gap is not None and runs:
+            fastest = min(v[0] for v in runs.values())
+            losing = [i for i, v in runs.items() if v[0] > fastest * (1.0 + wide_gap)]
         for i, (m, runner) in enumerate(timed):
+            if r >= 1 and wide_gap is not None and i in losing:
+                continue
             say(f"round {r + 1}/{rounds}: {m.candidate.name}")
             res = bench_runner(runner, [batch], iters, 3, m.candidate.name)[0]
             runs[i].append(float(res.p50_ms_per_image))
