@@ -7,6 +7,7 @@ the artifact accepts, runs the engine's ``_infer`` hook and returns typed ``Pred
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -21,6 +22,10 @@ import numpy as np
 from edgead.errors import ArtifactError, InputError
 from edgead.runtimes.manifest import Manifest, read_verified
 from edgead.spec import DetectorSpec, TilePlan
+
+#: tiles per engine call in ``predict_frames`` when the engine takes any batch (libedgead uses the same number):
+#: a 20 Mpx frame of 56 px tiles is thousands of tiles, which one call would hold in memory at once
+TILE_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -168,11 +173,9 @@ class Runner(ABC):
                              f"{self.tiling.tile}")
         grid = tile_grid(frames.shape[1:3], self.tiling)
         tiles = cut(frames, grid)
-        if self.thread_safe:
-            _, tile_maps = self._run_chunks(tiles)
-        else:
-            with self._lock:
-                _, tile_maps = self._run_chunks(tiles)
+        step = self.max_batch or TILE_BATCH  # an engine without a batch limit still gets bounded calls
+        with contextlib.nullcontext() if self.thread_safe else self._lock:
+            tile_maps = np.concatenate([self._run_chunks(tiles[i : i + step])[1] for i in range(0, len(tiles), step)])
         scores, maps = stitch_frames(tile_maps, grid, self.spec.post.score_fraction)
         return self._wrap(scores, maps, time.perf_counter() - t0)
 

@@ -363,7 +363,7 @@ static edgead_status run_frame(edgead_handle* h, const uint8_t* frame, int heigh
     const int th = h->m.height, tw = h->m.width, ov = h->m.tile_overlap;
     const int ny = edgead_tile_origins(height, th, ov, NULL), nx = edgead_tile_origins(width, tw, ov, NULL);
     const size_t tile_px = (size_t)th * (size_t)tw, frame_px = (size_t)height * (size_t)width;
-    const size_t group = h->max_batch ? (size_t)h->max_batch : 8; /* tiles per engine call */
+    const size_t group = h->max_batch ? (size_t)h->max_batch : 8; /* tiles per engine call: Runner TILE_BATCH */
     frame_work f = {0};
     f.ys = (int*)malloc((size_t)ny * sizeof(int));
     f.xs = (int*)malloc((size_t)nx * sizeof(int));
