@@ -26,6 +26,14 @@ def _share(r: BenchResult) -> str:
     return f"{100 * r.share_of_peak:.0f} %{spread} of {r.peak_precision}"
 
 
+def _ratio(r: BenchResult) -> str:
+    if r.vs_baseline is None:
+        return "-"
+    spread = "" if r.vs_baseline_min is None or r.vs_baseline_min == r.vs_baseline_max else \
+        f" ({r.vs_baseline_min:.2f}-{r.vs_baseline_max:.2f})"
+    return f"{r.vs_baseline:.2f}x{spread}"
+
+
 def render_table(results: Sequence[BenchResult], title: str = "edgead bench") -> Any:
     """A rich ``Table``: one row per engine x precision x batch; a skipped combination is one row with its
     reason. Each row shows the min/median/max of its interleaved rounds' medians, its share of the peak of the
@@ -69,7 +77,7 @@ def render_table(results: Sequence[BenchResult], title: str = "edgead bench") ->
             _spread(r),
             _fmt(r.peak_rss_mb, 0),
             _share(r),
-            "-" if r.vs_baseline is None else f"{r.vs_baseline:.2f}x",
+            _ratio(r),
         )
     if skipped:
         table.caption = "\n".join(

@@ -17,8 +17,9 @@ JSON (``write_json``), ``schema_version`` 2::
                    "round_ms_per_image": [each interleaved round's median ms/image], "min_ms_per_image",
                    "median_ms_per_image", "max_ms_per_image": their spread, "share_of_peak", "share_min",
                    "share_max": the per-round share of the same round's peak (null without a peak),
-                   "peak_precision": str, "vs_baseline": the strongest plain-PyTorch row's median over this
-                   row's (2.0 = twice as fast; null without one), "baseline": that row's label}],
+                   "peak_precision": str, "vs_baseline": the strongest plain-PyTorch row's time over this
+                   row's, round by round, median (2.0 = twice as fast; null without one), "vs_baseline_min",
+                   "vs_baseline_max": the spread of the per-round ratios, "baseline": that row's label}],
       "peaks": [{"precision": str, "method": str, "gflops": [one rate per round], "note": str}] (with --peak)
     }
 
@@ -72,7 +73,9 @@ class BenchResult:
     max_ms_per_image: float | None = None
     share_min: float | None = None  # spread of the per-round shares of peak
     share_max: float | None = None
-    vs_baseline: float | None = None  # the strongest plain-PyTorch row's median ms/image over this row's
+    vs_baseline: float | None = None  # median over rounds of the strongest plain-PyTorch row's ms/image over this
+    vs_baseline_min: float | None = None  # row's in the same round, and the spread of those per-round ratios
+    vs_baseline_max: float | None = None
     baseline: str = ""  # the label of that row
 
     def to_dict(self) -> dict[str, Any]:
