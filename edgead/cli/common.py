@@ -54,7 +54,8 @@ def _engines(text: str, compiling: bool = False, extra: tuple[str, ...] = ()) ->
 
 def _compile_precisions() -> str:
     return ("Per engine: " + "; ".join(f"{e.name}: {', '.join(e.compiles)}" for e in registry.compilable())
-            + "; or auto (any engine: edgead tune, the fastest artifact that passes its gate on this CPU).")
+            + "; or auto (any engine: edgead tune, the fastest artifact that passes its gate on this CPU). "
+            "Default: the artifact tune would choose, found with the candidates this CPU's flags prune.")
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]

@@ -90,8 +90,8 @@ MaxFlips = Annotated[int | None, typer.Option(help="Fail above this many label f
 
 def compile_cmd(
     out: Annotated[Path, typer.Argument(help="Export folder (holds model.onnx).")],
-    engine: CompileEngine = "openvino",
-    precision: CompilePrecision = "fp32",
+    engine: CompileEngine = "",
+    precision: CompilePrecision = "",
     calib: Annotated[Path | None, typer.Option(help="Calibration images (INT8): a folder or MVTec category.")]
     = None,
     val: ValDir = None,
@@ -117,10 +117,22 @@ def compile_cmd(
 
     INT8/BF16 artifacts are measured against FP32 before they are written and refused when they miss the
     budget (map r >= 0.99 and <= 0.5 AUROC points by default) unless --accept-drop is given.
+
+    Without --precision and --engine: the artifact edgead tune would choose for this CPU (INT8 and BF16 need
+    --calib), built, gated, timed and recorded so that loading OUT runs it; one line says what and why.
     """
     if precision == "auto":
         _compile_auto(out, calib, val, data, batch, json_out)
         return
+    if not precision and not engine:
+        _compile_default(out, calib, val, data, batch, json_out)
+        return
+    engine = engine or "openvino"
+    if not precision:  # an engine named without a precision: its FP32 as before, or the first it builds
+        from edgead import registry
+
+        eng = next((e for e in registry.compilable() if engine in (e.name, *e.aliases)), None)
+        precision = "fp32" if eng is None or "fp32" in eng.compiles else eng.compiles[0]
     from edgead.export.compile import compile_artifact
     from edgead.fidelity import Budget
 
@@ -150,6 +162,35 @@ def _compile_auto(out: Path, calib: Path | None, val: Path | None, data: Path | 
     if size is None:
         raise InputError(f"expected --batch N or MIN:OPT:MAX with --precision auto, found {batch!r}")
     tune(out, batch=size, calib=calib, data=data or val, json_out=json_out)
+
+
+def _compile_default(out: Path, calib: Path | None, val: Path | None, data: Path | None, batch: str,
+                     json_out: bool) -> None:
+    """No --precision: ``export.default.default_artifact`` (tune with the candidates this CPU cannot win with
+    pruned), at --batch's OPT size."""
+    from edgead.export.default import default_artifact
+
+    choice = default_artifact(out, calib, data or val, _opt_batch(batch),
+                              progress=None if json_out else lambda m: console.print(f"[dim]{m}[/dim]"))
+    if json_out:
+        emit_json({"path": str(choice.folder), "engine": choice.engine, "precision": choice.precision,
+                   "reason": choice.reason, "tune": choice.decision})
+        return
+    console.print(f"compiled [bold]{choice.folder}[/]: {choice.reason}")
+
+
+def _opt_batch(batch: str) -> int:
+    """--batch's OPT (``MIN:OPT:MAX``) or --batch itself when it is one number."""
+    from edgead.errors import InputError
+
+    parts = batch.split(":")
+    try:
+        size = int(parts[1] if len(parts) == 3 else parts[0]) if len(parts) in (1, 3) else None
+    except ValueError:
+        size = None
+    if size is None:
+        raise InputError(f"expected --batch N or MIN:OPT:MAX, found {batch!r}")
+    return size
 
 
 def _report_compile(path: Path, json_out: bool) -> None:

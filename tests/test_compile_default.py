@@ -1,0 +1,88 @@
+"""``edgead compile OUT`` without --precision: the artifact tune would choose, from a plan pruned by the CPU's
+flags (``export.default``), recorded so that load(OUT) runs it, with one line saying what and why."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edgead.export.default import fast_plan
+
+BOTH = ("openvino", "onnxruntime")
+VNNI_BF16 = {"avx2": True, "fma": True, "avx512f": True, "avx512_vnni": True, "avx512_bf16": True}
+AVX2 = {"avx2": True, "fma": True}
+
+
+def names(cands) -> list[str]:
+    return [c.name for c in cands]
+
+
+def test_fast_plan_keeps_only_what_can_win_on_a_vnni_bf16_cpu() -> None:
+    keep, out = fast_plan(VNNI_BF16, BOTH, True, 1)
+    assert names(keep) == ["openvino bf16 (static 1)", "openvino int8 (static 1)"]
+    why = {m.candidate.name: m.skipped for m in out}
+    assert why["openvino fp32 (static 1)"].startswith("pruned: this CPU runs BF16/INT8 natively")
+    assert why["openvino int8"] == "pruned: the batch axis fixed at 1 was never slower than dynamic"
+    assert why["onnxruntime int8 (static 1)"].startswith("pruned: OpenVINO is installed")
+    keep8, _ = fast_plan(VNNI_BF16, BOTH, True, 8)
+    assert names(keep8) == ["openvino bf16 (static 8)", "openvino bf16 (throughput, static 8)",
+                            "openvino int8 (static 8)", "openvino int8 (throughput, static 8)"]
+
+
+def test_fast_plan_without_calibration_or_reduced_instructions() -> None:
+    keep, out = fast_plan(VNNI_BF16, BOTH, False, 1)  # BF16's compile-time gate needs held-out images too
+    assert names(keep) == ["openvino fp32 (static 1)"]
+    why = {m.candidate.name: m.skipped for m in out}
+    assert why["openvino int8"] == "no calibration images (--calib DIR)"
+    assert why["openvino bf16 (static 1)"] == "no held-out images for its fidelity gate (--calib DIR)"
+    assert names(fast_plan(AVX2, BOTH, True, 1)[0]) == ["openvino fp32 (static 1)"]
+    assert names(fast_plan(AVX2, ("onnxruntime",), True, 1)[0]) == ["onnxruntime fp32 (static 1)"]
+    vnni_only = {"avx2": True, "avx512_vnni": True}  # INT8 native, no BF16: FP32 stays as int8's rival only
+    assert names(fast_plan(vnni_only, BOTH, False, 1)[0]) == ["openvino fp32 (static 1)"]
+    assert names(fast_plan(vnni_only, BOTH, True, 1)[0]) == ["openvino int8 (static 1)"]
+
+
+def test_compile_without_precision_builds_records_and_says_why(tiny_export, tiny_synthetic, tmp_path) -> None:
+    """The session's pinned CPU has AVX2 only: the default is OpenVINO FP32 at the batch, tuned and recorded."""
+    from typer.testing import CliRunner
+
+    import edgead.runtimes as rt
+    from edgead.cli.app import app
+
+    out = tmp_path / "export"
+    shutil.copytree(tiny_export("fbft") / "export", out)
+    res = CliRunner().invoke(app, ["compile", str(out), "--calib", str(tiny_synthetic / "train" / "good"),
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert (doc["engine"], doc["precision"]) == ("openvino", "fp32")
+    assert doc["reason"].startswith("openvino fp32 (latency mode, batch fixed at 1)")
+    assert "the fastest faithful artifact tune finds for this CPU" in doc["reason"]
+    cands = {c["candidate"]["name"]: c for c in doc["tune"]["candidates"]}
+    assert cands["openvino fp32 (static 1)"]["passed"] and cands["openvino fp32 (static 1)"]["ms_per_image"] > 0
+    assert cands["openvino bf16"]["skipped"].startswith("no BF16 instructions")
+    r = rt.load(out)
+    assert (r.engine, r.manifest.precision, r.static_batch) == ("openvino", "fp32", 1)
+
+
+@pytest.fixture
+def bf16_vnni_cpu(monkeypatch):
+    """This test's CPU has AVX-512 VNNI and BF16 (the session's pinned CPU has AVX2 only)."""
+    from edgead.bench import machine
+
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: ("test CPU (VNNI, BF16)", set(VNNI_BF16)))
+
+
+def test_without_calibration_the_line_names_what_int8_needs(tiny_export, tmp_path, bf16_vnni_cpu) -> None:
+    from edgead.export.default import default_artifact
+
+    out = tmp_path / "export"
+    shutil.copytree(tiny_export("fbft") / "export", out)
+    choice = default_artifact(out, iters=2, rounds=1)
+    assert (choice.engine, choice.precision) == ("openvino", "fp32"), choice.reason
+    assert choice.folder == out / "openvino-fp32" and (choice.folder / "manifest.json").is_file()
+    assert choice.reason.endswith("; BF16/INT8 would likely be faster on this CPU but needs images (calibration, "
+                                  "and held out for the fidelity gate): --calib DIR")
+    assert "missed its fidelity gate" not in choice.reason
