@@ -459,6 +459,10 @@ def test_predict_frame_matches_python_tiling_on_an_odd_frame(lib, artifact: Path
         tiling={"tile": [64, 64], "overlap": 8}, format=2))
     with pytest.raises(EdgeadError, match="EDGEAD_ERR_CORRUPT_ARTIFACT: .*tiles of the input size 56x56"):
         lib.open(bad)
+    odd = _variant(artifact, tmp_path, "tiled-odd", manifest=lambda d: d["spec"].update(
+        tiling={"tile": [56, 56], "overlap": 8, "scale": 2}, format=2))
+    with pytest.raises(EdgeadError, match="EDGEAD_ERR_CORRUPT_ARTIFACT: .*unknown field 'scale'"):
+        lib.open(odd)
 
 
 def test_predict_frame_finds_the_defect_like_every_engine(lib, tiled_export, defect_frame, tmp_path) -> None:

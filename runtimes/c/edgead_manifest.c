@@ -227,6 +227,13 @@ static edgead_status manifest_fields(const cJSON* root, const char* where, edgea
             (score && (!cJSON_IsString(score) || strcmp(score->valuestring, "topk_mean") != 0)))
             FAIL(EDGEAD_ERR_UNSUPPORTED, "%s has a tiling plan this libedgead %s does not run (it blends 'linear' and "
                  "scores 'topk_mean'); upgrade libedgead", where, EDGEAD_VERSION_STRING);
+        for (const cJSON* k = v->child; k; k = k->next) /* the fields of edgead.spec.TilePlan, as Python reads */
+            if (strcmp(k->string, "tile") && strcmp(k->string, "overlap") && strcmp(k->string, "blend") &&
+                strcmp(k->string, "score"))
+                CORRUPT("%s is corrupt: spec.tiling has an unknown field '%.60s'", where, k->string);
+        const cJSON* post_score = cJSON_GetObjectItemCaseSensitive(post, "score");
+        if (post_score && (!cJSON_IsString(post_score) || strcmp(post_score->valuestring, "topk_mean") != 0))
+            CORRUPT("%s is corrupt: a tiling plan needs the top-k mean image score (spec.post.score)", where);
         m->has_tiling = 1;
         m->tile_overlap = overlap;
     }
