@@ -152,8 +152,9 @@ class Runner(ABC):
         """Scores, maps and labels of camera frames of any one size ``(H, W)``: maps come back ``(N, H, W)``.
 
         With a tiling plan (``self.tiling``, the artifact's by default) each frame is cut into tiles of the input
-        size, all tiles of the batch run through the engine in chunks it accepts, and ``edgead.runtimes.tiling``
-        stitches the maps and takes the score over the stitched map. Without one, each frame is fitted by
+        size, the tiles run through the engine in calls of at most its max batch (``TILE_BATCH`` when it takes any),
+        and ``edgead.runtimes.tiling`` stitches the maps and takes the score over the stitched map. Without one,
+        each frame is fitted by
         ``edgead.imageio.prepare``, scored by the graph, and its map brought back onto the frame by
         ``edgead.geometry.map_to_frame``.
         """
