@@ -86,3 +86,22 @@ def test_without_calibration_the_line_names_what_int8_needs(tiny_export, tmp_pat
     assert choice.reason.endswith("; BF16/INT8 would likely be faster on this CPU but needs images (calibration, "
                                   "and held out for the fidelity gate): --calib DIR")
     assert "missed its fidelity gate" not in choice.reason
+
+
+def test_the_ladder_tries_int8_first_and_falls_back_on_a_missed_gate(tiny_export, tiny_synthetic, tmp_path,
+                                                                     bf16_vnni_cpu) -> None:
+    """On a VNNI + BF16 CPU with images: INT8 first; BF16 only if INT8 missed its gate; FP32 last."""
+    from edgead.export.default import default_artifact
+    from edgead.runtimes.manifest import read_manifest
+
+    out = tmp_path / "export"
+    shutil.copytree(tiny_export("fbft") / "export", out)
+    choice = default_artifact(out, tiny_synthetic / "train" / "good", iters=2, rounds=1)
+    tried = [c["candidate"]["precision"] for c in choice.decision["candidates"] if not c["skipped"]]
+    assert tried == [choice.precision] and choice.engine == "openvino"  # the record holds the rung that won
+    order = ["int8", "bf16", "fp32"]
+    for p in order[:order.index(choice.precision)]:  # every rung above it missed its gate, and says so
+        assert f"{p.upper()} missed its fidelity gate" in choice.reason
+    if choice.precision != "fp32":
+        assert "not built: this CPU runs" in choice.reason
+    assert read_manifest(out, verify=False).extra["tune"]["chosen"]["precision"] == choice.precision
