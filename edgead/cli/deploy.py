@@ -279,8 +279,8 @@ def _verify_table(rep, out: Path) -> None:
             m = f.metrics.get(rep.budget.metric)
             d = f.drop(rep.budget.metric)
             iv = f.auroc_interval if rep.budget.metric == "image_auroc" else None
-            ci = "" if iv is None or iv.low == iv.high else f" [{-iv.high:+.4f}, {-iv.low:+.4f}]"
-            row += ["-" if m is None else f"{m:.4f}", "-" if d is None else f"{-d:+.4f}{ci}"]
+            ci = "" if iv is None or iv.low == iv.high else f" [{0.0 - iv.high:+.4f}, {0.0 - iv.low:+.4f}]"
+            row += ["-" if m is None else f"{m:.4f}", "-" if d is None else f"{0.0 - d:+.4f}{ci}"]  # no -0.0000
         q = c.quantization or {}
         row.append(str(len(q.get("float_layers", []))) if q else "-")
         row.append("[green]pass[/]" if c.passed else f"[red]FAIL[/] {'; '.join(c.failures)}")
