@@ -103,10 +103,12 @@ def judge(staged: Path, target: AccuracyTarget | None, accept_drop: bool) -> dic
         runner.close()
     failures = target.budget.failures(fid)
     if failures and not accept_drop:
+        fix = ("its outputs cannot be right, whatever stays in float: check the engine and the build" if fid.problems
+               else "Pass --max-drop to keep sensitive layers in float until it holds, or --accept-drop to write "
+                    "it anyway")
         raise FidelityError(f"refused {name}: {'; '.join(failures)} against the FP32 export on "
                             f"{target.val.source['images']} validation images ({target.val.source['kind']}); "
-                            f"nothing written. Pass --max-drop to keep sensitive layers in float until it "
-                            f"holds, or --accept-drop to write it anyway")
+                            f"nothing written. {fix[0].upper()}{fix[1:]}")
     return record(fid, target, failures, accept_drop)
 
 
