@@ -43,6 +43,19 @@ class Histogram:
         out += [f'{name}_bucket{{le="+Inf"}} {self.n}', f"{name}_sum {self.sum:.6f}", f"{name}_count {self.n}"]
         return out
 
+    def quantile(self, q: float) -> float | None:
+        """Prometheus' ``histogram_quantile``: linear within the bucket that holds rank ``q * n`` (the last finite
+        bound when that is the ``+Inf`` bucket); None without observations."""
+        if self.n == 0:
+            return None
+        rank, acc = q * self.n, 0
+        for i, c in enumerate(self.counts[:-1]):
+            if acc + c >= rank and c:
+                lo = self.buckets[i - 1] if i else 0.0
+                return lo + (self.buckets[i] - lo) * (rank - acc) / c
+            acc += c
+        return self.buckets[-1]
+
 
 class LineMetrics:
     """Counts of everything that happened to frames, plus gauges read at render time (queue depth, spool)."""
@@ -90,11 +103,15 @@ class LineMetrics:
         return out
 
     def status(self) -> dict:
-        """Counters, gauges, health and the last verdict, for ``GET /status``."""
+        """Counters, gauges, health, trigger-to-verdict p50/p99 (ms, from the histogram) and the last verdict, for
+        ``GET /status``."""
         with self._lock:
             last = self.last
+            ms = {f"p{round(q * 100)}": None if (x := self.latency.quantile(q)) is None else round(x * 1e3, 3)
+                  for q in (0.5, 0.99)}
+            latency = {"count": self.latency.n, **ms}
         return {"counters": self.snapshot(), "gauges": {k: f() for k, f in sorted(self.gauges.items())},
-                "health": self.health(), "last_verdict": last}
+                "health": self.health(), "latency_ms": latency, "last_verdict": last}
 
     def render(self) -> str:
         """The Prometheus text exposition (format 0.0.4)."""
