@@ -44,6 +44,10 @@ def serve(
     folder: Annotated[Path | None, typer.Option(help="Image folder on this machine the page may score.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Override the artifact's threshold for the labels.")]
     = None,
+    line_status: Annotated[list[str] | None, typer.Option(help="An edgead line's /status address (edgead line "
+                                                          "--metrics-port PORT: http://127.0.0.1:PORT/status; "
+                                                          "repeat for several lines): the page and /metrics show "
+                                                          "its live state.")] = None,
     ray: Annotated[bool, typer.Option("--ray", help="Deploy the same app on Ray Serve (a local Ray instance unless "
                                       "--address).")] = False,
     address: Annotated[str | None, typer.Option("--address", help="Ray cluster to join; implies --ray.")] = None,
@@ -66,12 +70,16 @@ def serve(
         raise InputError("expected a non-empty --token (or EDGEAD_TOKEN), found an empty one")
     if folder is not None and not folder.is_dir():
         raise InputError(f"expected --folder to be a folder of images, found no folder at {folder}")
+    from edgead.serve.line import check_urls
+
+    lines = list(check_urls(line_status or []))
     settings = {"artifact": str(artifact), "engine": engine, "threshold": threshold,
                 "config": {"name": name, "max_batch": max_batch, "max_delay_ms": batch_delay_ms,
                            "max_queue": max_queue, "max_body_mb": max_body_mb, "max_upload_mpx": max_upload_mpx,
                            "folder": str(folder) if folder else None, "token": token.strip() if token else None,
                            "allowed_hosts": allowed_host or default_hosts(host), "header_timeout_s": header_timeout,
-                           "body_timeout_s": body_timeout, "max_connections": max_connections}}
+                           "body_timeout_s": body_timeout, "max_connections": max_connections,
+                           "line_status": lines}}
     if ray or address is not None:
         _serve_on_ray(settings, host, port, address, replicas, ray_cpus, min_replicas, max_replicas)
         return
@@ -79,7 +87,8 @@ def serve(
     console.print(f"serving [bold]{artifact}[/] as model '{name}' on http://{host}:{port}/ "
                   f"(max batch {app.state.service.batcher.max_batch}, batching delay {batch_delay_ms} ms, "
                   f"{workers} worker{'s' if workers > 1 else ''}; token {'required' if token else 'off'}, Host "
-                  f"{', '.join(settings['config']['allowed_hosts'])})")
+                  f"{', '.join(settings['config']['allowed_hosts'])})"
+                  + (f"; line state from {', '.join(lines)}" if lines else ""))
     from edgead.serve.server import server_options
 
     options = server_options(app.state.service.config)
@@ -124,8 +133,9 @@ def build_app(settings: dict):
 def _config_fields(config: dict) -> dict:
     cfg = dict(config)
     cfg["folder"] = Path(cfg["folder"]) if cfg.get("folder") else None
-    if "allowed_hosts" in cfg:
-        cfg["allowed_hosts"] = tuple(cfg["allowed_hosts"])
+    for key in ("allowed_hosts", "line_status"):  # lists after their trip through JSON
+        if key in cfg:
+            cfg[key] = tuple(cfg[key])
     return cfg
 
 

@@ -9,7 +9,9 @@ wires a loaded runner; a Ray Serve deployment builds the same app inside its rep
 - ``POST /predict``: image files (multipart ``files``), any size, fitted by the shared ``prepare``, or, for an
   artifact with a tiling plan, cut into tiles (``edgead.runtimes.tiling``) that go through the batcher like any
   images and are stitched back: the map of each file comes back at the file's own size;
-- ``/metrics`` (Prometheus), ``/`` the inspection page and its small JSON API under ``/api``.
+- ``/metrics`` (Prometheus), ``/`` the inspection page and its small JSON API under ``/api``; with
+  ``ServeConfig.line_status``, ``/api/line`` and the ``edgead_line_*`` gauges carry the live state of ``edgead line``
+  processes (``serve.line``).
 
 Every refused request gets the v2 error body ``{"error": "..."}`` with a 4xx status (503 when the queue is full);
 an engine failure is a 500 with the same one-line body. No traceback, and no local path, ever leaves the process.
@@ -51,6 +53,7 @@ from edgead.runtimes.base import Predictions, Runner
 from edgead.serve.access import LOOPBACK_HOSTS, AccessMiddleware
 from edgead.serve.batcher import DynamicBatcher, PredictFn, QueueFullError
 from edgead.serve.limits import BodyLimitMiddleware, BodyTooLarge
+from edgead.serve.line import LineWatch
 from edgead.serve.metrics import ServeMetrics
 from edgead.serve.protocol import (
     HEADER_LENGTH,
@@ -87,6 +90,8 @@ class ServeConfig:
     header_timeout_s: float = 10.0  # request headers must arrive within this (edgead.serve.server)
     body_timeout_s: float = 60.0  # and the whole body within this after them; else 408 and the connection closes
     max_connections: int = 256  # open connections (and running requests); more are answered 503 by uvicorn
+    line_status: tuple[str, ...] = ()  # edgead line /status addresses shown on the page and /metrics (serve.line)
+    line_timeout_s: float = 1.0  # for each of those fetches, the whole answer
 
 
 def _encode_png(rgb: np.ndarray) -> str:
@@ -126,6 +131,9 @@ class Service:
                                       max_queue=config.max_queue, on_batch=self.metrics.observe_batch)
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.recent)
         self.started = time.time()
+        self.lines = LineWatch(config.line_status, config.line_timeout_s) if config.line_status else None
+        if self.lines is not None:
+            self.metrics.registry.register(self.lines)
 
     @property
     def threshold(self) -> float | None:
@@ -363,6 +371,8 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        if svc.lines is not None:
+            await svc.lines.read()  # the line gauges render this snapshot
         return Response(svc.metrics.render(), media_type=svc.metrics.content_type)
 
     @app.get("/", response_class=HTMLResponse)
@@ -377,7 +387,14 @@ def create_app(
                 "max_delay_ms": config.max_delay_ms, "folder": config.folder.name if config.folder else None,
                 "tiling": None if svc.tiling is None else {"tile": list(svc.tiling.tile),
                                                            "overlap": svc.tiling.overlap},
-                **config.info}
+                "lines": len(config.line_status), **config.info}
+
+    @app.get("/api/line")
+    async def line_state() -> dict[str, Any]:
+        if svc.lines is None:
+            raise ProtocolError("expected the server to be started with --line-status URL (an edgead line "
+                                "/status address), found none", status=404)
+        return {"lines": await svc.lines.read()}
 
     @app.get("/api/recent")
     async def recent() -> dict[str, Any]:
