@@ -146,3 +146,43 @@ def test_page_shows_a_nan_score_as_anomaly_and_works_behind_a_token(browser, pag
         assert sorted(recent[:2]) == ["ANOMALY", "OK"]
         assert errors == []
         page.close()
+
+
+def test_page_shows_the_lines_live_state(browser):
+    """``--line-status``: the Line panel shows the line's counters, latency, health and last verdict (a NaN score on
+    the line reads ANOMALY), follows the line as it goes on, and says so when a line cannot be reached."""
+    from edgead.line.metrics import LineMetrics
+    from edgead.serve.server import background_server
+    from tests.test_serve_line import EXPECTED, app_with, closed_port_url, feed, line_status_server
+
+    metrics = LineMetrics()
+    feed(metrics)
+    down = closed_port_url()
+    with line_status_server(metrics) as line_url, background_server(app_with(line_status=(line_url, down))) as url:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_selector("#lines .lineblk[data-up='1'] dd")
+        assert page.is_visible("#line-panel")
+        shown = page.eval_on_selector_all("#lines .lineblk[data-up='1'] dd",
+                                          "ds => Object.fromEntries(ds.map(d => [d.dataset.k, d.textContent]))")
+        assert shown == {"frames_in": str(EXPECTED["frames_in"]), "verdicts_out": str(EXPECTED["verdicts_out"]),
+                         "dropped": str(EXPECTED["dropped"]), "deadline_missed": str(EXPECTED["deadline_missed"]),
+                         "p50": f"{EXPECTED['p50_ms']:.2f} ms", "p99": f"{EXPECTED['p99_ms']:.2f} ms",
+                         "health": "ok", "last": "f19 · score – · ANOMALY"}
+        assert page.inner_text("#lines .lineblk[data-up='0'] .down") == \
+            "line unreachable: connection refused (is edgead line running with --metrics-port?)"
+
+        metrics.frame_in()  # the line goes on; the panel polls every 2 s
+        page.wait_for_function("document.querySelector(\"#lines [data-up='1'] dd[data-k='frames_in']\")"
+                               ".textContent === '21'", timeout=10_000)
+        assert errors == []
+        page.close()
+
+    with background_server(app_with()) as url:  # without --line-status the panel stays hidden
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#meta b")
+        assert page.is_hidden("#line-panel")
+        page.close()
