@@ -1,8 +1,9 @@
 """``edgead serve --line-status``: a line's live state on ``/api/line`` and ``/metrics``, fetched from its ``/status``.
 
-The line side is the real one: ``edgead.line.metrics.serve_metrics`` (what ``edgead line --metrics-port`` starts)
-over a ``LineMetrics`` fed with verdicts of known latency, status and score, so every number below is known in
-advance. Failures of the line (refused, silent, a redirect, too large, not a status) come from a small stand-in
+One test runs a real ``edgead line`` process on a hot folder (as tests/test_line.py's command test does). The others
+use the line's real metrics server, ``edgead.line.metrics.serve_metrics`` (what ``edgead line --metrics-port``
+starts), over a ``LineMetrics`` fed with verdicts of known latency, status and score, so every number below is known
+in advance. Failures of the line (refused, silent, a redirect, too large, not a status) come from a small stand-in
 HTTP server, a test harness. The page's panel is driven in headless Chromium in test_serve_page.py.
 """
 
@@ -161,6 +162,55 @@ def test_concurrent_readers_share_one_fetch(fed_line):
         for t in threads:
             t.join()
         assert len(hits) == 1
+
+
+def test_a_real_line_process_on_the_page_api_and_metrics(tmp_path, tmp_path_factory):
+    """``edgead line --metrics-port`` on a hot folder of 3 parts: serve shows what its log holds, then, once the
+    line has stopped, that it is unreachable."""
+    import os
+    import signal
+
+    from edgead.line.log import read_log
+    from tests.test_line_helpers import line_artifact, make_image, write_png
+
+    folder, out, port = tmp_path / "hot", tmp_path / "out", free_port()
+    folder.mkdir()
+    for i in range(3):
+        write_png(folder / f"p{i}.png", make_image(i))
+    proc = subprocess.Popen([sys.executable, "-m", "edgead.cli.app", "line", str(line_artifact(tmp_path_factory)),
+                             "--source", f"folder:{folder}", "-o", str(out), "--settle-ms", "20",
+                             "--metrics-port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True)
+    line_url = f"http://127.0.0.1:{port}/status"
+    try:
+        with background_server(app_with(line_status=(line_url,))) as url:
+            end = time.monotonic() + 60
+            state: dict = {}
+            while time.monotonic() < end and (state.get("status") or {}).get("counters", {}).get("verdicts_out") != 3:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(MAX_AGE_S)
+                state = strict_json(get(url + "/api/line")[1])["lines"][0]
+            rows = read_log(out / "verdicts.csv")
+            c = state["status"]["counters"]
+            assert state["up"] is True and len(rows) == c["frames_in"] == c["verdicts_out"] == c["scored"] == 3
+            assert c["anomalous"] == sum(r["label"] == "anomalous" for r in rows)
+            assert state["status"]["last_verdict"]["frame_id"] == rows[-1]["frame_id"]
+            assert state["status"]["latency_ms"]["count"] == 3 and state["status"]["latency_ms"]["p50"] > 0
+            m = scrape(url)
+            lab = f'{{line="{line_url}"}}'
+            assert (m[f"edgead_line_up{lab}"], m[f"edgead_line_frames_in{lab}"], m[f"edgead_line_dropped{lab}"]) == \
+                (1, 3, 0)
+
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+            time.sleep(MAX_AGE_S + 0.1)
+            state = strict_json(get(url + "/api/line")[1])["lines"][0]
+            assert state["up"] is False and state["error"].startswith("line unreachable: connection refused")
+            assert scrape(url) == {f"edgead_line_up{lab}": 0}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # -- /metrics -----------------------------------------------------------------------------------------------
