@@ -4,6 +4,10 @@ The raw export is checked against PyTorch. Then optional graph passes run, each 
 (onnxslim by default, onnxsim on request) and norm-affine folding (``edgead.export.fold_norms``). A pass whose
 graph fails the check is dropped, the graph before it is kept, and the report and manifest say so. Nothing is
 written to ``OUT`` unless the final graph passed.
+
+Memory: every check runs its images in calls sized by ``edgead.runtimes.chunks`` (one image per call at 1036 px,
+where one image's attention alone is hundreds of megabytes) and one ONNX Runtime session at a time
+(docs/memory.md).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from edgead import __version__
 from edgead.errors import ArtifactError, EdgeadError, InputError, require
 from edgead.fsutil import atomic_dir, sha256_file
 from edgead.registry import INPUT, ONNX, OUTPUTS
+from edgead.runtimes.chunks import predict_in_calls
 from edgead.runtimes.compare import Difference, check_batch, difference
 from edgead.runtimes.manifest import Manifest, read_manifest, write_manifest
 from edgead.spec import TilePlan
@@ -94,8 +99,12 @@ def _ort_outputs(path: Path, images: np.ndarray):
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    scores, maps = sess.run(list(OUTPUTS), {INPUT: images})
-    return Predictions(scores, maps, None)
+
+    def run(chunk: np.ndarray) -> Predictions:
+        scores, maps = sess.run(list(OUTPUTS), {INPUT: chunk})
+        return Predictions(scores, maps, None)
+
+    return predict_in_calls(run, images)
 
 
 def _fold(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -153,7 +162,7 @@ def export_onnx(
         raise EdgeadError(f"opset must be >= 17 (LayerNormalization, reliable Resize), found {opset}")
     spec = detector.spec if tiling is None else replace(detector.spec, tiling=tiling)
     images = check_batch(0, check_batch_size, spec.input_size)
-    ref = TorchRunner.from_detector(detector).predict(images)
+    ref = predict_in_calls(TorchRunner.from_detector(detector).predict, images)
     notes: list[str] = []
     out = Path(out)
     with atomic_dir(out) as tmp:

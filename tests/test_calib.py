@@ -298,3 +298,29 @@ def test_search_names_why_the_best_int8_artifact_missed():
         "(image_auroc drop 0.25 points (95% CI 0.00 to 1.50) cannot be told from the 0.50-point budget on 40 "
         "labelled images (20 with defects): about 1000 labelled images (500 with defects) would be needed to tell); "
         "nothing written")
+
+
+def test_gate_runs_1036_px_validation_images_one_per_call():
+    """The gate's reference and candidate runs (``predict_all``) give an engine one 1036 px image per call (at
+    1036 px a ViT-S/14's attention alone is 720 MB per layer per image) and every output back in order."""
+    from edgead.calib.validation import predict_all
+    from edgead.runtimes.base import Predictions
+
+    class Spy:
+        calls: list = []
+
+        def predict(self, images):
+            self.calls.append(images.shape[0])
+            s = images[:, 0, 0, 0].astype(np.float32)
+            return Predictions(s, np.zeros((len(s), 2, 2), np.float32) + s[:, None, None], None)
+
+    images = np.arange(8, dtype=np.uint8)[:, None, None, None] * np.ones((1, 1036, 1036, 3), np.uint8)
+    spy = Spy()
+    scores, maps = predict_all(spy, images)
+    assert spy.calls == [1] * 8
+    np.testing.assert_array_equal(scores, np.arange(8))
+    assert maps.shape == (8, 2, 2) and maps[5, 1, 1] == 5
+    small = np.zeros((8, 224, 224, 3), np.uint8)
+    spy.calls.clear()
+    predict_all(spy, small)
+    assert spy.calls == [8]  # low resolution keeps its batch of 8

@@ -74,3 +74,33 @@ def test_failing_simplifier_keeps_checked_raw_graph(tmp_path, monkeypatch):
     assert not r.simplified and "failed the parity check" in r.notes[0]
     assert r.parity.max_abs_maps <= ATOL
     assert rt.load(tmp_path / "out").manifest.extra["simplifier"] == "none"
+
+
+def test_parity_check_runs_high_resolution_images_one_per_call(tmp_path, monkeypatch):
+    """At high resolution (simulated: a call holds one 28 px image) the torch reference and every ONNX Runtime
+    check see one image per call, and the check is as strict as one batched call: same images, same atol."""
+    import onnxruntime as ort
+    import torch
+
+    import edgead.export.onnx as ex
+    from edgead.models import build_detector, detector_spec
+    from edgead.runtimes import chunks
+    from edgead.runtimes.torch_runner import TorchRunner
+
+    monkeypatch.setattr(chunks, "CALL_PIXELS", 28 * 28)
+    torch_calls, ort_calls = [], []
+    infer = TorchRunner._infer
+    monkeypatch.setattr(TorchRunner, "_infer", lambda self, x: (torch_calls.append(len(x)), infer(self, x))[1])
+
+    class SpySession(ort.InferenceSession):
+        def run(self, names, feeds, *args):
+            ort_calls.append(len(next(iter(feeds.values()))))
+            return super().run(names, feeds, *args)
+
+    monkeypatch.setattr(ort, "InferenceSession", SpySession)
+    torch.manual_seed(0)
+    det = build_detector(detector_spec("fbft", "vit_tiny_test_patch14", input_size=28))
+    r = ex.export_onnx(det, tmp_path / "out", check_batch_size=3)
+    assert torch_calls == [1, 1, 1]
+    assert ort_calls == [1] * 3 * (1 + len(r.passes))  # the raw graph, then each kept pass
+    assert r.parity.within(ATOL) and r.parity.max_scaled_maps <= ATOL
