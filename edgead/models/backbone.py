@@ -14,6 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from edgead.errors import ConfigError
+from edgead.models.attention import ChunkedAttention
 from edgead.models.norms import norm_layer
 
 
@@ -77,6 +78,7 @@ def create_vit(name: str, norm: str, input_size: tuple[int, int]) -> VisionTrans
         # position embeddings cover the patches only.
         no_embed_class=cfg.reg_tokens > 0,
         norm_layer=norm_layer(norm),
+        attn_layer=ChunkedAttention,  # exports high-resolution attention in query slices (models/attention.py)
         num_classes=0,
         global_pool="",
     )
