@@ -32,7 +32,7 @@ from edgead.runtimes.base import Predictions
 @dataclass(frozen=True)
 class Setting:
     label: str
-    precision: str  # which artifact: openvino-<precision>
+    precision: str  # which of the export's OpenVINO artifacts (``registry.artifact_folder``)
     options: tuple[tuple[str, Any], ...] = ()
     stream: bool = False  # feed the batch as single images through predict_stream
 
@@ -81,13 +81,15 @@ def measure(out: str | Path, batch: int, iters: int = 30, rounds: int = 6, warmu
             precisions: tuple[str, ...] = ("fp32", "bf16", "int8")) -> list[dict[str, Any]]:
     import edgead.runtimes as rt
     from edgead.bench.timing import bench_interleaved
+    from edgead.registry import MANIFEST, artifact_folder
     from edgead.runtimes.compare import check_batch
 
     out = Path(out)
-    chosen = [s for s in settings(batch, precisions) if (out / f"openvino-{s.precision}" / "manifest.json").is_file()]
+    chosen = [s for s in settings(batch, precisions)
+              if (artifact_folder(out, "openvino", s.precision) / MANIFEST).is_file()]
     rows = []
     for s in chosen:
-        runner = rt.load(out / f"openvino-{s.precision}", "openvino", **dict(s.options))
+        runner = rt.load(artifact_folder(out, "openvino", s.precision), "openvino", **dict(s.options))
         rows.append((Streamed(runner) if s.stream else runner, s.label, ""))
     images = check_batch(11, batch, tuple(rows[0][0].spec.input_size))
     ref = rows[0][0].predict(images)  # fp32 dynamic: the reference for parity
