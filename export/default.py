@@ -109,14 +109,16 @@ def default_artifact(out: str | Path, calib: str | Path | None = None, data: str
 
     out = Path(out)
     flags = flags if flags is not None else machine_info()["flags"]
-    candidates, _ = fast_plan(flags, rt.available_engines(), calib is not None, batch)
+    candidates, _ = fast_plan(flags, rt.available_engines(), calib is not None, batch)  # what can win here
     ladder = [p for p in LADDER if p == "fp32" or any(c.precision == p for c in candidates)]
     missed: list[str] = []
     decision = None
+    available = rt.available_engines()
     for i, precision in enumerate(ladder):  # the fastest precision first; the next only when it misses its gate
-        try:
-            decision = tune(out, batch, calib, data, iters=iters, rounds=rounds, progress=progress, flags=flags,
-                            planner=partial(_rung, precision), wide_gap=WIDE_GAP)
+        alone = len(_rung(precision, flags, available, calib is not None, batch)[0]) == 1
+        try:  # a candidate alone is timed once, for the record: there is nothing to choose between
+            decision = tune(out, batch, calib, data, iters=iters, rounds=1 if alone else rounds, progress=progress,
+                            flags=flags, planner=partial(_rung, precision), wide_gap=WIDE_GAP)
             break
         except EdgeadError as exc:
             missed.append(f"{precision.upper()} missed its fidelity gate ({str(exc).splitlines()[0]})")
