@@ -104,3 +104,9 @@ def test_parity_check_runs_high_resolution_images_one_per_call(tmp_path, monkeyp
     assert torch_calls == [1, 1, 1]
     assert ort_calls == [1] * 3 * (1 + len(r.passes))  # the raw graph, then each kept pass
     assert r.parity.within(ATOL) and r.parity.max_scaled_maps <= ATOL
+    # traced at batch 1 (one image per call), the graph still takes any batch: three images in one call
+    images = check_batch(1, 3, (28, 28))
+    ref = TorchRunner.from_detector(det).predict(images)
+    maps = ort.InferenceSession(str(tmp_path / "out" / "model.onnx")).run(["maps"], {"images": images})[0]
+    assert maps.shape == (3, 28, 28) and ort_calls[-1] == 3
+    np.testing.assert_allclose(maps, ref.maps, atol=ATOL)
