@@ -142,16 +142,22 @@ def test_shares_divide_each_round_by_the_same_rounds_peak(tiny_export) -> None:
 
 def test_peak_sampler_uses_the_engines_kernels_and_keeps_every_sample() -> None:
     pytest.importorskip("openvino")
-    sampler = roofline.PeakSampler(shape=(64, 64, 64), seconds=0.01)
+    sampler = roofline.PeakSampler(shape=(64, 64, 64), seconds=0.01)  # M = 64 = 8 x 8 pixels for the 1x1 conv
     sampler.sample(0)
     sampler.sample(1)
     peaks = sampler.peaks()
     f32 = peaks["f32"]
-    assert f32.method.startswith("openvino MatMul f32") and len(f32.runs) == 2 and f32.runs[0] > 0
+    # the kernels OpenVINO ran, read from its counters: the FullyConnected product and the 1x1 convolution
+    fc, conv = f32.method.split(" | ")
+    assert fc.startswith("openvino FullyConnected ") and conv.startswith("openvino Convolution "), f32.method
+    assert len(f32.runs) == 2 and f32.runs[0] > 0
     assert f32.gflops == pytest.approx(float(np.median(f32.runs)))
-    assert "numpy" in f32.note and "not the yardstick" in f32.note
+    per_kernel = [sampler.kernel_runs[name] for name, _ in sampler.kernels["f32"]]
+    assert list(f32.runs) == pytest.approx([max(a, b) for a, b in zip(*per_kernel, strict=True)])
+    assert f32.note.startswith("best of: FullyConnected ") and "numpy" in f32.note and "not the yardstick" in f32.note
     assert peaks["bf16"].gflops is None and "not supported by this CPU" in peaks["bf16"].note  # pinned AVX2 CPU
     assert len(peaks["int8"].runs) == 2 and "AVX2, no VNNI" in peaks["int8"].method
+    assert peaks["int8"].method.startswith("openvino FakeQuantize + FullyConnected ")
 
 
 def test_cli_bench_shows_the_baseline_ratio_and_the_machine(tiny_export, tmp_path) -> None:
