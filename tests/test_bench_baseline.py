@@ -117,7 +117,7 @@ def test_baseline_runner_outputs_match_the_reference(tiny_export) -> None:
     assert np.corrcoef(low.maps.ravel(), ref.maps.ravel())[0, 1] >= 0.99
 
 
-def test_missing_checkpoint_makes_a_skipped_baseline_row(tmp_path, tiny_export) -> None:
+def test_missing_checkpoint_makes_a_skipped_baseline_row() -> None:
     rows, reasons = baseline.baseline_runners(None, {"avx2": True}, have_eager=False)
     assert rows == [] and "no checkpoint" in reasons[0]
 
