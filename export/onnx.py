@@ -7,8 +7,8 @@ written to ``OUT`` unless the final graph passed.
 
 Memory (docs/tiling.md, "Memory"): the graph is traced, and every check runs its images, in calls sized by
 ``edgead.runtimes.chunks`` (one image per call at 1036 px, where one image's activations are hundreds of
-megabytes), one ONNX Runtime session at a time, and the heap tracing freed is handed back to the system before the
-checks start.
+megabytes), one ONNX Runtime session at a time, and the heap that tracing and each graph pass freed is handed back
+to the system before the next check starts.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def _ort_outputs(path: Path, images: np.ndarray):
     ort = require("onnxruntime", "onnxruntime", "checking the export")
     from edgead.runtimes.base import Predictions
 
+    _return_freed_memory()  # what the graph pass before this check freed
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -132,12 +133,13 @@ def folded_count(model: onnx.ModelProto) -> int:
     return int({p.key: p.value for p in model.metadata_props}.get("edgead_norms_folded", 0))
 
 
-def _checked_pass(name: str, graph_pass: Callable[[onnx.ModelProto], onnx.ModelProto], model: onnx.ModelProto,
+def _checked_pass(name: str, graph_pass: Callable[[onnx.ModelProto], onnx.ModelProto], source: Path,
                   meta: dict[str, str], tmp: Path, ref, images: np.ndarray, atol: float,
-                  notes: list[str]) -> tuple[onnx.ModelProto, Difference] | None:
-    """Apply one graph pass; keep its result only if it still matches PyTorch, else say why in ``notes``."""
+                  notes: list[str]) -> tuple[Path, Difference] | None:
+    """Apply one graph pass to the graph in ``source``; keep its result (a file in ``tmp``) only if it still
+    matches PyTorch, else say why in ``notes``. No graph is held in memory while ONNX Runtime checks it."""
     try:
-        candidate = graph_pass(onnx.ModelProto.FromString(model.SerializeToString()))
+        candidate = graph_pass(onnx.load(str(source)))
     except EdgeadError:
         raise
     except Exception as exc:  # a crashing optional pass must not lose a good export
@@ -146,12 +148,13 @@ def _checked_pass(name: str, graph_pass: Callable[[onnx.ModelProto], onnx.ModelP
     set_metadata(candidate, meta)
     path = tmp / f"{name}.onnx"
     onnx.save(candidate, str(path))
+    del candidate
     diff = difference(ref, _ort_outputs(path, images), "torch", f"onnx+{name}")
-    path.unlink()
     if not diff.within(atol):
+        path.unlink()
         notes.append(f"{name} graph failed the parity check ({diff.describe()}); graph kept without it")
         return None
-    return candidate, diff
+    return path, diff
 
 
 def export_onnx(
@@ -187,6 +190,7 @@ def export_onnx(
         meta = {"edgead_spec": spec.to_json(), "edgead_version": __version__}
         set_metadata(model, meta)
         onnx.save(model, str(raw))
+        del model
         raw_diff = difference(ref, _ort_outputs(raw, images), "torch", "onnx-raw")
         if not raw_diff.within(atol):
             raise ArtifactError(f"exported ONNX does not match PyTorch: {raw_diff.describe()}, expected <= {atol:g} "
@@ -196,15 +200,18 @@ def export_onnx(
             passes.append((simplifier, lambda m: _simplify(m, simplifier)))
         if fold_norms:
             passes.append(("fold-norms", _fold))
-        model, diff, applied = onnx.load(str(raw)), raw_diff, []
+        current, diff, applied = raw, raw_diff, []
         for name, graph_pass in passes:
-            candidate = _checked_pass(name, graph_pass, model, meta, tmp, ref, images, atol, notes)
-            if candidate is not None:
-                model, diff = candidate
+            kept = _checked_pass(name, graph_pass, current, meta, tmp, ref, images, atol, notes)
+            if kept is not None:
+                if current != raw:
+                    current.unlink()
+                current, diff = kept
                 applied.append(name)
-        onnx.save(model, str(tmp / MODEL))
-        raw.unlink()
-        nodes_final = len(onnx.load(str(tmp / MODEL), load_external_data=False).graph.node)
+        current.replace(tmp / MODEL)
+        raw.unlink(missing_ok=True)
+        model = onnx.load(str(tmp / MODEL), load_external_data=False)
+        nodes_final = len(model.graph.node)
         extra = {
             "opset": opset, "simplifier": simplifier if simplifier in applied else "none", "passes": applied,
             "norms_folded": folded_count(model) if "fold-norms" in applied else 0, "notes": notes,
