@@ -152,16 +152,8 @@ def _compile_auto(out: Path, calib: Path | None, val: Path | None, data: Path | 
     The batch the candidates are timed at is --batch's OPT (``MIN:OPT:MAX``) or --batch itself when it is one number.
     """
     from edgead.cli.tune import tune
-    from edgead.errors import InputError
 
-    parts = batch.split(":")
-    try:
-        size = int(parts[1] if len(parts) == 3 else parts[0]) if len(parts) in (1, 3) else None
-    except ValueError:
-        size = None
-    if size is None:
-        raise InputError(f"expected --batch N or MIN:OPT:MAX with --precision auto, found {batch!r}")
-    tune(out, batch=size, calib=calib, data=data or val, json_out=json_out)
+    tune(out, batch=_opt_batch(batch, " with --precision auto"), calib=calib, data=data or val, json_out=json_out)
 
 
 def _compile_default(out: Path, calib: Path | None, val: Path | None, data: Path | None, batch: str,
@@ -179,8 +171,8 @@ def _compile_default(out: Path, calib: Path | None, val: Path | None, data: Path
     console.print(f"compiled [bold]{choice.folder}[/]: {choice.reason}")
 
 
-def _opt_batch(batch: str) -> int:
-    """--batch's OPT (``MIN:OPT:MAX``) or --batch itself when it is one number."""
+def _opt_batch(batch: str, context: str = "") -> int:
+    """--batch's OPT (``MIN:OPT:MAX``) or --batch itself when it is one number (``context`` ends the error)."""
     from edgead.errors import InputError
 
     parts = batch.split(":")
@@ -189,7 +181,7 @@ def _opt_batch(batch: str) -> int:
     except ValueError:
         size = None
     if size is None:
-        raise InputError(f"expected --batch N or MIN:OPT:MAX, found {batch!r}")
+        raise InputError(f"expected --batch N or MIN:OPT:MAX{context}, found {batch!r}")
     return size
 
 
