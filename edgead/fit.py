@@ -17,6 +17,7 @@ import torch
 
 from edgead.data import find_train_images, split_holdout
 from edgead.errors import ConfigError
+from edgead.fidelity import threshold_rule
 from edgead.imageio import load_inputs, read_image
 from edgead.models.build import build_detector, default_backbone, detector_spec
 from edgead.models.checkpoint import save_checkpoint
@@ -84,10 +85,6 @@ def _frame_scores(detector: Detector, frames: list[Path]) -> np.ndarray:
 
     runner = TorchRunner.from_detector(detector)
     return np.concatenate([runner.predict_frames(read_image(p)).scores for p in frames])
-
-
-def threshold_from(scores: np.ndarray) -> float:
-    return float(max(scores.mean() + 3.0 * scores.std(), scores.max()))
 
 
 def fit(
@@ -161,7 +158,7 @@ def fit(
             spec = replace(spec, head={**spec.head, **updates})
             detector.spec = spec
         hold_scores = detector(hold_images)[0].numpy() if tiling is None else _frame_scores(detector, hold)
-    thr = threshold_from(hold_scores)
+    thr = threshold_rule(hold_scores)
     detector.spec = spec.with_threshold(thr)
     seconds = time.perf_counter() - t0
     info = {"train_images": len(train), "holdout_images": len(hold), "holdout_scores": hold_scores.tolist(),
@@ -199,7 +196,7 @@ def _fit_mae(data: str | Path, out: str | Path, backbone: str, norm: str, size: 
     losses = train_mae(detector, train_images, pre, fine, lr or DEFAULT_LR, batch_size, seed, progress)
     with torch.no_grad():
         hold_scores = detector(torch.from_numpy(hold_images))[0].numpy()
-    thr = threshold_from(hold_scores)
+    thr = threshold_rule(hold_scores)
     detector.spec = spec.with_threshold(thr)
     seconds = time.perf_counter() - t0
     loss = losses["finetune_loss"] if fine > 0 else losses["pretrain_loss"]

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from edgead.errors import ArtifactError, InputError
-from edgead.fit import fit, threshold_from
+from edgead.fidelity import threshold_rule
+from edgead.fit import fit
 from edgead.fsutil import OUTPUT_MARK
 from edgead.imageio import load_batch
 from edgead.models.checkpoint import load_checkpoint
@@ -43,7 +44,7 @@ def test_reload_gives_the_in_memory_detector_outputs(fitted, tiny_synthetic):
 
 def test_threshold_rule():
     s = np.array([1.0, 2.0, 3.0])
-    assert threshold_from(s) == pytest.approx(2.0 + 3.0 * np.std(s))
+    assert threshold_rule(s) == pytest.approx(2.0 + 3.0 * np.std(s))
 
 
 def test_fit_bad_folders_leave_nothing(tmp_path):
