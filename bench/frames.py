@@ -15,9 +15,9 @@ artifacts benchmarked at the same ``--frame`` compares tiling against full-frame
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import numpy as np
 from edgead import registry
 from edgead.bench.discovery import find_runner
 from edgead.bench.machine import machine_info
-from edgead.bench.timing import RssSampler
+from edgead.bench.timing import RssSampler, timed_calls
 from edgead.errors import EdgeadError
 from edgead.runtimes.base import Runner
 
@@ -71,13 +71,7 @@ def bench_frames(runner: Runner, frame: tuple[int, int], iters: int = 5, warmup:
         for name, how, tiles in paths:
             runner.tiling = how
             with RssSampler() as mem:
-                for _ in range(warmup):
-                    runner.predict_frames(image)
-                times = []
-                for _ in range(iters):
-                    t0 = time.perf_counter()
-                    p = runner.predict_frames(image)
-                    times.append(time.perf_counter() - t0)
+                p, times = timed_calls(partial(runner.predict_frames, image), iters, warmup)
             if p.maps.shape != (1, h, w):
                 raise EdgeadError(f"{runner.describe()} returned a map of {p.maps.shape[1:]} for a {h}x{w} frame")
             ms = np.asarray(times) * 1e3

@@ -16,6 +16,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +67,18 @@ class RssSampler:
 
 
 # -- timing --------------------------------------------------------------------------------------------------
+def timed_calls(call: Callable[[], Any], iters: int, warmup: int = 0) -> tuple[Any, list[float]]:
+    """``call()`` ``warmup`` times untimed, then ``iters`` times, each timed alone: (the last result, seconds)."""
+    for _ in range(warmup):
+        call()
+    result, times = None, []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        result = call()
+        times.append(time.perf_counter() - t0)
+    return result, times
+
+
 def _percentiles(seconds: Sequence[float]) -> tuple[float, float, float]:
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
@@ -88,13 +102,7 @@ def bench_runner(
     for batch in batch_sizes:
         images = check_batch(seed, int(batch), size)
         with RssSampler() as mem:
-            for _ in range(warmup):
-                runner.predict(images)
-            times = []
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                preds = runner.predict(images)
-                times.append(time.perf_counter() - t0)
+            preds, times = timed_calls(partial(runner.predict, images), iters, warmup)
         if preds.maps.shape[0] != batch:
             raise EdgeadError(
                 f"{runner.describe()} returned {preds.maps.shape[0]} maps for a batch of {batch}"
@@ -165,11 +173,7 @@ def bench_interleaved(
                 if progress is not None:
                     progress(f"round {r + 1}/{rounds}, batch {b}: {label}")
                 with RssSampler() as mem:
-                    t: list[float] = []
-                    for _ in range(per_round):
-                        t0 = time.perf_counter()
-                        runner.predict(images[b])
-                        t.append(time.perf_counter() - t0)
+                    _, t = timed_calls(partial(runner.predict, images[b]), per_round)
                 times[(i, b)].append(t)
                 peak[(i, b)] = max(peak[(i, b)], mem.peak_mb)
     out = []
