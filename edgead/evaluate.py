@@ -52,9 +52,15 @@ def evaluate_runner(runner: Runner, data: str | Path, batch: int = 8) -> Evaluat
     items = test_items(data)
     scores, maps = run_on_items(runner, items, batch)
     masks = read_masks(items)
+    metrics, by_size = metrics_of(items, scores, maps, masks, runner.spec)
+    return Evaluation(metrics, items, scores, maps, masks, by_size)
+
+
+def metrics_of(items: list[TestItem], scores: np.ndarray, maps: np.ndarray, masks: list,
+               spec: DetectorSpec) -> tuple[Metrics, AuproBySize]:
+    """Image and pixel metrics of model-size ``maps`` against ``masks`` at their own resolution (maps brought onto
+    each frame first); (metrics, AUPRO by defect size)."""
     labels = np.array([it.label for it in items])
     image = auroc(labels, scores), f1_max(labels, scores)
-    full = frame_maps(maps, masks, runner.spec)
-    pixel, by_size = pixel_metrics(masks, full)  # Q4 at 30 % FPR is the plain AUPRO
-    metrics = Metrics(*image, pixel, by_size.at(4, 0.3))
-    return Evaluation(metrics, items, scores, maps, masks, by_size)
+    pixel, by_size = pixel_metrics(masks, frame_maps(maps, masks, spec))  # Q4 at 30 % FPR is the plain AUPRO
+    return Metrics(*image, pixel, by_size.at(4, 0.3)), by_size

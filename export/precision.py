@@ -104,14 +104,13 @@ def check_graph(export_dir: str | Path, folder: str | Path, calib: str | Path | 
         problems = list(d.problems)
         figures: dict[str, float | None] = {}
         if data is not None and not problems:
-            from edgead.evaluate import evaluate_runner, run_on_items
-            from edgead.metrics import evaluate
+            from edgead.evaluate import evaluate_runner, metrics_of, run_on_items
 
             a = evaluate_runner(ref, data)
             scores, maps = run_on_items(runner, a.items)
             problems += output_problems(scores, maps, "candidate on --data")
             if not problems:
-                b = evaluate(np.array([it.label for it in a.items]), scores, a.masks, maps)
+                b, _ = metrics_of(a.items, scores, maps, a.masks, runner.spec)
                 for k in ("image_auroc", "aupro"):
                     x, y = getattr(a.metrics, k), getattr(b, k)
                     figures[f"fp32_{k}"], figures[k] = x, y

@@ -117,3 +117,17 @@ def test_precision_graph_with_flat_or_nan_outputs_is_refused(exported: Path, mon
     assert f"misses its target against FP32 ONNX export in ONNX Runtime (no checkpoint or no PyTorch here): " \
            f"{reasons} (max |diff| maps" in str(err.value)
     assert not (exported / "onnx-fp16").exists()
+
+
+def test_precision_graph_measures_data_with_masks_at_their_own_resolution(exported: Path, tmp_path) -> None:
+    """--data frames bigger than the model input: both sides' pixel metrics come from maps brought onto each frame
+    (before: the candidate's model-size maps met frame-size masks and the check raised)."""
+    import edgead.export.precision as precision
+    from edgead.synth import make_synthetic
+
+    make_synthetic(tmp_path, categories=("texture",), size=48, n_train=2, n_test_good=2, n_test_defect=2, seed=3)
+    folder, check = precision.precision_graph(exported, "fp16", data=tmp_path / "texture")
+    f = check.data
+    assert folder == exported / "onnx-fp16" and f["data_map_r"] >= 0.999
+    assert abs(f["delta_image_auroc"]) <= 0.25 and abs(f["delta_aupro"]) <= 0.05
+    assert f["aupro"] == pytest.approx(f["fp32_aupro"], abs=0.05)  # the same measure on both sides
