@@ -260,3 +260,25 @@ def test_spool_refuses_when_the_disk_does(tmp_path, monkeypatch):
     assert s.put(b"x") is None and s.refused == 1 and len(s) == 0
     monkeypatch.setattr(builtins, "open", real_open)
     assert s.put(b"y") == 0 and s.head(5) == [(0, b"y")]
+
+
+def test_a_second_run_line_on_a_held_out_touches_nothing(runner, tmp_path):
+    """The folder lock comes before the source and the spool: a second process on the same --out is refused while
+    the first's half-written spool message stays (before, Spool() deleted it, then the lock refused)."""
+    from edgead.errors import OutputError
+    from edgead.line.log import lock_folder
+    from edgead.line.wiring import run_line
+
+    out, folder = tmp_path / "out", tmp_path / "hot"
+    folder.mkdir()
+    (out / "spool").mkdir(parents=True)
+    partial = out / "spool" / "000000000007.tmp"
+    partial.write_bytes(b'{"frame_id": "p7"')  # the first process is writing it
+    held = lock_folder(out)
+    try:
+        with pytest.raises(OutputError, match="another 'edgead line' process"):
+            run_line(runner.folder, f"folder:{folder}", out, [f"mqtt://127.0.0.1:{free_port()}/w/v"])
+        assert partial.read_bytes() == b'{"frame_id": "p7"'
+        assert not (out / "processed.txt").exists()
+    finally:
+        held.close()

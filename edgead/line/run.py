@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -93,7 +93,9 @@ class Line:
     """One runner, one source, some sinks; ``run()`` until the source ends or ``stop()``."""
 
     def __init__(self, runner, source: Source, out: str | Path, config: LineConfig = LineConfig(),  # noqa: ANN001
-                 sinks: tuple[Sink, ...] = (), metrics: LineMetrics | None = None) -> None:
+                 sinks: tuple[Sink, ...] = (), metrics: LineMetrics | None = None, lock: IO | None = None) -> None:
+        """``lock``: the output folder's lock (``log.lock_folder``) when the caller took it before building the
+        source and sinks; taken here otherwise."""
         self.runner = runner
         self.source = source
         self.config = config.check()
@@ -102,7 +104,7 @@ class Line:
             require("pyarrow.parquet", "ray", "Parquet output")
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = lock_folder(self.out)
+        self._lock_fh = lock if lock is not None else lock_folder(self.out)
         self.log = VerdictLog(self.out)
         self.archive = Archive(self.out / ARCHIVE, config.archive_max_bytes, config.archive_max_age_s)
         self.sha = artifact_digest(runner.folder)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgead.errors import InputError
-from edgead.line.log import LOG
+from edgead.line.log import LOG, lock_folder
 from edgead.line.metrics import LineMetrics, serve_metrics
 from edgead.line.run import Line, LineConfig, LineSummary, Sink
 from edgead.line.sources import HotFolderSource, Source, VideoSource
@@ -98,6 +98,7 @@ def run_line(artifact: str | Path, source: str, out: str | Path, sinks: Sequence
         raise InputError(f"expected --out to name a folder, found a file at {out}")
     out.mkdir(parents=True, exist_ok=True)
     config.check()
+    lock = lock_folder(out)  # before the source and the spool touch anything in OUT
     metrics = LineMetrics()
     sha = artifact_digest(artifact)
     http = serve_metrics(metrics, metrics_port) if metrics_port is not None else None
@@ -107,7 +108,7 @@ def run_line(artifact: str | Path, source: str, out: str | Path, sinks: Sequence
             src = make_source(source, out, opts, known_frames(out))
             try:
                 built = make_sinks(sinks, out, metrics, runner.spec.threshold, sha, spool_max_bytes)
-                line = Line(runner, src, out, config, tuple(built), metrics)
+                line = Line(runner, src, out, config, tuple(built), metrics, lock)
             except BaseException:
                 for s in built:
                     s.close(0.0)
@@ -123,6 +124,7 @@ def run_line(artifact: str | Path, source: str, out: str | Path, sinks: Sequence
     finally:
         if http is not None:
             http.shutdown()
+        lock.close()  # released (a no-op when the line closed it already)
 
 
 def _on_signals(stop: Callable[[], None]) -> Callable[[], None]:
