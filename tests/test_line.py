@@ -388,3 +388,27 @@ def test_archive_falls_behind_without_holding_the_line(runner, tmp_path):
     accepted = [a.submit(v, img, img[:56, :56], np.zeros((56, 56), np.float32)) for _ in range(12)]
     a.close()
     assert a.skipped == accepted.count(False) > 0 and a.saved == accepted.count(True)
+
+
+def test_an_archive_writer_error_is_counted_and_close_returns(tmp_path, monkeypatch):
+    """An encoder error in the writer thread is a skipped archive write, not a dead writer that leaves close()
+    waiting forever on a full backlog."""
+    import cv2
+
+    from edgead.line import archive as archive_mod
+    from edgead.line.archive import Archive
+
+    def broken(*args, **kwargs):
+        raise cv2.error("encoder broke")
+
+    monkeypatch.setattr(archive_mod.cv2, "imencode", broken)
+    a = Archive(tmp_path / "a", 1 << 30, None, backlog=2)
+    v = Verdict("x", 0, "r", "s", "scored", 0, 1, 9.0, "anomalous", 1.0, "0" * 64, None, False)
+    img = np.zeros((8, 8, 3), np.uint8)
+    for _ in range(6):
+        a.submit(v, img, img, np.zeros((8, 8), np.float32))
+        time.sleep(0.05)
+    closer = threading.Thread(target=a.close, daemon=True)
+    closer.start()
+    closer.join(10)
+    assert not closer.is_alive() and a.saved == 0 and a.skipped == 6

@@ -90,8 +90,8 @@ class Archive:
         while (job := self._todo.get()) is not None:
             try:
                 self.save(*job)
-            except OSError:  # a full or read-only disk: the verdict is out already; the archive is best effort
-                self.skipped += 1
+            except Exception:  # a full disk, an encoder error: the verdict is out already; the archive is best
+                self.skipped += 1  # effort, and a dead writer would leave close() waiting on a full backlog
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
