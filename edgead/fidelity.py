@@ -27,14 +27,19 @@ it would make are reported; it is not written into the artifact.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgead.errors import InputError
+from edgead.errors import ArtifactError, InputError
 from edgead.metrics import evaluate
 from edgead.runtimes.compare import pearson, problems_of, scaled_error
+
+if TYPE_CHECKING:
+    from edgead.runtimes.base import Runner
 
 #: metrics a budget can be stated in; ``map_r`` is the Pearson correlation of maps with the reference's.
 METRICS = ("image_auroc", "aupro", "pixel_auroc", "map_r")
@@ -342,3 +347,68 @@ def auroc_drop(labels: np.ndarray, ref_scores: np.ndarray, scores: np.ndarray, n
         low, high = (float(v) for v in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]))
     return DropInterval(drop, min(low, drop), max(high, drop), level, n_neg, n_pos,
                         int(np.count_nonzero(diff)), float(noise), resamples, seed)
+
+
+# -- the reference: one rule for every check ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reference:
+    """The FP32 model an export root's artifacts are measured against, ready to run.
+
+    ``kind`` is ``torch`` (the PyTorch checkpoint) or ``<engine> fp32`` (the FP32 ONNX export run by that engine
+    where PyTorch or the checkpoint is missing); ``label`` says it in words; ``missing_checkpoint`` names a
+    checkpoint the export recorded that is no longer there (the export stood in for it).
+    """
+
+    runner: Runner
+    kind: str
+    missing_checkpoint: str | None = None
+
+    @property
+    def label(self) -> str:
+        return reference_label(self.kind, self.missing_checkpoint)
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def reference_label(kind: str, missing_checkpoint: str | None = None) -> str:
+    """``kind`` of a ``Reference`` in words, e.g. ``PyTorch checkpoint``."""
+    from edgead import registry
+
+    if kind == registry.reference().name:
+        return "PyTorch checkpoint"
+    why = (f"the checkpoint {missing_checkpoint} named by the export is gone" if missing_checkpoint
+           else "PyTorch not installed")
+    return f"FP32 ONNX export in {registry.get(kind.split(' ')[0]).label} ({why})"
+
+
+def reference_for(export_dir: str | Path, ckpt: str | Path | None = None) -> Reference:
+    """The one rule for the FP32 reference of an export root (``verify``, the compile gate, the precision graphs,
+    ``tune``, ``select``): the checkpoint ``ckpt`` (default: the one the export's manifest names) run in PyTorch
+    when PyTorch is installed; else the export's own FP32 ONNX, run by ONNX Runtime (OpenVINO where ONNX Runtime is
+    missing) and loaded with that engine named, so ``edgead tune``'s redirect to its chosen artifact is never
+    followed. A ``ckpt`` given but missing is an error; a checkpoint the manifest names that is gone falls back to
+    the export and ``Reference.missing_checkpoint`` says so."""
+    from edgead import registry
+    from edgead.runtimes.loader import load, missing_engine
+    from edgead.runtimes.manifest import read_manifest
+
+    export_dir = Path(export_dir)
+    torch = registry.reference()
+    has_torch = importlib.util.find_spec(torch.package or torch.name) is not None
+    missing = None
+    if ckpt is not None:
+        if not registry.is_checkpoint(ckpt):
+            raise ArtifactError(f"expected a checkpoint folder as the reference, found none at {ckpt}")
+        if has_torch:
+            return Reference(load(ckpt, torch.name), torch.name)
+    else:
+        named = read_manifest(export_dir).extra.get("checkpoint")
+        if named and registry.is_checkpoint(named):
+            if has_torch:
+                return Reference(load(named, torch.name), torch.name)
+        elif named and has_torch:
+            missing = str(named)
+    onnx, openvino = registry.ONNX.name, registry.OPENVINO.name
+    engine = onnx if missing_engine(onnx) is None else openvino
+    return Reference(load(export_dir, engine), f"{engine} fp32", missing)
