@@ -438,13 +438,12 @@ def _chunks(items: Sequence[Path], size: int) -> Iterator[list[Path]]:
 def save_heatmaps(out: Path, paths: Sequence[str], images: np.ndarray, maps: np.ndarray, scores: np.ndarray,
                   threshold: float | None) -> None:
     """Heatmap panels for the given (anomalous) images into ``out/heatmaps``."""
-    from edgead.viz import save_panel
+    from edgead.viz import panel_vmax, save_panel
 
     folder = out / HEATMAPS
     folder.mkdir(exist_ok=True)
     for path, img, amap, s in zip(paths, images, maps, scores, strict=True):
-        vmax = float(2.0 * threshold) if threshold else float(np.max(amap))
-        save_panel(folder / heatmap_name(path), img, amap, 0.0, vmax, float(s), threshold)
+        save_panel(folder / heatmap_name(path), img, amap, 0.0, panel_vmax(amap, threshold), float(s), threshold)
 
 
 def score_embedded(runner, writer: ScoreWriter, todo: Sequence[Path], batch: int = 8, workers: int = 2,  # noqa: ANN001

@@ -36,6 +36,18 @@ def _fit_map(amap: np.ndarray, shape: tuple[int, int], nearest: bool = False) ->
     return amap
 
 
+def panel_vmax(amap: np.ndarray, threshold: float | None) -> float:
+    """The top of the colour scale for one map: twice the decision threshold when there is a positive finite one
+    (the same colour means the same value across a run), else the map's largest finite value; 1.0 when that is
+    not positive (an all-zero, all-NaN or negative map still gets a picture instead of an error)."""
+    if threshold is not None and np.isfinite(threshold) and threshold > 0:
+        return float(2.0 * threshold)
+    finite = np.asarray(amap, np.float64)
+    finite = finite[np.isfinite(finite)]
+    top = float(finite.max()) if finite.size else 0.0
+    return top if top > 0 else 1.0
+
+
 def colorize(amap: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """Map values in [vmin, vmax] to JET colours, RGB uint8 (H, W, 3); values outside are clipped."""
     if not vmax > vmin:

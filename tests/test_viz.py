@@ -10,7 +10,7 @@ import pytest
 
 from edgead.errors import InputError
 from edgead.imageio import read_image
-from edgead.viz import colorize, heatmap_overlay, render_panel, save_panel, verdict_text
+from edgead.viz import colorize, heatmap_overlay, panel_vmax, render_panel, save_panel, verdict_text
 
 
 def test_colorize_uses_jet_with_clipping() -> None:
@@ -77,3 +77,26 @@ def test_panel_without_mask_has_no_contour(tmp_path: Path) -> None:
 def test_verdict_at_the_threshold_matches_runner_labels():
     # runners label scores strictly above the threshold as anomalous; the picture must agree
     assert verdict_text(0.1, 0.1).endswith(" OK")
+
+
+def test_panel_vmax_is_twice_the_threshold_else_the_finite_map_maximum() -> None:
+    amap = np.array([[0.0, 0.25, np.nan, np.inf]])
+    assert panel_vmax(amap, 0.2) == pytest.approx(0.4)
+    assert panel_vmax(amap, None) == pytest.approx(0.25)  # NaN/Inf are not the top of the scale
+    for bad_threshold in (None, 0.0, -1.0, float("nan")):
+        assert panel_vmax(np.zeros((4, 4)), bad_threshold) == 1.0  # an all-zero map still gets a scale
+    assert panel_vmax(np.full((2, 2), np.nan), None) == 1.0
+    assert panel_vmax(np.full((2, 2), -3.0), None) == 1.0
+
+
+def test_score_heatmaps_draw_an_all_zero_map_without_a_threshold(tmp_path: Path) -> None:
+    from edgead.score import save_heatmaps
+
+    images = np.full((1, 16, 16, 3), 90, np.uint8)
+    save_heatmaps(tmp_path, ["a/b.png"], images, np.zeros((1, 16, 16), np.float32), np.zeros(1), None)
+    (png,) = (tmp_path / "heatmaps").iterdir()
+    panel = read_image(png)
+    assert panel.shape == (42, 32, 3)  # image and heat map side by side over the verdict bar
+    blue = colorize(np.zeros((1, 1)), 0.0, 1.0)[0, 0].astype(int)
+    heat = panel[:16, 16:].astype(int)  # the overlay half above the bar: 50 % image, 50 % the lowest JET colour
+    np.testing.assert_allclose(heat.reshape(-1, 3).mean(0), 0.5 * 90 + 0.5 * blue, atol=2)

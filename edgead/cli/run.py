@@ -60,7 +60,7 @@ def predict(
     import edgead.runtimes as rt
     from edgead.fsutil import atomic_dir, check_output_target
     from edgead.runtimes.base import Predictions
-    from edgead.viz import save_panel
+    from edgead.viz import panel_vmax, save_panel
 
     check_batch(batch)
     files = _expand(images)
@@ -89,8 +89,7 @@ def predict(
                 row = {"image": str(f), "score": float(p.scores[j]), "label": label}
                 if tmp is not None:
                     name = f"{i + j:04d}_{f.stem}.png"
-                    vmax = float(2.0 * thr) if thr else float(p.maps[j].max())
-                    save_panel(tmp / name, prepared[j], p.maps[j], 0.0, vmax, row["score"], thr)
+                    save_panel(tmp / name, prepared[j], p.maps[j], 0.0, panel_vmax(p.maps[j], thr), row["score"], thr)
                     row["heatmap"] = str(out / name)
                 rows.append(row)
     if json_out:

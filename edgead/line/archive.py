@@ -62,15 +62,14 @@ class Archive:
         self.bytes += len(enc)
 
     def save(self, v: Verdict, frame: np.ndarray, prepared: np.ndarray, amap: np.ndarray) -> None:
-        from edgead.viz import render_panel
+        from edgead.viz import panel_vmax, render_panel
 
         stem = archive_stem(v.frame_id)
         self._write(self.folder / f"{stem}.png", frame)
         thr = v.threshold
         score = float("nan") if v.score is None else v.score
-        vmax = float(2.0 * thr) if thr else float(np.nanmax(amap)) if np.isfinite(np.nanmax(amap)) else 1.0
         self._write(self.folder / f"{stem}.heatmap.png",
-                    render_panel(prepared, amap, 0.0, vmax if vmax > 0 else 1.0, score, thr))
+                    render_panel(prepared, amap, 0.0, panel_vmax(amap, thr), score, thr))
         self.saved += 1
         self.prune()
 

@@ -66,7 +66,7 @@ from edgead.serve.protocol import (
 )
 from edgead.serve.server import TIMEOUTS_KEY
 from edgead.spec import DetectorSpec
-from edgead.viz import heatmap_overlay, render_panel
+from edgead.viz import heatmap_overlay, panel_vmax, render_panel
 
 log = logging.getLogger("edgead.serve")
 
@@ -204,13 +204,12 @@ class Service:
 
     def image_rows(self, names: list[str], images: np.ndarray, p: Predictions, panel: bool, overlay: bool):
         thr = self.threshold
-        vmax_default = float(2.0 * thr) if thr else None
         rows = []
         for i, name in enumerate(names):
             s = float(p.scores[i])
             label = None if p.labels is None else ("anomalous" if p.labels[i] else "normal")
             row: dict[str, Any] = {"name": name, "score": _finite(s), "label": label}
-            vmax = vmax_default or max(float(p.maps[i].max()), 1e-6)
+            vmax = panel_vmax(p.maps[i], thr)
             if panel:
                 row["heatmap"] = _encode_png(render_panel(images[i], p.maps[i], 0.0, vmax, s, thr))
             if overlay:
