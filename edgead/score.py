@@ -554,10 +554,6 @@ def score_archive(
         elif use_ray:
             from edgead.scale.ray_data import score_on_ray
 
-            if artifact_spec(artifact).tiling is not None:
-                raise InputError(f"expected an untiled artifact for score --ray, found a tiling plan in {artifact}; "
-                                 f"score it without --ray (the embedded backend runs tiled artifacts)")
-
             added, failed, per_node = score_on_ray(
                 artifact, writer, todo, engine=engine, batch=batch, address=ray_address, actors=ray_actors,
                 cpus_per_actor=ray_cpus, heatmaps=heatmaps, progress=progress)

@@ -126,6 +126,29 @@ def test_ray_unreadable_files_get_error_rows(cluster, scored_artifact, tmp_path)
     assert sum(dist.per_node.values()) == 10 and dist.anomalous == emb.anomalous
 
 
+def test_ray_scores_a_tiled_artifact_like_the_embedded_path(cluster, tiled_export, defect_frame, tmp_path):
+    """A tiled artifact on Ray: each frame read whole and stitched by the actors, rows equal to the embedded path's
+    exactly, the anomalous frame's heatmap panel at the frame's own width."""
+    import cv2
+
+    from edgead.imageio import write_image
+
+    _, export = tiled_export
+    frame, _ = defect_frame
+    archive = tmp_path / "frames"
+    archive.mkdir()
+    write_image(archive / "a_defect.png", frame)
+    write_image(archive / "b_normal.png", np.clip(np.random.default_rng(9).normal(120, 4, (180, 260, 3)), 0,
+                                                  255).astype(np.uint8))
+    emb = score_archive(archive, export, tmp_path / "embedded", batch=1)
+    dist = score_archive(archive, export, tmp_path / "ray", batch=1, use_ray=True, ray_address=cluster.address,
+                         ray_actors=2, heatmaps=True)
+    assert (dist.scored, dist.anomalous) == (2, emb.anomalous) == (2, 1)
+    assert rows(tmp_path / "ray") == rows(tmp_path / "embedded")
+    (panel,) = (tmp_path / "ray" / "heatmaps").glob("*.png")
+    assert cv2.imread(str(panel)).shape[1] == 2 * frame.shape[1]
+
+
 def test_ray_task_error_is_one_line(cluster, scored_artifact, tmp_path):  # noqa: F811
     """A failure in the actors that is not an image (here the nodes cannot run the engine asked for, which only the
     actors find out) ends the job with one line naming the cause, not Ray's many-frame traceback."""

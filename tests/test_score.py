@@ -7,6 +7,7 @@ duplicate rows fail the run; an output folder inside the archive is not part of 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -317,7 +318,7 @@ def test_output_inside_the_archive_is_not_scored(scored_artifact, tmp_path):
 
 def test_a_tiled_artifact_scores_whole_frames(tiled_export, defect_frame, tmp_path):
     """Frames of two sizes and an unreadable file: each frame's row is Runner.predict_frames' score and label, the
-    anomalous frame's heatmap panel is drawn at its own size, the broken file is an error row; --ray is refused."""
+    anomalous frame's heatmap panel is drawn at its own size, the broken file is an error row; Ray's batches alike."""
     import cv2
 
     import edgead.runtimes as rt
@@ -342,5 +343,12 @@ def test_a_tiled_artifact_scores_whole_frames(tiled_export, defect_frame, tmp_pa
     assert rows[2]["score"] == "" and "c_broken.png" in rows[2]["path"] and rows[2]["error"]
     panels = list((tmp_path / "out" / "heatmaps").glob("*.png"))
     assert len(panels) == 1 and cv2.imread(str(panels[0])).shape[1] == 2 * 250
-    with pytest.raises(InputError, match="untiled artifact for score --ray"):
-        score_archive(archive, export, tmp_path / "ray", use_ray=True)
+    # the Ray actors' batch function gives the same rows (the cluster run itself: tests/test_ray.py)
+    from edgead.scale.ray_data import score_paths
+
+    with rt.load(export) as runner:
+        out = score_paths(runner, [str(archive / n) for n in ("a_defect.png", "b_normal.png", "c_broken.png")],
+                          want_maps=True)
+    assert out["score"][:2].tolist() == [float(p.scores[0]) for p in ref] and np.isnan(out["score"][2])
+    assert out["label"].tolist() == [1, 0, -1] and out["error"][2] and not out["error"][0]
+    assert np.load(io.BytesIO(out["map"][0])).shape == frame.shape[:2] and out["map"][1] == b""

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgead.errors import EdgeadError, InputError, require
-from edgead.score import Progress, ScoreWriter, read_batch, read_prepared, save_heatmaps, try_flock
+from edgead.score import Progress, ScoreWriter, read_batch, read_frames, read_prepared, save_heatmaps, try_flock
 
 COPY_PREFIX = "edgead-artifact-"
 #: inside a copy: its owner holds an ``flock`` on this file for as long as the copy exists
@@ -106,25 +106,47 @@ class ArtifactScorer:
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        got = read_batch([str(p) for p in batch["path"]], self.runner.spec)
-        n, k = len(got.paths) + len(got.failed), len(got.paths)
-        scores = np.full(n, np.nan, dtype=np.float32)
-        labels = np.full(n, -1, dtype=np.int8)  # -1: no label (no threshold, or an error row)
-        maps = [b""] * n
-        if k:
-            p = self.runner.predict(got.images)
-            scores[:k] = p.scores
-            if p.labels is not None:
-                labels[:k] = p.labels
-            if self.want_maps:  # maps travel back (as .npy bytes) only for anomalous images, for their panels
-                maps[:k] = [_npy(p.maps[i]) if labels[i] == 1 else b"" for i in range(k)]
-        out: dict[str, np.ndarray] = {
-            "path": np.asarray([*got.paths, *got.failed], dtype=object), "score": scores, "label": labels,
-            "error": np.asarray([""] * k + list(got.failed.values()), dtype=object),
-            "node": np.asarray([self.node] * n, dtype=object)}
-        if self.want_maps:
-            out["map"] = np.asarray(maps, dtype=object)
+        out = score_paths(self.runner, [str(p) for p in batch["path"]], self.want_maps)
+        out["node"] = np.asarray([self.node] * len(out["path"]), dtype=object)
         return out
+
+
+def score_paths(runner: Any, paths: list[str], want_maps: bool) -> dict[str, np.ndarray]:
+    """One actor batch: rows (path, score, label, error) for ``paths``, readable ones first, then the error rows.
+
+    An artifact with a tiling plan scores each frame read whole with ``Runner.predict_frames``, as the embedded
+    path does; otherwise the images are prepared to the model input and run as one batch. With ``want_maps`` the
+    maps of anomalous images travel back as .npy bytes (at the frame's size when tiled) for their panels.
+    """
+    if getattr(runner, "tiling", None) is not None:
+        frames = read_frames(paths)
+        ok, failed = frames.paths, frames.failed
+        preds = [runner.predict_frames(f) for f in frames.frames]
+        got_scores = np.concatenate([p.scores for p in preds]) if preds else np.zeros(0, np.float32)
+        got_labels = None if not preds or preds[0].labels is None else np.concatenate([p.labels for p in preds])
+        got_maps = [p.maps[0] for p in preds]
+    else:
+        got = read_batch(paths, runner.spec)
+        ok, failed = got.paths, got.failed
+        p = runner.predict(got.images) if ok else None
+        got_scores = p.scores if p is not None else np.zeros(0, np.float32)
+        got_labels = None if p is None else p.labels
+        got_maps = [] if p is None else list(p.maps)
+    n, k = len(ok) + len(failed), len(ok)
+    scores = np.full(n, np.nan, dtype=np.float32)
+    labels = np.full(n, -1, dtype=np.int8)  # -1: no label (no threshold, or an error row)
+    maps = [b""] * n
+    scores[:k] = got_scores
+    if got_labels is not None:
+        labels[:k] = got_labels
+    if want_maps:  # only anomalous images' maps travel back
+        maps[:k] = [_npy(got_maps[i]) if labels[i] == 1 else b"" for i in range(k)]
+    out: dict[str, np.ndarray] = {
+        "path": np.asarray([*ok, *failed], dtype=object), "score": scores, "label": labels,
+        "error": np.asarray([""] * k + list(failed.values()), dtype=object)}
+    if want_maps:
+        out["map"] = np.asarray(maps, dtype=object)
+    return out
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -243,6 +265,7 @@ def _write_batch(out: dict[str, np.ndarray], writer: ScoreWriter, spec: Any, hea
         maps = out["map"][ok]
         idx = [i for i in np.flatnonzero(labels) if len(maps[i])]
         hot = [names[i] for i in idx]
-        save_heatmaps(writer.out, hot, read_prepared(hot, spec), np.stack([np.load(io.BytesIO(maps[i])) for i in idx]),
-                      scores[idx], thr)
+        hot_maps = [np.load(io.BytesIO(maps[i])) for i in idx]
+        images = read_frames(hot).frames if spec.tiling is not None else read_prepared(hot, spec)  # as scored
+        save_heatmaps(writer.out, hot, images, hot_maps, scores[idx], thr)
     return added, failed
