@@ -11,10 +11,18 @@ size is timed end to end, twice when the artifact carries a tiling plan:
 An untiled artifact exported at a high resolution (say 1036 px) gives only the full-frame row, so a table of both
 artifacts benchmarked at the same ``--frame`` compares tiling against full-frame inference. Rows are per frame
 (batch 1): median, p90 and the min/max of the timed calls, and the peak resident memory while they ran.
+
+``bench_frames_interleaved`` (``python -m edgead.bench.frames``) compares several runners (checkpoints, artifacts,
+engine options such as a precision hint or a thread count, tiled or full-frame) on the same frames in interleaved
+rounds (A B C A B C ...), so a shared machine's slow minute hits every row alike: per row the min/median/max of
+the round medians in seconds per frame, the speed-up over a reference row taken round by round, and the Pearson r
+of its frame-size maps against the maps of the row it should match (its FP32 twin), with the CPU flags and the
+load average before and after every round.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -132,3 +140,212 @@ def render_frames(timings: Sequence[FrameTiming], title: str) -> Any:
                       f"{t.input_size[0]}x{t.input_size[1]}", str(t.tiles), f"{t.p50_ms:.1f}", f"{t.p90_ms:.1f}",
                       f"{t.min_ms:.1f}-{t.max_ms:.1f}", f"{t.peak_rss_mb:.0f}")
     return table
+
+
+# -- interleaved rows -----------------------------------------------------------------------------------------
+@dataclass
+class FrameRow:
+    """One row of ``bench_frames_interleaved``: a runner, its label, whether it tiles (``None``: the runner's own
+    choice) and the label of the row its maps are compared with (``None``: no map comparison)."""
+
+    runner: Any
+    label: str
+    tiled: bool | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class InterleavedFrame:
+    label: str
+    engine: str
+    precision: str
+    executed_precision: str
+    path: str  # "tiled" | "full-frame"
+    input_size: tuple[int, int]
+    tiles: int
+    overlap: int | None
+    round_s: tuple[float, ...]  # median seconds per frame of each round
+    min_s: float
+    median_s: float
+    max_s: float
+    speedup: tuple[float, float, float] | None  # reference row's s / this row's s: (min, median, max) over rounds
+    map_r: float | None  # Pearson r of the frame-size maps against row ``ref``'s, pooled over the frames
+    ref: str | None
+    peak_rss_mb: float
+    artifact: str
+
+
+def map_pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r of two stacks of maps of one shape, pooled over every pixel (float64)."""
+    if a.shape != b.shape:
+        raise EdgeadError(f"expected maps of one shape, found {a.shape} and {b.shape}")
+    x = a.astype(np.float64).ravel() - float(a.mean(dtype=np.float64))
+    y = b.astype(np.float64).ravel() - float(b.mean(dtype=np.float64))
+    den = float(np.sqrt((x @ x) * (y @ y)))
+    return float(x @ y / den) if den > 0 else float("nan")
+
+
+def bench_frames_interleaved(rows: Sequence[FrameRow], frames: np.ndarray, rounds: int = 3, iters: int = 1,
+                             warmup: int = 1, reference: int = 0, progress: Any = None
+                             ) -> tuple[list[InterleavedFrame], dict]:
+    """Time ``predict_frames`` of one frame (``frames[0]``, batch 1) for every row in ``rounds`` interleaved
+    rounds of ``iters`` calls each; (rows, conditions).
+
+    Before timing, every row predicts each frame of ``frames`` (``(N, H, W, 3)`` uint8, one at a time; this is
+    also the warm-up) and the stitched or frame-size maps are kept for ``map_r``. ``speedup`` divides row
+    ``reference``'s median of a round by this row's in the same round. ``conditions`` holds the machine's CPU
+    flags and the load average (1, 5, 15 min) before and after each round.
+    """
+    if rounds < 1 or iters < 1 or warmup < 0 or not rows:
+        raise EdgeadError(f"expected rows, rounds >= 1, iters >= 1 and warmup >= 0, found {len(rows)} rows, "
+                          f"rounds={rounds}, iters={iters}, warmup={warmup}")
+    frames = Runner.validate_frames(frames)
+    labels = [r.label for r in rows]
+    if len(set(labels)) != len(labels) or any(r.ref is not None and r.ref not in labels for r in rows):
+        raise EdgeadError(f"expected unique labels and refs among them, found {labels} / {[r.ref for r in rows]}")
+    h, w = frames.shape[1:3]
+    saved = [r.runner.tiling for r in rows]
+    maps: dict[str, np.ndarray] = {}
+    times: dict[str, list[list[float]]] = {r.label: [] for r in rows}
+    peak = dict.fromkeys(labels, 0.0)
+    load: list[dict[str, Any]] = []
+    for r, plan in zip(rows, saved, strict=True):
+        if r.tiled and plan is None:
+            raise EdgeadError(f"row {r.label!r}: tiled asked but {r.runner.describe()} has no tiling plan")
+
+    def use(i: int) -> Any:  # rows may share a runner (tiled and full-frame): set its path before every call
+        rows[i].runner.tiling = None if rows[i].tiled is False else saved[i]
+        return rows[i].runner
+
+    try:
+        for i, r in enumerate(rows):
+            use(i)
+            if progress is not None:
+                progress(f"{r.label}: {len(frames)} frames of {h}x{w} (warm-up, maps)")
+            with RssSampler() as mem:
+                out = [r.runner.predict_frames(f).maps[0] for f in frames]
+                for _ in range(max(0, warmup - len(frames))):
+                    r.runner.predict_frames(frames[0])
+            peak[r.label] = mem.peak_mb
+            maps[r.label] = np.stack(out)
+            if maps[r.label].shape != (len(frames), h, w):
+                raise EdgeadError(f"{r.runner.describe()} returned maps of {maps[r.label].shape[1:]} for {h}x{w}")
+        for k in range(rounds):
+            before = os.getloadavg()
+            for i, r in enumerate(rows):
+                if progress is not None:
+                    progress(f"round {k + 1}/{rounds}: {r.label}")
+                with RssSampler() as mem:
+                    _, t = timed_calls(partial(use(i).predict_frames, frames[0]), iters)
+                times[r.label].append(t)
+                peak[r.label] = max(peak[r.label], mem.peak_mb)
+            load.append({"round": k + 1, "load_before": list(before), "load_after": list(os.getloadavg())})
+    finally:
+        for r, plan in reversed(list(zip(rows, saved, strict=True))):
+            r.runner.tiling = plan
+    ref_rounds = [float(np.median(t)) for t in times[rows[reference].label]]
+    out_rows = []
+    for r, plan in zip(rows, saved, strict=True):
+        per_round = tuple(float(np.median(t)) for t in times[r.label])
+        ratios = [a / b for a, b in zip(ref_rounds, per_round, strict=True)]
+        tiled = plan is not None and r.tiled is not False
+        if tiled:
+            from edgead.runtimes.tiling import tile_grid
+
+            n_tiles = len(tile_grid((h, w), plan))
+        out_rows.append(InterleavedFrame(
+            r.label, r.runner.engine, r.runner.manifest.precision, r.runner.executed_precision(),
+            "tiled" if tiled else "full-frame", tuple(r.runner.spec.input_size), n_tiles if tiled else 1,
+            plan.overlap if tiled else None, per_round, min(per_round), float(np.median(per_round)), max(per_round),
+            (min(ratios), float(np.median(ratios)), max(ratios)),
+            None if r.ref is None else map_pearson(maps[r.label], maps[r.ref]), r.ref, peak[r.label],
+            str(r.runner.folder)))
+    conditions = {"machine": machine_info(), "frame": [h, w], "frames_for_maps": len(frames), "rounds": rounds,
+                  "iters_per_round": iters, "reference": rows[reference].label, "load": load}
+    return out_rows, conditions
+
+
+def render_interleaved(rows: Sequence[InterleavedFrame], conditions: dict) -> str:
+    """A markdown table of ``bench_frames_interleaved``'s rows, with the flags and the load average."""
+    m = conditions["machine"]
+    flags = ", ".join(k for k, v in sorted(m.get("flags", {}).items()) if v) if isinstance(m.get("flags"), dict) \
+        else str(m.get("flags"))
+    lines = [f"frame {conditions['frame'][0]}x{conditions['frame'][1]}, batch 1, {conditions['rounds']} interleaved "
+             f"rounds x {conditions['iters_per_round']} call(s); reference {conditions['reference']!r}",
+             f"CPU {m.get('cpu_model')} ({m.get('cores')} cores), flags: {flags}",
+             "load average per round (before -> after): " + "; ".join(
+                 f"{d['load_before'][0]:.2f} -> {d['load_after'][0]:.2f}" for d in conditions["load"]), "",
+             "| row | engine (executed) | path | tiles | s/frame median (min-max of rounds) | speed-up vs ref "
+             "(min-max) | map r vs | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sp = "" if r.speedup is None else f"{r.speedup[1]:.2f}x ({r.speedup[0]:.2f}-{r.speedup[2]:.2f})"
+        mr = "" if r.map_r is None else f"{r.map_r:.5f} vs {r.ref}"
+        path = r.path if r.overlap is None else f"{r.path} {r.input_size[0]}/{r.overlap}"
+        lines.append(f"| {r.label} | {r.engine} {r.precision} ({r.executed_precision}) | {path} | {r.tiles} | "
+                     f"{r.median_s:.3f} ({r.min_s:.3f}-{r.max_s:.3f}) | {sp} | {mr} | {r.peak_rss_mb:.0f} |")
+    return "\n".join(lines)
+
+
+def parse_row(text: str) -> tuple[str, str, dict[str, str]]:
+    """``LABEL=PATH[:key=value...]`` -> (label, path, options); keys: engine, precision_hint, threads, mode,
+    static_batch (runner options), path (tiled | full-frame), ref (a label), compile (bf16 | fp32: the
+    torch.compile baseline of a checkpoint)."""
+    label, sep, rest = text.partition("=")
+    if not sep or not label or not rest:
+        raise EdgeadError(f"expected LABEL=PATH[:key=value...], found {text!r}")
+    path, *opts = rest.split(":")
+    options = {}
+    for o in opts:
+        k, sep, v = o.partition("=")
+        if not sep:
+            raise EdgeadError(f"expected key=value after the path in {text!r}, found {o!r}")
+        options[k] = v
+    return label, path, options
+
+
+def load_row(text: str) -> FrameRow:
+    """A ``FrameRow`` from ``parse_row``'s syntax: the runner loaded with its options."""
+    from edgead import runtimes
+
+    label, path, o = parse_row(text)
+    tiled = {"tiled": True, "full-frame": False, None: None}.get(o.pop("path", None), "bad")
+    if tiled == "bad":
+        raise EdgeadError(f"row {label!r}: path must be tiled or full-frame")
+    ref = o.pop("ref", None)
+    if "compile" in o:
+        from edgead.bench.baseline import BaselineMode, TorchBaselineRunner
+
+        mode = BaselineMode("compile", o.pop("compile") == "bf16")
+        runner = TorchBaselineRunner.from_checkpoint_mode(path, mode)
+    else:
+        engine = o.pop("engine", None)
+        kw: dict[str, Any] = {k: int(v) if k in ("threads", "static_batch") else v for k, v in o.items()}
+        runner = runtimes.load(path, engine, **kw)
+    return FrameRow(runner, label, tiled, ref)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+    import json
+
+    from edgead.imageio import read_image
+
+    ap = argparse.ArgumentParser(prog="python -m edgead.bench.frames", description=(
+        "Interleaved whole-frame latency (batch 1) and map r of several runners on the same frames."))
+    ap.add_argument("--row", action="append", required=True, help="LABEL=PATH[:key=value...] (see parse_row)")
+    ap.add_argument("--images", nargs="+", required=True, help="frames of one size (the first is timed)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=1, help="timed calls per row and round")
+    ap.add_argument("--json", type=Path, help="also write rows and conditions here")
+    a = ap.parse_args(argv)
+    frames = np.stack([read_image(p) for p in a.images])
+    rows = [load_row(t) for t in a.row]
+    result, cond = bench_frames_interleaved(rows, frames, a.rounds, a.iters,
+                                            progress=lambda m: print(m, flush=True))
+    print(render_interleaved(result, cond))
+    if a.json:
+        a.json.write_text(json.dumps({"rows": [asdict(r) for r in result], "conditions": cond}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

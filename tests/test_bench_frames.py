@@ -46,3 +46,45 @@ def test_cli_bench_frame_json(tiled_export, capfd, monkeypatch):
     assert doc["kind"] == "edgead.bench.frames" and "flags" in doc["machine"]
     assert [(r["path"], r["tiles"], r["frame"]) for r in doc["results"]] == [
         ("tiled", 42, [300, 250]), ("full-frame", 1, [300, 250])]
+
+
+def test_interleaved_rows_share_a_runner_and_compare_maps(tiled_export):
+    """Two rows on one runner (tiled and full-frame) plus a torch row: every row timed in every round, the
+    speed-up of the reference is exactly 1, a row compared with itself has map r 1, and the runner's plan is
+    restored."""
+    import numpy as np
+
+    from edgead.bench.frames import FrameRow, bench_frames_interleaved, render_interleaved
+    from edgead.runtimes import load
+
+    ckpt, export = tiled_export
+    frames = np.random.default_rng(1).integers(0, 256, (2, 120, 90, 3), dtype=np.uint8)
+    with load(export, "onnxruntime") as ort, load(ckpt) as torch_runner:
+        plan = ort.tiling
+        rows = [FrameRow(torch_runner, "torch", None, None), FrameRow(ort, "ort tiled", True, "torch"),
+                FrameRow(ort, "ort full", False, "ort full")]
+        out, cond = bench_frames_interleaved(rows, frames, rounds=2, iters=1, warmup=0)
+        assert ort.tiling == plan
+    assert [(r.label, r.path, r.tiles) for r in out] == [("torch", "tiled", 6), ("ort tiled", "tiled", 6),
+                                                         ("ort full", "full-frame", 1)]
+    assert all(len(r.round_s) == 2 and 0 < r.min_s <= r.median_s <= r.max_s for r in out)
+    assert out[0].speedup == (1.0, 1.0, 1.0) and out[0].map_r is None
+    assert out[1].map_r > 0.999  # ONNX Runtime against PyTorch, same checkpoint, same tiles
+    assert out[2].map_r == 1.0
+    assert len(cond["load"]) == 2 and cond["machine"]["flags"]
+    assert "| ort tiled |" in render_interleaved(out, cond)
+
+
+def test_interleaved_parse_row_and_refusals():
+    import numpy as np
+
+    from edgead.bench.frames import FrameRow, bench_frames_interleaved, parse_row
+    from edgead.errors import EdgeadError
+
+    assert parse_row("ov int8=/a/b:precision_hint=bf16:ref=torch") == (
+        "ov int8", "/a/b", {"precision_hint": "bf16", "ref": "torch"})
+    with pytest.raises(EdgeadError, match="LABEL=PATH"):
+        parse_row("/a/b")
+    frames = np.zeros((1, 64, 64, 3), np.uint8)
+    with pytest.raises(EdgeadError, match="unique labels"):
+        bench_frames_interleaved([FrameRow(object(), "a", None, "b")], frames)
