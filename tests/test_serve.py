@@ -688,3 +688,35 @@ def test_predict_tiles_frames_by_the_artifacts_plan(tiled_export, defect_frame):
             assert panel.shape[1] == 2 * 250 and panel.shape[0] > 300
             status, out, _ = _request(f"{url}/api/info")
             assert json.loads(out)["tiling"] == {"tile": [56, 56], "overlap": 14}
+
+
+def test_v2_infer_tiles_frames_for_a_tiled_artifact(tiled_export, defect_frame):
+    """KServe v2 on a tiled artifact, driven by NVIDIA's tritonclient: metadata says frames of any size, a
+    [2, 300, 250, 3] tensor comes back as predict_frames' scores and (2, 300, 250) stitched maps, and a frame
+    smaller than a tile is a 400 naming the least size."""
+    th = pytest.importorskip("tritonclient.http")
+    import edgead.runtimes as rt
+
+    _, export = tiled_export
+    frame, _ = defect_frame
+    normal = np.clip(np.random.default_rng(4).normal(120, 4, frame.shape), 0, 255).astype(np.uint8)
+    x = np.stack([frame, normal])
+    with rt.load(export, "onnxruntime") as runner:
+        ref = [runner.predict_frames(f) for f in x]
+        app = app_for_runner(runner, ServeConfig(name="tiled", max_queue=16, max_batch=8, max_delay_ms=2.0))
+        with background_server(app) as url:
+            client = th.InferenceServerClient(url.removeprefix("http://"))
+            meta = client.get_model_metadata("tiled")
+            assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+            assert meta["outputs"][1] == {"name": "maps", "datatype": "FP32", "shape": [-1, -1, -1]}
+            inp = th.InferInput("images", list(x.shape), "UINT8")
+            inp.set_data_from_numpy(x, binary_data=True)
+            res = client.infer("tiled", [inp], outputs=[th.InferRequestedOutput(n, binary_data=True)
+                                                        for n in ("scores", "maps")])
+            np.testing.assert_allclose(res.as_numpy("scores"), [p.scores[0] for p in ref], atol=1e-5)
+            maps = res.as_numpy("maps")
+            assert maps.shape == (2, 300, 250)
+            np.testing.assert_allclose(maps, np.stack([p.maps[0] for p in ref]), atol=1e-5)
+            tiny = np.zeros((1, 40, 250, 3), np.uint8)
+            status, body = _infer_json(url, _v2(shape=tiny.shape, data=tiny.reshape(-1).tolist()), model="tiled")
+            assert status == 400 and "H >= 56 and W >= 56" in body["error"] and "[1, 40, 250, 3]" in body["error"]

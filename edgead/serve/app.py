@@ -124,7 +124,7 @@ class Service:
         self.max_upload_pixels = int(config.max_upload_mpx * 1e6)
         self.decoding = asyncio.Semaphore(os.cpu_count() or 1)  # decoded frames in memory: at most this many
         self.model = ModelInfo(config.name, spec, extra={k: v for k, v in config.info.items() if k != "name"})
-        self.tiling = spec.tiling  # uploads are tiled by the artifact's plan; v2 tensors are model inputs as sent
+        self.tiling = spec.tiling  # uploads and v2 tensors are frames tiled by the artifact's plan
         self.metrics = ServeMetrics()
         max_batch = config.max_batch if batch_range[1] is None else min(config.max_batch, batch_range[1])
         self.batcher = DynamicBatcher(predict, max_batch=max_batch, max_delay_s=config.max_delay_ms / 1000.0,
@@ -341,9 +341,10 @@ def create_app(
         check_model(name, version)
         body = await request.body()
         req = await run_in_threadpool(decode_infer, body, request.headers.get(HEADER_LENGTH), svc.model)
-        p = await svc.run(req.images)
+        p = await svc.run_frames(list(req.images)) if svc.tiling is not None else await svc.run(req.images)
         svc.remember("v2", [f"{req.id or 'infer'}[{i}]" for i in range(len(p))], p)
-        payload, header_len = await run_in_threadpool(encode_infer, svc.model, req, p.scores, p.maps, p.labels)
+        maps = np.stack(p.maps)  # tiled: one frame size per tensor, so the stitched maps stack
+        payload, header_len = await run_in_threadpool(encode_infer, svc.model, req, p.scores, maps, p.labels)
         if header_len is None:
             return Response(payload, media_type="application/json")
         return Response(payload, media_type="application/octet-stream",

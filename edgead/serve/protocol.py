@@ -57,12 +57,13 @@ class ModelInfo:
     def output_meta(self, name: str) -> dict[str, Any]:
         if name == "scores":
             return {"name": name, "datatype": "FP32", "shape": [-1]}
-        if name == "maps":
-            return {"name": name, "datatype": "FP32", "shape": [-1, *self.spec.map_size]}
+        if name == "maps":  # a tiled model answers frames at their own size
+            size = [-1, -1] if self.spec.tiling is not None else list(self.spec.map_size)
+            return {"name": name, "datatype": "FP32", "shape": [-1, *size]}
         return {"name": name, "datatype": "BOOL", "shape": [-1]}
 
     def metadata(self) -> dict[str, Any]:
-        h, w = self.spec.input_size
+        h, w = (-1, -1) if self.spec.tiling is not None else self.spec.input_size  # tiled: frames of any size
         return {
             "name": self.name,
             "versions": [self.version],
@@ -191,7 +192,12 @@ def decode_infer(body: bytes, header_length: str | None, model: ModelInfo) -> In
     if used != len(tail):
         raise ProtocolError(f"expected {used} bytes of binary tensor data, found {len(tail)}")
     h, w = model.spec.input_size
-    if images.ndim != 4 or images.shape[1:] != (h, w, 3) or images.shape[0] < 1:
+    if model.spec.tiling is not None:  # frames at their own size, cut by the plan; at least one tile each
+        if images.ndim != 4 or images.shape[3] != 3 or images.shape[0] < 1 or images.shape[1] < h or \
+                images.shape[2] < w:
+            raise ProtocolError(f"expected input '{INPUT}' of shape [N, H, W, 3] with N >= 1, H >= {h} and W >= {w} "
+                                f"(frames, tiled by the model's plan), found {list(images.shape)}")
+    elif images.ndim != 4 or images.shape[1:] != (h, w, 3) or images.shape[0] < 1:
         raise ProtocolError(f"expected input '{INPUT}' of shape [N, {h}, {w}, 3] with N >= 1, found "
                             f"{list(images.shape)}")
     default_binary = bool(_parameters(request, "request").get("binary_data_output", False))
