@@ -2,8 +2,12 @@
 
 Per engine: the name the CLI and runners use and its aliases, the name written into manifests, the runner module,
 the Python package it needs and the pip extra that installs it, the compiler that builds its artifacts, the
-precisions it runs and builds, the sub-folder of an export folder that holds each artifact, and the command that
-builds a missing one. Beside the rows: the graph's tensor names and the files that mark a checkpoint and an
+precisions it runs and builds, the sub-folder of an export folder that holds each artifact and its model file, and
+the command that builds a missing one; and its capabilities, which callers read instead of comparing names: the
+device it runs on, its runner's modes (OpenVINO's latency/throughput), whether its runner fixes the batch axis at
+build time, which engine runs checkpoints (the reference) and which one's artifact is the export folder itself,
+and which of several CPU engines is preferred where both are installed. Precisions are rows of
+``edgead.precisions``. Beside the rows: the graph's tensor names and the files that mark a checkpoint and an
 artifact folder. The loader, ``edgead compile``, the benchmark, the builders and the CLI read these rows; the C
 core's engine list is tested against them (``tests/test_registry.py``).
 
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgead import precisions
 from edgead.errors import EdgeadError
 
 #: the exported graph's input (uint8 images, NHWC) and outputs (image scores, anomaly maps)
@@ -51,6 +56,34 @@ class Engine:
     hints: tuple[tuple[str, str], ...] = ()  # (precision, command) where the build command is not ``compile``
     checkpoint: bool = False  # runs training checkpoints (the reference engine)
     needs: str = ""  # hardware the package alone does not bring, named in the missing-package line
+    title: str = ""  # the engine's name for people ("OpenVINO")
+    model_file: str = ""  # the model file inside its artifact folders ("" = none of its own: checkpoints)
+    device: str = "CPU"  # where its artifacts run ("CPU", "GPU")
+    modes: tuple[str, ...] = ("latency",)  # runner settings ``mode=`` chooses between (first = the default)
+    static_batch: bool = False  # its runner takes ``static_batch=N`` (batch axis fixed when the session is built)
+    cpu_preference: int = 0  # where several CPU engines are installed, the higher is tried (``edgead compile``)
+    profiler: bool = False  # its runner takes ``profiling=True`` and reports node times (``Runner.profile_runs``)
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
+
+    @property
+    def short(self) -> str:
+        """The shortest of its names (chart labels)."""
+        return min((self.name, *self.aliases), key=len)
+
+    @property
+    def tunable(self) -> bool:
+        """An engine ``edgead tune`` chooses among on a CPU: runs artifacts (not checkpoints) on the CPU."""
+        return self.device == "CPU" and not self.checkpoint
+
+    def runner_options(self, mode: str | None = None, static_batch: int | None = None) -> dict[str, Any]:
+        """The options its runner takes for ``mode`` and a fixed batch (each only where the runner has it)."""
+        opts: dict[str, Any] = {"mode": mode} if mode and len(self.modes) > 1 else {}
+        if static_batch and self.static_batch:
+            opts["static_batch"] = static_batch
+        return opts
 
     @property
     def runs_artifacts(self) -> tuple[str, ...]:
@@ -68,7 +101,8 @@ class Engine:
             return dict(self.hints)[precision]
         if precision not in self.compiles:
             return ""
-        calib = " --calib DIR" if precision == "int8" else ""
+        quantized = (p := precisions.find(precision)) is not None and p.quantized
+        calib = " --calib DIR" if quantized else ""
         return f"edgead compile OUT --engine {self.name} --precision {precision}{calib}"
 
     def missing(self) -> str | None:
@@ -124,6 +158,11 @@ def _owner(name: str) -> Engine | None:
     return None
 
 
+def find(name: str) -> Engine | None:
+    """The engine called ``name`` or one of its aliases, or None."""
+    return _owner(name)
+
+
 def get(name: str) -> Engine:
     """The engine called ``name`` or one of its aliases; an error listing the engines otherwise."""
     found = _owner(name)
@@ -163,6 +202,16 @@ def reference() -> Engine:
     return next(e for e in ENGINES.values() if e.checkpoint)
 
 
+def exporter() -> Engine:
+    """The engine whose full-precision artifact is the export folder itself (the FP32 ONNX export)."""
+    return next(e for e in ENGINES.values() if precisions.full().name in e.root_precisions)
+
+
+def tunable() -> list[Engine]:
+    """CPU engines ``edgead tune`` chooses among, the preferred first."""
+    return sorted((e for e in ENGINES.values() if e.tunable), key=lambda e: -e.cpu_preference)
+
+
 def is_checkpoint(path: str | Path) -> bool:
     """A training checkpoint folder: a spec without an artifact manifest beside it."""
     p = Path(path)
@@ -183,20 +232,24 @@ ONNX = register(Engine(
     compiles=("fp16", "int8"),
     folder="onnx-{precision}", root_precisions=("fp32",),
     hints=(("int8", "edgead calibrate OUT --calib DIR"),),
+    title="ONNX Runtime", model_file="model.onnx", static_batch=True, cpu_preference=1, profiler=True,
 ))
 OPENVINO = register(Engine(
     name="openvino", manifest_name="openvino", aliases=("ov",),
     runner="edgead.runtimes.openvino_runner", package="openvino", extra="openvino",
     precisions=("fp32", "bf16", "int8"), runs=("openvino", "onnxruntime"),
     compiler="edgead.export.compile:build_openvino", compiles=("fp32", "bf16", "int8"),
+    title="OpenVINO", model_file="model.xml", modes=("latency", "throughput"), static_batch=True,
+    profiler=True,
+    cpu_preference=2,  # on x86 CPUs it ran at 0.75-1.0x ONNX Runtime's time at every precision (docs/bench.md)
 ))
 TENSORRT = register(Engine(
     name="trt", manifest_name="tensorrt", aliases=("tensorrt",),
     runner="edgead.runtimes.trt_runner", package="tensorrt", extra="trt",
     precisions=("fp16", "int8"), compiler="edgead.export.compile:build_tensorrt", compiles=("fp16", "int8"),
-    needs="an NVIDIA GPU",
+    needs="an NVIDIA GPU", title="TensorRT", model_file="model.engine", device="GPU",
 ))
 TORCH = register(Engine(
     name="torch", manifest_name="torch", runner="edgead.runtimes.torch_runner", package="torch", extra="torch",
-    precisions=("fp32",), folder=".", checkpoint=True,
+    precisions=("fp32",), folder=".", checkpoint=True, title="PyTorch",
 ))
