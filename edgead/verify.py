@@ -1,14 +1,18 @@
 """``edgead verify``: every artifact in an export folder against the PyTorch reference, with a verdict.
 
-The reference is the checkpoint recorded in the export's manifest (or one given explicitly) run in PyTorch;
-without PyTorch installed, the FP32 ONNX export run in ONNX Runtime stands in for it (the report says which).
+The reference is picked by the one rule every check uses (``edgead.fidelity.reference_for``): the checkpoint
+recorded in the export's manifest (or one given explicitly) run in PyTorch; without PyTorch installed, the FP32
+ONNX export run in ONNX Runtime (OpenVINO without it) stands in for it (the report says which). A checkpoint the
+export names that is gone is an error here (``--ckpt`` names another): verify never checks the export against
+itself by accident.
 Every artifact folder is checked as what it is, with the engine its manifest names: an export that ``edgead
 tune`` decided is not followed to its choice (``load(OUT)``'s redirect) but checked itself, the chosen artifact
 is checked in its own folder, and, when the choice runs with settings of its own (OpenVINO throughput mode, a
 static batch), once more with them.
 
 ``--data``: an MVTec-layout category (every test image is compared: differences, map r, label flips and score
-shift against the artifact's threshold; metrics and the accuracy drop with its interval), or a plain folder of
+shift against the artifact's threshold; metrics and the accuracy drop with its interval, pixel metrics and the
+small-defect Q1 AUPRO against each mask at its own resolution, never shrunk to the model input), or a plain folder of
 normal images with no labels (what a line has before it sees a defect): then the verdict rests on map r, the
 score shift, the flips and the NaN/flat checks, and the report says no accuracy drop was measured. Without
 ``--data`` a fixed synthetic parity batch is used. Each artifact is judged against the targets of its precision
@@ -17,7 +21,6 @@ score shift, the flips and the NaN/flat checks, and the report says no accuracy 
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,18 +28,14 @@ from typing import Any
 import numpy as np
 
 from edgead import registry
-from edgead.data import GOOD, TestItem, load_masks, test_items
+from edgead.data import GOOD, TestItem, read_masks, test_items
 from edgead.errors import ArtifactError, InputError
 from edgead.evaluate import run_on_items
-from edgead.fidelity import Budget, Fidelity, measure, score_noise
+from edgead.fidelity import Budget, Fidelity, Reference, measure, reference_for, reference_label, score_noise
 from edgead.imageio import list_images
-from edgead.runtimes.base import Runner
 from edgead.runtimes.compare import check_batch
-from edgead.runtimes.loader import load, missing_engine, tuned_choice
+from edgead.runtimes.loader import load, tuned_choice
 from edgead.runtimes.manifest import find_artifacts, read_manifest
-
-REFERENCE_NAMES = {"torch": "PyTorch checkpoint", "onnxruntime fp32": "FP32 ONNX export in ONNX Runtime "
-                   "(PyTorch not installed)", "openvino fp32": "FP32 ONNX export in OpenVINO (PyTorch not installed)"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,7 @@ class Report:
     data: str | None
     checks: list[ArtifactCheck]
     accuracy: str = ""  # what the accuracy verdict rests on, e.g. "not measured: ... normal images, no labels"
+    reference_is: str = ""  # the reference in words (``Reference.label``)
 
     @property
     def passed(self) -> bool:
@@ -79,7 +79,7 @@ class Report:
 
     @property
     def reference_label(self) -> str:
-        return REFERENCE_NAMES.get(self.reference, self.reference)
+        return self.reference_is or reference_label(self.reference)
 
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "reference_is": self.reference_label, "passed": self.passed,
@@ -87,16 +87,13 @@ class Report:
                 "accuracy": self.accuracy, "artifacts": [c.to_dict() for c in self.checks]}
 
 
-def _reference(out: Path, ckpt: Path | None) -> tuple[Runner, str]:
-    m = read_manifest(out)
-    ckpt = ckpt or (Path(m.extra["checkpoint"]) if "checkpoint" in m.extra else None)
-    if ckpt is not None and importlib.util.find_spec("torch") is not None:
-        if not ckpt.is_dir():
-            raise ArtifactError(f"reference checkpoint {ckpt} named by the export is gone; pass --ckpt")
-        return load(ckpt, "torch"), "torch"
-    # No torch (a line PC): the FP32 ONNX export is the reference, run by whichever ONNX engine is installed.
-    engine = "onnxruntime" if missing_engine("onnxruntime") is None else "openvino"
-    return load(out, engine), f"{engine} fp32"
+def _reference(out: Path, ckpt: Path | None) -> Reference:
+    """``reference_for`` (the one rule), refusing an export whose named checkpoint is gone."""
+    ref = reference_for(out, ckpt)
+    if ref.missing_checkpoint is not None:
+        ref.close()
+        raise ArtifactError(f"reference checkpoint {ref.missing_checkpoint} named by the export is gone; pass --ckpt")
+    return ref
 
 
 def _data_items(data: Path) -> tuple[list[TestItem], str]:
@@ -131,26 +128,29 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
     folders = find_artifacts(out)
     if not folders:
         raise ArtifactError(f"expected an export folder with manifest.json, found none in {out}")
-    ref, ref_name = _reference(out, Path(ckpt) if ckpt else None)
+    ref = _reference(out, Path(ckpt) if ckpt else None)
+    ref_name, ref_is, spec, threshold = ref.kind, ref.label, ref.runner.spec, ref.runner.spec.threshold
     noise = score_noise(read_manifest(out).extra) if (out / registry.MANIFEST).is_file() else score_noise(None)
     labels = masks = images = None
-    if data is not None:
-        items, accuracy = _data_items(Path(data))
-        ref_scores, ref_maps = run_on_items(ref, items, batch)
-        if not accuracy:
-            labels = np.array([it.label for it in items])
-            masks = load_masks(items, ref.spec)
-            if labels.min() == labels.max():
-                labels = masks = None  # one class only: differences and flips, no metrics
-                accuracy = f"not measured: the test images of {data} are of one class only"
-            else:
-                accuracy = f"measured on {len(items)} labelled images ({int(labels.sum())} with defects)"
-    else:
-        images = check_batch(1, batch, ref.spec.input_size)
-        p = ref.predict(images)
-        ref_scores, ref_maps = p.scores, p.maps
-        accuracy = "not measured: a synthetic parity batch (pass --data)"
-    ref.close()
+    try:
+        if data is not None:
+            items, accuracy = _data_items(Path(data))
+            ref_scores, ref_maps = run_on_items(ref.runner, items, batch)
+            if not accuracy:
+                labels = np.array([it.label for it in items])
+                if labels.min() == labels.max():
+                    labels = None  # one class only: differences and flips, no metrics
+                    accuracy = f"not measured: the test images of {data} are of one class only"
+                else:
+                    masks = read_masks(items)  # each at its own resolution: maps are brought onto it, never shrunk
+                    accuracy = f"measured on {len(items)} labelled images ({int(labels.sum())} with defects)"
+        else:
+            images = check_batch(1, batch, spec.input_size)
+            p = ref.runner.predict(images)
+            ref_scores, ref_maps = p.scores, p.maps
+            accuracy = "not measured: a synthetic parity batch (pass --data)"
+    finally:
+        ref.close()
     checks, ref_metrics = [], None
     for folder, engine, options, settings in _runs(out, folders):
         runner = load(folder, engine, **options)
@@ -161,8 +161,9 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
                 p = runner.predict(images)
                 scores, maps = p.scores, p.maps
             fid = measure(ref_scores, ref_maps, scores, maps, reference=ref_name, candidate=runner.describe(),
-                          precision=runner.manifest.precision, threshold=runner.spec.threshold, labels=labels,
-                          masks=masks, reference_metrics=ref_metrics, noise=noise)
+                          precision=runner.manifest.precision, threshold=threshold, labels=labels, masks=masks,
+                          spec=spec, reference_metrics=ref_metrics, noise=noise,
+                          candidate_threshold=runner.spec.threshold)
         finally:
             runner.close()
         ref_metrics = fid.reference_metrics or None
@@ -170,4 +171,4 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
                                     runner.manifest.extra.get("quantization"), runner.manifest.extra.get("fidelity"),
                                     settings))
     return Report(ref_name, budget, int(np.asarray(ref_scores).size), None if data is None else str(data), checks,
-                  accuracy)
+                  accuracy, ref_is)

@@ -26,10 +26,11 @@ import onnx
 
 from edgead import __version__
 from edgead.errors import ArtifactError, EdgeadError, InputError, require
+from edgead.fidelity import FULL_PRECISION, Fidelity, measure
 from edgead.fsutil import atomic_dir, sha256_file
 from edgead.registry import INPUT, ONNX, OUTPUTS
 from edgead.runtimes.chunks import images_per_call, predict_in_calls
-from edgead.runtimes.compare import Difference, check_batch, difference
+from edgead.runtimes.compare import check_batch
 from edgead.runtimes.manifest import Manifest, read_manifest, write_manifest
 from edgead.spec import TilePlan
 
@@ -44,7 +45,7 @@ class ExportReport:
     simplified: bool  # False when simplification was skipped or its graph failed the check
     nodes_raw: int
     nodes_final: int
-    parity: Difference
+    parity: Fidelity  # the final graph against PyTorch on the check batch (FP32 rule: ``parity.within``)
     notes: list[str] = field(default_factory=list)
     passes: list[str] = field(default_factory=list)  # graph passes kept (each passed the parity check)
 
@@ -133,9 +134,16 @@ def folded_count(model: onnx.ModelProto) -> int:
     return int({p.key: p.value for p in model.metadata_props}.get("edgead_norms_folded", 0))
 
 
+def _parity(ref: Any, got: Any, candidate: str) -> Fidelity:
+    """A graph's outputs against PyTorch's on the check batch, measured like every other check
+    (``edgead.fidelity.measure``) and judged by the FP32 rule (``Fidelity.within``)."""
+    return measure(ref.scores, ref.maps, got.scores, got.maps, reference="torch", candidate=candidate,
+                   precision=FULL_PRECISION[0])
+
+
 def _checked_pass(name: str, graph_pass: Callable[[onnx.ModelProto], onnx.ModelProto], source: Path,
                   meta: dict[str, str], tmp: Path, ref, images: np.ndarray, atol: float,
-                  notes: list[str]) -> tuple[Path, Difference] | None:
+                  notes: list[str]) -> tuple[Path, Fidelity] | None:
     """Apply one graph pass to the graph in ``source``; keep its result (a file in ``tmp``) only if it still
     matches PyTorch, else say why in ``notes``. No graph is held in memory while ONNX Runtime checks it."""
     try:
@@ -149,7 +157,7 @@ def _checked_pass(name: str, graph_pass: Callable[[onnx.ModelProto], onnx.ModelP
     path = tmp / f"{name}.onnx"
     onnx.save(candidate, str(path))
     del candidate
-    diff = difference(ref, _ort_outputs(path, images), "torch", f"onnx+{name}")
+    diff = _parity(ref, _ort_outputs(path, images), f"onnx+{name}")
     if not diff.within(atol):
         path.unlink()
         notes.append(f"{name} graph failed the parity check ({diff.describe()}); graph kept without it")
@@ -191,7 +199,7 @@ def export_onnx(
         set_metadata(model, meta)
         onnx.save(model, str(raw))
         del model
-        raw_diff = difference(ref, _ort_outputs(raw, images), "torch", "onnx-raw")
+        raw_diff = _parity(ref, _ort_outputs(raw, images), "onnx-raw")
         if not raw_diff.within(atol):
             raise ArtifactError(f"exported ONNX does not match PyTorch: {raw_diff.describe()}, expected <= {atol:g} "
                                 "(absolute up to magnitude 1, relative above)")

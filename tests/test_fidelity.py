@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 
 from edgead.errors import InputError
-from edgead.fidelity import Budget, measure
-from edgead.runtimes.base import Predictions
-from edgead.runtimes.compare import difference, pearson
+from edgead.fidelity import Budget, Problem, measure, pearson
 
 
 def _outputs(n=50, seed=0):
@@ -129,20 +127,27 @@ def test_flat_or_nan_outputs_fail_every_budget_with_their_own_reason():
                                     "candidate maps flat (one value) in 12 of 12 images"]
 
 
-def test_parity_difference_fails_on_nan_and_flat_maps():
-    """Export parity (``Difference.within``) and the precision graphs read the same problems."""
+def _parity(ref_scores, ref_maps, scores, maps):
+    return measure(ref_scores, ref_maps, scores, maps, reference="torch", candidate="onnx", precision="fp32")
+
+
+def test_export_parity_is_a_fidelity_and_fails_on_nan_and_flat_maps():
+    """Export parity (``Fidelity.within``) and every other check read the same structured problems."""
     rng = np.random.default_rng(5)
     maps = rng.random((2, 8, 8)).astype(np.float32)
-    ref = Predictions(maps.max((1, 2)), maps, None)
-    assert difference(ref, Predictions(ref.scores.copy(), maps.copy(), None)).within(1e-4)
-    flat = Predictions(ref.scores.copy(), np.zeros_like(maps), None)
-    d = difference(Predictions(ref.scores, np.zeros_like(maps), None), flat)
+    scores = maps.max((1, 2))
+    assert _parity(scores, maps, scores.copy(), maps.copy()).within(1e-4)
+    assert not _parity(scores, maps, scores, maps + 2e-4).within(1e-4)
+    d = _parity(scores, np.zeros_like(maps), scores.copy(), np.zeros_like(maps))
     assert d.max_abs_maps == 0.0 and not d.within(1e-4)  # equal, and still not a working detector
-    assert d.problems == ("reference maps flat (one value) in 2 of 2 images",
-                          "candidate maps flat (one value) in 2 of 2 images")
+    assert d.problems == (Problem("reference", "maps", "flat", 2, 2), Problem("candidate", "maps", "flat", 2, 2))
+    assert [str(p) for p in d.problems] == ["reference maps flat (one value) in 2 of 2 images",
+                                            "candidate maps flat (one value) in 2 of 2 images"]
     assert d.describe().startswith("reference maps flat (one value) in 2 of 2 images; candidate maps flat")
-    nan = difference(ref, Predictions(np.array([np.nan, 0.5], np.float32), maps, None))
-    assert not nan.within(1.0) and nan.problems == ("candidate scores not finite (NaN/Inf) in 1 of 2 images",)
+    assert d.to_dict()["problems"] == [str(p) for p in d.problems] and d.finite
+    nan = _parity(scores, maps, np.array([np.nan, 0.5], np.float32), maps)
+    assert not nan.within(1.0) and not nan.finite
+    assert nan.problems == (Problem("candidate", "scores", "nonfinite", 1, 2),)
 
 
 def _proxy_with_a_near_tie():
