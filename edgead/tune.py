@@ -1,12 +1,15 @@
 """``edgead tune OUT`` (= ``edgead compile OUT --precision auto``): the fastest faithful artifact for this machine.
 
-1. **Plan** the candidates that make sense on this CPU (``plan``): every engine installed here at FP32; BF16 only
-   where the CPU has BF16 instructions (elsewhere OpenVINO silently runs f32); INT8 only where it has VNNI or AMX
-   (elsewhere INT8 is slower than FP32) and calibration images were given; OpenVINO in latency and, for batches
-   above one, throughput mode; each with the batch axis dynamic and fixed at the requested batch size (static
-   shapes let the engine plan every tensor once). Candidates left out are listed with the reason.
+1. **Plan** the candidates that make sense on this CPU (``plan``): every CPU engine installed here (the registry's
+   ``tunable`` rows) at FP32; a reduced precision only where the CPU has the instructions the precision table
+   (``edgead.precisions``) names for it (BF16: AVX512_BF16/AMX, elsewhere OpenVINO silently runs f32; INT8:
+   VNNI/AMX, elsewhere slower than FP32), INT8 only with calibration images; each of the engine's runner modes
+   (OpenVINO: latency and, for batches above one, throughput); each with the batch axis dynamic and, where the
+   runner can, fixed at the requested batch size (static shapes let the engine plan every tensor once).
+   Candidates left out are listed with the reason.
 2. **Build** missing artifacts with ``edgead compile`` (reduced precisions pass its compile-time fidelity gate).
-3. **Gate** every candidate again here against the FP32 export on held-out images (``--data``, else the
+3. **Gate** every candidate again here against the export's FP32 reference (``fidelity.reference_for``) on
+   held-out images (``--data``, else the
    calibration images, else a deterministic synthetic batch) with the project's targets (``edgead.fidelity``):
    FP32 within 1e-4, reduced precision map r >= 0.99 (and the AUROC drop on labelled data).
 4. **Bench** the candidates that pass, interleaved over ``rounds`` rounds (``bench.timing.bench_runner``), at the
@@ -28,30 +31,25 @@ from typing import Any
 
 import numpy as np
 
-from edgead import registry
-from edgead.errors import EdgeadError, InputError
-
-#: precision rank for ties: the higher keeps more of the model
-_RANK = {"fp32": 3, "bf16": 2, "fp16": 2, "int8": 1}
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+from edgead import precisions, registry
+from edgead.errors import EdgeadError, FidelityError, InputError
 
 
 @dataclass(frozen=True)
 class Candidate:
     engine: str
     precision: str
-    mode: str = "latency"  # the engine's latency or throughput setting (OpenVINO)
+    mode: str = "latency"  # the engine's runner mode (OpenVINO: latency or throughput; ``Engine.modes``)
     static: int | None = None  # batch axis fixed at this size when the session is built (else dynamic)
 
     @property
     def name(self) -> str:
-        tags = ([self.mode] if self.mode != "latency" else []) + ([f"static {self.static}"] if self.static else [])
+        default = registry.get(self.engine).modes[0] if self.engine in registry.ENGINES else self.mode
+        tags = ([self.mode] if self.mode != default else []) + ([f"static {self.static}"] if self.static else [])
         return f"{self.engine} {self.precision}" + (f" ({', '.join(tags)})" if tags else "")
 
     def runner_options(self) -> dict[str, Any]:
-        opts: dict[str, Any] = {"mode": self.mode} if self.engine == "openvino" else {}
-        return {**opts, "static_batch": self.static} if self.static else opts
+        return registry.get(self.engine).runner_options(self.mode, self.static)
 
 
 @dataclass(frozen=True)
@@ -77,41 +75,45 @@ class Measured:
 def plan(flags: dict[str, bool], available: Sequence[str], has_calib: bool, batch: int) -> tuple[list[Candidate],
                                                                                                  list[Measured]]:
     """The candidates worth building and timing on a CPU with ``flags``, and those left out with the reason."""
-    bf16 = any(flags.get(f) for f in BF16_FLAGS)
-    int8 = any(flags.get(f) for f in INT8_FLAGS)
     keep: list[Candidate] = []
     out: list[Measured] = []
-    for name in ("openvino", "onnxruntime"):
-        if name not in available:
-            reason = registry.get(name).missing() or f"{name} is not available here"
-            out.append(Measured(Candidate(name, "fp32"), skipped=reason))
+    for eng in registry.tunable():
+        if eng.name not in available:
+            reason = eng.missing() or f"{eng.name} is not available here"
+            out.append(Measured(Candidate(eng.name, precisions.full().name), skipped=reason))
             continue
-        modes = ("latency", "throughput") if name == "openvino" and batch > 1 else ("latency",)
-        for precision in registry.get(name).precisions:
-            c = [Candidate(name, precision, m) for m in modes]
-            if precision == "fp16":
-                out.append(Measured(c[0], skipped="FP16 graphs are for GPUs: the CPU provider computes them in FP32"))
-            elif precision == "bf16" and not bf16:
-                out.append(Measured(c[0], skipped="no BF16 instructions (AVX512_BF16/AMX): OpenVINO runs f32"))
-            elif precision == "int8" and not int8:
-                out.append(Measured(c[0], skipped="no VNNI/AMX: INT8 runs slower than FP32 on this CPU"))
-            elif precision == "int8" and not has_calib:
+        modes = eng.modes if batch > 1 else eng.modes[:1]
+        for precision in eng.precisions:
+            p = precisions.get(precision)
+            c = [Candidate(eng.name, precision, m) for m in modes]
+            if not p.native_on(flags):
+                out.append(Measured(c[0], skipped=p.slow_cpu))
+            elif p.quantized and not has_calib:
                 out.append(Measured(c[0], skipped="no calibration images (--calib DIR)"))
-            else:  # each setting with the batch axis dynamic, and fixed at the line's batch size
-                keep += [v for x in c for v in (x, replace(x, static=batch))]
+            else:  # each setting with the batch axis dynamic, and (where the runner can) fixed at the line's batch
+                keep += [v for x in c for v in ((x, replace(x, static=batch)) if eng.static_batch else (x,))]
     return keep, out
 
 
 def choose(measured: Sequence[Measured], noise: float = 0.03) -> Measured:
-    """The fastest candidate that passed its gate; within ``noise`` (relative) of it, the highest precision."""
+    """The fastest candidate that passed its gate; within ``noise`` (relative) of it, the highest precision.
+
+    With none: a ``FidelityError`` when some candidate was measured and missed its gate, else an ``EdgeadError``
+    (nothing could be built or run)."""
     ok = [m for m in measured if m.passed and m.ms_per_image is not None]
     if not ok:
         reasons = "; ".join(f"{m.candidate.name}: {m.skipped or ', '.join(m.failures) or 'not measured'}"
                             for m in measured)
-        raise EdgeadError(f"expected at least one artifact that passes its fidelity gate, found none ({reasons})")
+        error = FidelityError if any(m.failures for m in measured) else EdgeadError
+        raise error(f"expected at least one artifact that passes its fidelity gate, found none ({reasons})")
     best = min(m.ms_per_image for m in ok)  # type: ignore[type-var]
     close = [m for m in ok if m.ms_per_image <= best * (1.0 + noise)]  # type: ignore[operator]
-    return min(close, key=lambda m: (-_RANK.get(m.candidate.precision, 0), m.ms_per_image))
+    return min(close, key=lambda m: (-_keeps(m.candidate.precision), m.ms_per_image))
+
+
+def _keeps(precision: str) -> int:
+    p = precisions.find(precision)
+    return p.keeps if p is not None else 0
 
 
 # -- building, gating, timing ---------------------------------------------------------------------------------
@@ -119,20 +121,21 @@ def _folder(out: Path, c: Candidate) -> Path:
     return registry.artifact_folder(out, c.engine, c.precision)
 
 
-def _build(out: Path, c: Candidate, calib: Path | None) -> str:
-    """Build the candidate's artifact unless it exists; '' or the one-line reason it could not be built."""
+def _build(out: Path, c: Candidate, calib: Path | None) -> tuple[str, bool]:
+    """Build the candidate's artifact unless it exists: ('', False), or the one-line reason it could not be built
+    and whether that reason is the compile-time fidelity gate refusing it (a miss, not a build failure)."""
     from edgead.runtimes.manifest import MANIFEST
 
     folder = _folder(out, c)
     if (folder / MANIFEST).is_file():
-        return ""
+        return "", False
     from edgead.export.compile import compile_artifact
 
     try:
         compile_artifact(out, c.engine, c.precision, calib)
     except EdgeadError as exc:
-        return str(exc).splitlines()[0]
-    return ""
+        return str(exc).splitlines()[0], isinstance(exc, FidelityError)
+    return "", False
 
 
 def _held_out(out: Path, spec: Any, data: Path | None, calib: Path | None, n: int = 16) -> np.ndarray:
@@ -174,10 +177,11 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     import edgead.runtimes as rt
     from edgead.bench.machine import machine_info
     from edgead.bench.timing import bench_runner
+    from edgead.fidelity import reference_for
     from edgead.runtimes.manifest import MANIFEST, read_manifest
 
     out = Path(out)
-    if not (out / MANIFEST).is_file() or read_manifest(out, verify=False).engine != "onnxruntime":
+    if not (out / MANIFEST).is_file() or read_manifest(out, verify=False).engine != registry.exporter().manifest_name:
         raise InputError(f"expected an export folder (edgead export CKPT -o OUT) with {MANIFEST}, found none at {out}")
     if batch < 1 or iters < 1 or rounds < 1:
         raise InputError(f"expected --batch, --iters and --rounds of at least 1, found {batch}, {iters}, {rounds}")
@@ -187,14 +191,18 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     machine = machine_info()
     cpu_flags = flags if flags is not None else machine["flags"]
     candidates, results = planner(cpu_flags, rt.available_engines(), calib_dir is not None, batch)
-    reference = rt.load(out, "onnxruntime")
+    ref = reference_for(out)  # the one rule for an export root's FP32 reference (never tune's own redirect)
+    reference = ref.runner
     images = _held_out(out, reference.spec, data_dir, calib_dir)
     timed: list[tuple[Measured, Any]] = []
     for c in candidates:
         say(f"{c.name}: build and gate")
-        reason = _build(out, c, calib_dir)
+        reason, refused = _build(out, c, calib_dir)
         folder = _folder(out, c)
         rel = "." if folder == out else folder.name
+        if refused:  # the compile-time gate measured it and refused it: a fidelity miss like the one below
+            results.append(Measured(c, rel, failures=(reason,)))
+            continue
         if reason:
             results.append(Measured(c, rel, skipped=reason))
             continue
@@ -206,7 +214,7 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
         else:
             runner.close()
             results.append(m)
-    reference.close()
+    ref.close()
     runs: dict[int, list[float]] = {i: [] for i in range(len(timed))}
     losing: list[int] = []
     for r in range(rounds):  # interleaved: each round times every candidate once, so drift hits all alike

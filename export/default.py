@@ -29,18 +29,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edgead.errors import EdgeadError
+from edgead import precisions, registry
+from edgead.errors import FidelityError
 
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 #: a candidate this much slower than the fastest after one round is not timed again
 WIDE_GAP = 0.25
-#: the order precisions are tried in: the next is built only when the one before missed its fidelity gate
-LADDER = ("int8", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -54,91 +50,110 @@ class DefaultChoice:
     decision: dict[str, Any] | None = None  # tune's record, when candidates were timed
 
 
-def fast_plan(flags: dict[str, bool], available: Sequence[str], has_calib: bool, batch: int) -> tuple[list, list]:
-    """Tune's plan pruned to the candidates that can win on a CPU with ``flags``; the rest come back as left-out
-    rows with the reason."""
-    from edgead.tune import Measured, plan
+def _at_batch(c: Any) -> bool:
+    """The candidate runs at the line's batch: fixed there, or its runner has no fixed-batch setting."""
+    return c.static is not None or not registry.get(c.engine).static_batch
 
-    keep, out = plan(flags, available, has_calib, batch)
-    native = {p for p, fl in (("bf16", BF16_FLAGS), ("int8", INT8_FLAGS)) if any(flags.get(f) for f in fl)}
+
+def _prune(keep: list, out: list, flags: dict[str, bool], available: Sequence[str], has_calib: bool,
+           batch: int) -> tuple[list, list]:
+    """Tune's planned ``keep`` pruned to what can win on a CPU with ``flags``; the rest join ``out`` with why."""
+    from edgead.tune import Measured
+
+    native = {p.name for p in precisions.native(flags)}
     reduced_here = {c.precision for c in keep} & native if has_calib else set()
+    here = [e for e in registry.tunable() if e.name in available]
+    preferred = here[0] if here else None
     pruned = []
     for c in keep:
+        p, eng = precisions.get(c.precision), registry.get(c.engine)
         why = ""
-        if c.precision != "fp32" and not has_calib:
+        if p.reduced and not has_calib:
             out.append(Measured(c, skipped="no held-out images for its fidelity gate (--calib DIR)"))
             continue
-        if c.engine == "onnxruntime" and "openvino" in available:
-            why = "OpenVINO is installed: ONNX Runtime ran 1.0-1.3x OpenVINO's time on x86 CPUs"
-        elif c.static is None:
+        if preferred is not None and eng.cpu_preference < preferred.cpu_preference:
+            why = (f"{preferred.label} is installed: {eng.label} ran 1.0-1.3x {preferred.label}'s time on x86 "
+                   f"CPUs")
+        elif not _at_batch(c):
             why = f"the batch axis fixed at {batch} was never slower than dynamic"
-        elif c.precision == "fp32" and reduced_here:
+        elif not p.reduced and reduced_here:
             why = f"this CPU runs {'/'.join(sorted(reduced_here)).upper()} natively: FP32 is only the fallback"
         if why:
             out.append(Measured(c, skipped=f"pruned: {why}"))
         else:
             pruned.append(c)
-    if not pruned:  # nothing reduced survived: FP32 at the batch (the dynamic fallback if OpenVINO is missing)
-        pruned = [c for c in keep if c.precision == "fp32" and c.static is not None][:1] or keep[:1]
+    if not pruned:  # nothing reduced survived: full precision at the batch (the dynamic fallback otherwise)
+        pruned = [c for c in keep if not precisions.get(c.precision).reduced and _at_batch(c)][:1] or keep[:1]
         out = [m for m in out if m.candidate not in pruned]
     return pruned, out
 
 
-def _rung(precision: str, flags: dict[str, bool], available: Sequence[str], has_calib: bool, batch: int
-          ) -> tuple[list, list]:
-    """One rung of the ladder: ``fast_plan``'s candidates at ``precision`` (FP32 always available as the last)."""
+def fast_plan(flags: dict[str, bool], available: Sequence[str], has_calib: bool, batch: int) -> tuple[list, list]:
+    """Tune's plan pruned to the candidates that can win on a CPU with ``flags``; the rest come back as left-out
+    rows with the reason."""
     from edgead.tune import plan
 
-    keep, out = fast_plan(flags, available, has_calib, batch)
-    rung = [c for c in keep if c.precision == precision]
-    if not rung and precision == "fp32":  # FP32 was pruned behind a reduced precision that then missed its gate
-        engine = "openvino" if "openvino" in available else "onnxruntime"
-        rung = [c for c in plan(flags, available, has_calib, batch)[0]
-                if c.precision == "fp32" and c.engine == engine and c.static is not None]
-    return rung, out
+    return _prune(*plan(flags, available, has_calib, batch), flags, available, has_calib, batch)
+
+
+def ladder(flags: dict[str, bool], available: Sequence[str], has_calib: bool, batch: int
+           ) -> tuple[list[tuple[str, list]], list]:
+    """The rungs to try, fastest precision first, each with its candidates, from one plan; full precision is
+    always the last rung (when it was pruned behind a reduced precision, the preferred engine's candidates at the
+    batch); and the left-out rows."""
+    from edgead.tune import plan
+
+    keep, out = plan(flags, available, has_calib, batch)
+    pruned, out = _prune(list(keep), out, flags, available, has_calib, batch)
+    rungs = []
+    for p in precisions.ladder():
+        rung = [c for c in pruned if c.precision == p.name]
+        if not rung and not p.reduced:  # FP32 pruned behind a reduced precision that may miss its gate
+            full = [c for c in keep if c.precision == p.name and _at_batch(c)]
+            rung = [c for c in full if c.engine == full[0].engine] if full else []
+        if rung or not p.reduced:
+            rungs.append((p.name, rung))
+    return rungs, out
 
 
 def default_artifact(out: str | Path, calib: str | Path | None = None, data: str | Path | None = None,
                      batch: int = 1, progress: Callable[[str], None] | None = None,
                      flags: dict[str, bool] | None = None, iters: int = 12, rounds: int = 3) -> DefaultChoice:
-    """Build, gate, time and record the artifact tune would choose for this machine (see the module docstring)."""
+    """Build, gate, time and record the artifact tune would choose for this machine (see the module docstring).
+
+    A rung whose candidates all miss their fidelity gate (``FidelityError``) falls back to the next; any other
+    error (nothing could be built or run) surfaces as it is."""
     import edgead.runtimes as rt
     from edgead.bench.machine import machine_info
-    from edgead.registry import artifact_folder
     from edgead.tune import tune
 
     out = Path(out)
     flags = flags if flags is not None else machine_info()["flags"]
-    candidates, _ = fast_plan(flags, rt.available_engines(), calib is not None, batch)  # what can win here
-    ladder = [p for p in LADDER if p == "fp32" or any(c.precision == p for c in candidates)]
+    rungs, left_out = ladder(flags, rt.available_engines(), calib is not None, batch)
+    order = [precision for precision, _ in rungs]
     missed: list[str] = []
-    decision = None
-    available = rt.available_engines()
-    for i, precision in enumerate(ladder):  # the fastest precision first; the next only when it misses its gate
-        alone = len(_rung(precision, flags, available, calib is not None, batch)[0]) == 1
+    for i, (precision, rung) in enumerate(rungs):  # the fastest precision first; the next only on a miss
+        planned = (list(rung), list(left_out))  # tune appends its outcomes to the left-out rows: a copy each
         try:  # a candidate alone is timed once, for the record: there is nothing to choose between
-            decision = tune(out, batch, calib, data, iters=iters, rounds=1 if alone else rounds, progress=progress,
-                            flags=flags, planner=partial(_rung, precision), wide_gap=WIDE_GAP)
+            decision = tune(out, batch, calib, data, iters=iters, rounds=1 if len(rung) == 1 else rounds,
+                            progress=progress, flags=flags, planner=lambda *_, p=planned: p, wide_gap=WIDE_GAP)
             break
-        except EdgeadError as exc:
+        except FidelityError as exc:
             missed.append(f"{precision.upper()} missed its fidelity gate ({str(exc).splitlines()[0]})")
-            if i == len(ladder) - 1:
+            if i == len(rungs) - 1:
                 raise
-    if decision is None:  # nothing planned at all (no engine installed)
-        raise EdgeadError("expected OpenVINO or ONNX Runtime to build an artifact with, found neither: "
-                          "pip install 'edgead[openvino]'")
-    fallback = "".join(f"; {m}" for m in missed)
-    rest = [p.upper() for p in ladder[ladder.index(decision["chosen"]["precision"]) + 1:]]
-    if rest:
-        fallback += (f"; {'/'.join(rest)} not built: this CPU runs {decision['chosen']['precision'].upper()} "
-                     f"natively at a higher peak, and it passed its gate")
     ch = decision["chosen"]
-    native = [p for p, fl in (("BF16", BF16_FLAGS), ("INT8", INT8_FLAGS)) if any(flags.get(f) for f in fl)]
+    fallback = "".join(f"; {m}" for m in missed)
+    rest = [p.upper() for p in order[order.index(ch["precision"]) + 1:]]
+    if rest:
+        fallback += (f"; {'/'.join(rest)} not built: this CPU runs {ch['precision'].upper()} natively at a higher "
+                     f"peak, and it passed its gate")
+    native = [p.name.upper() for p in precisions.native(flags)]
     if calib is None and native:
         fallback += (f"; {'/'.join(native)} would likely be faster on this CPU but needs images (calibration, and "
                      f"held out for the fidelity gate): --calib DIR")
     setting = f"{ch['mode']} mode" + (f", batch fixed at {ch['static_batch']}" if ch["static_batch"] else "")
     reason = (f"{ch['engine']} {ch['precision']} ({setting}), {ch['ms_per_image']:.1f} ms/image at batch {batch}: "
               f"the fastest faithful artifact tune finds for this CPU{fallback}")
-    return DefaultChoice(ch["engine"], ch["precision"], artifact_folder(out, ch["engine"], ch["precision"]), reason,
-                         decision)
+    return DefaultChoice(ch["engine"], ch["precision"], registry.artifact_folder(out, ch["engine"], ch["precision"]),
+                         reason, decision)

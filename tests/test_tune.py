@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from edgead.errors import EdgeadError
+from edgead.errors import EdgeadError, FidelityError
 from edgead.tune import Candidate, Measured, choose, plan, record
 
 AVX2 = {"avx2": True, "fma": True, "avx512f": False, "avx512_vnni": False, "avx_vnni": False, "avx512_bf16": False,
@@ -68,9 +68,14 @@ def test_choose_takes_the_fastest_that_passes_its_gate():
 
 
 def test_choose_refuses_when_nothing_passes():
-    with pytest.raises(EdgeadError, match="found none .*openvino int8: map r 0.5670 < 0.99"):
+    """A measured miss is a FidelityError (the default compile's ladder falls back on it); nothing built at all is
+    a plain EdgeadError (it must surface)."""
+    with pytest.raises(FidelityError, match="found none .*openvino int8: map r 0.5670 < 0.99"):
         choose([fake("openvino", "int8", 10.0, passed=False),
                 Measured(Candidate("openvino", "bf16"), skipped="no BF16 instructions")])
+    with pytest.raises(EdgeadError, match="found none .*openvino int8: nncf is not installed") as info:
+        choose([Measured(Candidate("openvino", "int8"), skipped="nncf is not installed")])
+    assert not isinstance(info.value, FidelityError)
 
 
 @pytest.fixture()
