@@ -55,6 +55,13 @@ def quantized_layers(model: onnx.ModelProto) -> list[str]:
             and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input)]
 
 
+def still_quantised(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes (other than Q/DQ themselves) that read a dequantised tensor, in graph order."""
+    dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(i in dq for i in n.input)]
+
+
 def _dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int) -> np.ndarray:
     shape = [1] * q.ndim
     if scale.ndim == 1 and scale.size > 1:
@@ -195,7 +202,9 @@ def search_float_layers(qmodel: onnx.ModelProto, float_weights: dict[str, np.nda
         s, m = _run(float_island(qmodel, layers, float_weights), target.val.images, optimize=not quick)
         return target.measure(s, m, f"Q/DQ with {len(layers)} float layers", "int8")
 
-    return fewest_float_layers(quantized_layers(qmodel), measure, target.budget, "Q/DQ INT8", progress, max_float)
+    layers = quantized_layers(qmodel)
+    return fewest_float_layers(layers, measure, target.budget, "Q/DQ INT8", progress, max_float,
+                               still_quantised(float_island(qmodel, layers, float_weights)))
 
 
 def quantize_qdq(artifact_dir: str | Path, calib: CalibrationSet | str | Path, out: str | Path | None = None,

@@ -33,7 +33,9 @@ from edgead.spec import DetectorSpec
 #: statistics methods NNCF offers for activation ranges (None: NNCF's default for the model type)
 METHODS = {"minmax": "MINMAX", "mean_minmax": "MEAN_MINMAX", "percentile": "MEAN_QUANTILE",
            "histogram": "HISTOGRAM"}
-_COMPUTE = ("MatMul", "Convolution")
+#: the quantisable ops, each a candidate for the search: matrix products, convolutions, and the fused attention
+#: (NNCF quantises its query and key; left out, those FakeQuantize pairs stayed in the "all float" probe)
+_COMPUTE = ("MatMul", "Convolution", "ScaledDotProductAttention")
 
 
 def _advanced(nncf: Any, method: str | None) -> Any:
@@ -73,24 +75,76 @@ def float_layers(model: Any, always: tuple[str, ...], first: str | None) -> tupl
     return [n for n, q in ops.items() if not q], len(ops)
 
 
-def _bypass(model: Any, layers: set[str]) -> Any:
+#: ops that carry a tensor unchanged in value, between a FakeQuantize and the op that reads it (K reaches an
+#: attention through two Transposes; a weight through a Convert or Reshape)
+_MOVES = ("Convert", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def _fq_behind(value: Any) -> tuple[Any, Any] | None:
+    """(FakeQuantize, the input to rewire) when ``value`` is a FakeQuantize's output, directly or behind a chain of
+    data-movement ops (``_MOVES``); else None. Rewiring the input to the FakeQuantize's own input skips it."""
+    node, rewire = value.get_node(), None
+    for _ in range(4):
+        if node.get_type_name() == "FakeQuantize":
+            return node, rewire
+        if node.get_type_name() not in _MOVES:
+            return None
+        rewire, node = node.input(0), node.input_value(0).get_node()
+    return None
+
+
+def float_biases(model: Any) -> dict[str, tuple[int, np.ndarray]]:
+    """The float model's bias of each compute op: {name of the Add reading it: (constant input index, values)}.
+
+    NNCF's bias correction rewrites these constants for the quantised layers; a layer put back in float gets its
+    own bias back, so that it computes what the float layer computes (with every layer back, the FP32 model).
+    """
+    out: dict[str, tuple[int, np.ndarray]] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in _COMPUTE:
+            continue
+        for target in op.output(0).get_target_inputs():
+            add = target.get_node()
+            if add.get_type_name() != "Add":
+                continue
+            k = 1 - target.get_index()
+            const = add.input_value(k).get_node()
+            if const.get_type_name() == "Constant":
+                out[add.get_friendly_name()] = (k, np.array(const.get_data(), copy=True))
+    return out
+
+
+def _bypass(model: Any, layers: set[str], biases: dict[str, tuple[int, np.ndarray]] | None = None) -> Any:
     """A copy of the quantised ``model`` in which each op named in ``layers`` reads float inputs: the FakeQuantize
-    in front of each input (activation and weight; directly, or behind one Convert/Reshape/Transpose) is skipped.
+    in front of each input (activation and weight; directly, or behind data-movement ops) is skipped, and the
+    bias it adds is the float model's again (``biases``, from ``float_biases``: bias correction undone).
     SmoothQuant's scaling stays on both sides, so the layer computes what the float layer computes (weights must
     still be float behind their FakeQuantize: NNCF's ``compress_weights`` off)."""
+    from openvino import op as ov_op
+
     m = model.clone()
     for op in m.get_ordered_ops():
         if op.get_friendly_name() not in layers:
             continue
         for i in range(op.get_input_size()):
-            node = op.input_value(i).get_node()
-            if node.get_type_name() == "FakeQuantize":
-                op.input(i).replace_source_output(node.input_value(0))
-            elif node.get_type_name() in ("Convert", "Reshape", "Transpose") and \
-                    node.input_value(0).get_node().get_type_name() == "FakeQuantize":
-                node.input(0).replace_source_output(node.input_value(0).get_node().input_value(0))
+            found = _fq_behind(op.input_value(i))
+            if found is not None:
+                fq, rewire = found
+                (rewire or op.input(i)).replace_source_output(fq.input_value(0))
+        for target in op.output(0).get_target_inputs():
+            add = target.get_node()
+            if biases and add.get_friendly_name() in biases:
+                k, values = biases[add.get_friendly_name()]
+                add.input(k).replace_source_output(ov_op.Constant(values).output(0))
     m.validate_nodes_and_infer_types()
     return m
+
+
+def still_quantised(model: Any) -> list[str]:
+    """Names of the ops that read a FakeQuantize output (directly or behind data-movement ops), in graph order."""
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_type_name() not in ("FakeQuantize", *_MOVES)
+            and any(_fq_behind(op.input_value(i)) is not None for i in range(op.get_input_size()))]
 
 
 def _quantized_ops(model: Any, always: tuple[str, ...], first: str | None) -> list[str]:
@@ -99,18 +153,17 @@ def _quantized_ops(model: Any, always: tuple[str, ...], first: str | None) -> li
 
 
 def _fq_inputs(model: Any) -> dict[str, bool]:
-    return {op.get_friendly_name(): any(op.input_value(i).get_node().get_type_name() == "FakeQuantize"
-                                        for i in range(op.get_input_size()))
+    return {op.get_friendly_name(): any(_fq_behind(op.input_value(i)) is not None for i in range(op.get_input_size()))
             for op in model.get_ordered_ops() if op.get_type_name() in _COMPUTE}
 
 
-def _measure_fn(model: Any, target: AccuracyTarget) -> Any:
+def _measure_fn(model: Any, target: AccuracyTarget, biases: dict[str, tuple[int, np.ndarray]] | None = None) -> Any:
     import openvino as ov
 
     core = ov.Core()
 
     def measure(layers: list[str], quick: bool = False) -> Any:
-        compiled = core.compile_model(_bypass(model, set(layers)) if layers else model, "CPU",
+        compiled = core.compile_model(_bypass(model, set(layers), biases) if layers else model, "CPU",
                                       {"INFERENCE_PRECISION_HINT": "f32"})
         scores, maps = [], []
         for i in range(0, len(target.val), 8):
@@ -124,13 +177,13 @@ def _measure_fn(model: Any, target: AccuracyTarget) -> Any:
 
 
 def _search(model: Any, target: AccuracyTarget, always: tuple[str, ...], first: str | None,
-            max_float: int | None) -> Any:
+            max_float: int | None, biases: dict[str, tuple[int, np.ndarray]]) -> Any:
     """The search record: the fewest layers of ``model`` back in float that meet ``target``'s budget."""
     from edgead.calib.search import fewest_float_layers
 
     layers = _quantized_ops(model, always, first)
-    return fewest_float_layers(layers, _measure_fn(model, target), target.budget, "OpenVINO INT8",
-                               max_float=max_float)
+    return fewest_float_layers(layers, _measure_fn(model, target, biases), target.budget, "OpenVINO INT8",
+                               max_float=max_float, still_quantised=still_quantised(_bypass(model, set(layers))))
 
 
 def quantize_openvino(model: Any, spec: DetectorSpec, calib: CalibrationSet, method: str | None = None,
@@ -164,7 +217,7 @@ def quantize_openvino(model: Any, spec: DetectorSpec, calib: CalibrationSet, met
             probe_params = replace(advanced or AdvancedQuantizationParameters(),
                                    backend_params={"compress_weights": False})
             probe = nncf.quantize(model.clone(), dataset, advanced_parameters=probe_params, **common)
-            found = _search(probe, target, always, first, max_float_layers)
+            found = _search(probe, target, always, first, max_float_layers, float_biases(model))
             del probe
             if found.float_layers:
                 common["ignored_scope"] = nncf.IgnoredScope(names=[*([first] if first else []),

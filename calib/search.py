@@ -1,9 +1,11 @@
 """The accuracy-aware search every INT8 path shares: the fewest layers to keep in float for a budget.
 
 1. Measure full INT8; if it meets the budget, nothing stays float.
-2. Measure with every candidate layer in float; if even that misses, the budget is out of reach: say so with the
-   best drop reached, why it misses (a set too small to tell says how many labelled images would), and how far
-   that all-float probe's scores are from the reference's (an engine may keep quantising outside the candidates).
+2. Measure with every candidate layer in float. That probe is the FP32 model (each engine puts back the float
+   inputs, weights and biases of every candidate), so it meets every budget: a probe within the FP32 parity target
+   of the reference (``Budget.atol``) passes whatever drop its numerical noise shows. If it still misses, the
+   budget is out of reach: say so with the best drop reached, why it misses (a set too small to tell says how many
+   labelled images would), how far that probe is from the reference and which ops the engine kept quantised.
 3. Rank the layers by sensitivity: how much keeping that one layer in float improves (1 - map r) + metric drop.
 4. Keep the top-k in float for the smallest k that meets the budget: doubling, then bisection (about 2 log2 n
    measurements). At least one layer stays INT8: an "INT8" artifact with every layer in float is the FP32 model.
@@ -15,13 +17,13 @@ The engine supplies ``measure(layers, quick)``: the fidelity of its INT8 model w
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from edgead.errors import FidelityError
-from edgead.fidelity import Budget, Fidelity
+from edgead.fidelity import FULL_PRECISION, Budget, Fidelity
 
 Measure = Callable[[list[str], bool], Fidelity]
 
@@ -43,23 +45,39 @@ def _loss(f: Fidelity, metric: str) -> float:
     return float(v) if np.isfinite(v) else float("inf")
 
 
+def parity_failures(f: Fidelity, budget: Budget) -> list[str]:
+    """What keeps ``f`` from being the FP32 model: the FP32 parity target (``budget.atol``) applied to it."""
+    return Budget(atol=budget.atol).failures(replace(f, precision=FULL_PRECISION[0]))
+
+
 def fewest_float_layers(layers: Sequence[str], measure: Measure, budget: Budget, what: str,
-                        progress: Any = None, max_float: int | None = None) -> Search:
-    """Fewest of ``layers`` to keep in float so that ``measure`` meets ``budget`` (see the module docstring)."""
+                        progress: Any = None, max_float: int | None = None,
+                        still_quantised: Sequence[str] = ()) -> Search:
+    """Fewest of ``layers`` to keep in float so that ``measure`` meets ``budget`` (see the module docstring).
+
+    ``still_quantised``: the ops the engine leaves quantised with every one of ``layers`` in float (named when
+    the all-float probe misses the budget).
+    """
     metric = budget.metric
     layers = list(layers)
     steps: list[dict[str, Any]] = []
 
     def step(chosen: list[str], f: Fidelity) -> bool:
         ok = not budget.failures(f)
-        steps.append({"float_layers": len(chosen), "map_r": f.map_r, "drop": f.drop(metric), "passed": ok})
+        rec = {"float_layers": len(chosen), "map_r": f.map_r, "drop": f.drop(metric), "passed": ok}
+        if chosen and len(chosen) == len(layers):  # the all-float probe: the FP32 model, within its parity target
+            rec["fp32_parity"] = not parity_failures(f, budget)
+            rec["passed"] = ok = ok or rec["fp32_parity"]
+        steps.append(rec)
         return ok
 
     def impossible(best: Fidelity, n: int, cap: int | None = None) -> FidelityError:
         drop = best.drop(metric)
-        if cap is None:  # say what the all-float probe measured: an engine may still quantise outside the candidates
-            how = (f"even with all {n} candidate layers in float (that probe's scores differ from the reference's "
-                   f"by up to {every.max_abs_scores:.2g})")
+        if cap is None:  # the all-float probe is not the FP32 model: say how far it is, and what stays quantised
+            kept = (f"; {len(still_quantised)} ops stay quantised in it: {', '.join(still_quantised[:5])}"
+                    f"{', ...' if len(still_quantised) > 5 else ''}" if still_quantised else "")
+            how = (f"even with all {n} candidate layers in float (that probe is not the FP32 model: "
+                   f"{'; '.join(parity_failures(every, budget))}{kept})")
         else:
             how = f"with at most {cap} of {n} layers in float"
         if cap == n - 1 and n > 0:
@@ -90,7 +108,7 @@ def fewest_float_layers(layers: Sequence[str], measure: Measure, budget: Budget,
         if k not in tried:
             tried[k] = measure(ranked[:k], False)
             step(ranked[:k], tried[k])
-        return not budget.failures(tried[k])
+        return not budget.failures(tried[k])  # k < len(layers): an INT8 artifact is judged by the budget alone
 
     # at least one layer stays INT8: keeping every layer in float would write the FP32 model as an INT8 artifact
     top = len(ranked) - 1 if max_float is None else min(max_float, len(ranked) - 1)
