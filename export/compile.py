@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgead import registry
+from edgead import precisions, registry
 from edgead.calib.dataset import CalibrationSet
 from edgead.calib.validation import AccuracyTarget
 from edgead.errors import EdgeadError, InputError
@@ -36,11 +36,12 @@ def build_onnxruntime(out: Path, precision: str, calib: Path | None, *, dest: Pa
                       calib_set: CalibrationSet | None = None, calib_method: str | None = None,
                       target: AccuracyTarget | None = None, max_float_layers: int | None = None,
                       data: Path | None = None, **_: Any) -> Path:
-    if precision == "fp16":  # the mixed FP16 graph TensorRT also builds from, verified on the CPU
+    graph = precisions.get(precision).onnx_graph
+    if graph == "mixed":  # the mixed FP16 graph TensorRT also builds from, verified on the CPU
         from edgead.export.precision import precision_graph
 
-        return precision_graph(out, "fp16", calib, data)[0]
-    if precision != "int8":
+        return precision_graph(out, precision, calib, data)[0]
+    if graph != "qdq":
         raise EdgeadError(f"ONNX Runtime runs the FP32 export (OUT/model.onnx) as it is; compile makes fp16 and "
                           f"int8, found --precision {precision}")
     if calib is None and calib_set is None:
@@ -58,13 +59,10 @@ def build_tensorrt(out: Path, precision: str, calib: Path | None, batch: str = "
     return compile_trt(out, precision, parse_batch(batch), workspace, calib, int8_mode, data=data)
 
 
-#: precisions the gate measures; the FP16 graphs verify themselves against --data (``export.precision``)
-GATED = ("int8", "bf16")
-
-
 def _gated(eng: registry.Engine, precision: str) -> bool:
-    """INT8/BF16, on an engine whose artifacts this machine can run (no extra hardware named)."""
-    return precision in GATED and not eng.needs
+    """A precision the table gates (INT8/BF16; the FP16 graphs verify themselves against --data in
+    ``export.precision``), on an engine whose artifacts this machine can run (no extra hardware named)."""
+    return (p := precisions.find(precision)) is not None and p.gated and not eng.needs
 
 
 def compile_artifact(out: str | Path, engine: str, precision: str, calib: str | Path | None = None, *,
@@ -100,6 +98,6 @@ def compile_artifact(out: str | Path, engine: str, precision: str, calib: str | 
     dest = registry.artifact_folder(out, eng.name, precision)
     with atomic_dir(dest) as tmp:
         staged = build(out, precision, calib_dir, dest=tmp / "build", calib_set=p.calib, calib_method=calib_method,
-                       target=p.target if aware and precision == "int8" else None, **options)
+                       target=p.target if aware and precisions.get(precision).quantized else None, **options)
         gate.commit(staged, tmp, gate.judge(staged, p.target, accept_drop))
     return dest

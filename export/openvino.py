@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgead import precisions
 from edgead.calib.dataset import CalibrationSet
 from edgead.errors import EdgeadError, InputError, require
 from edgead.export.onnx import source_onnx
@@ -21,10 +22,8 @@ from edgead.runtimes.manifest import write_manifest
 if TYPE_CHECKING:
     from edgead.calib.validation import AccuracyTarget
 
-XML = "model.xml"
+XML = OPENVINO.model_file
 PRECISIONS = OPENVINO.compiles
-#: manifest precision -> OpenVINO INFERENCE_PRECISION_HINT for the CPU plugin
-INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def compile_openvino(artifact_dir: str | Path, precision: str = "fp32",
@@ -34,14 +33,17 @@ def compile_openvino(artifact_dir: str | Path, precision: str = "fp32",
     """Write the OpenVINO ``precision`` artifact folder in ``OUT`` (model.xml, model.bin, manifest.json); its path."""
     if precision not in PRECISIONS:
         raise EdgeadError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, found '{precision}'")
-    ov = require("openvino", "openvino", "compiling for OpenVINO")
+    ov = require(OPENVINO.package, OPENVINO.extra, "compiling for OpenVINO")
+    p = precisions.get(precision)
     artifact_dir = Path(artifact_dir)
     onnx_path, src = source_onnx(artifact_dir)
     out = Path(out) if out else artifact_folder(artifact_dir, OPENVINO.name, precision)
     model = ov.convert_model(str(onnx_path))
-    extra: dict = {"inference_precision": INFERENCE_PRECISION[precision], "source": onnx_path.name}
-    versions = {"openvino": ov.__version__}
-    if precision == "int8":
+    # the CPU plugin's INFERENCE_PRECISION_HINT (the precision table's; INT8 IRs run their quantised products in
+    # int8 and the rest in f32)
+    extra: dict = {"inference_precision": p.openvino_hint, "source": onnx_path.name}
+    versions = {OPENVINO.package: ov.__version__}
+    if p.quantized:
         if calib is None:
             raise InputError("INT8 needs calibration images: pass --calib DIR (normal images of the part)")
         from edgead.calib.openvino_int8 import quantize_openvino

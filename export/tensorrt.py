@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgead import precisions
 from edgead.errors import ArtifactError, EdgeadError, InputError, require
 from edgead.export.islands import Fp32Node, fp32_islands
 from edgead.export.qdq_check import check_qdq_for_tensorrt
@@ -34,7 +35,7 @@ from edgead.runtimes.manifest import read_manifest, write_manifest
 
 __all__ = ["BatchProfile", "Fp32Node", "check_qdq_for_tensorrt", "compile_trt", "fp32_islands", "parse_batch"]
 
-ENGINE = "model.engine"
+ENGINE = TENSORRT.model_file
 TIMING_CACHE = "timing.cache"
 PRECISIONS = TENSORRT.compiles
 INT8_MODES = ("qdq", "entropy")
@@ -213,7 +214,8 @@ def compile_trt(
 
     artifact_dir = Path(artifact_dir)
     fp32_path, src = source_onnx(artifact_dir)
-    legacy = precision == "int8" and int8_mode == "entropy"
+    quantized = precisions.get(precision).quantized
+    legacy = quantized and int8_mode == "entropy"
     if legacy and calib_dir is None:
         raise InputError("INT8 entropy calibration needs images: pass --calib DIR (normal images)")
     check = None
@@ -224,9 +226,9 @@ def compile_trt(
 
         folder, check = precision_graph(artifact_dir, precision, calib_dir, data)
         onnx_path = folder / read_manifest(folder).model
-        if precision == "int8":
+        if quantized:
             check_qdq_for_tensorrt(onnx.load(str(onnx_path), load_external_data=False), onnx_path)
-    trt = require("tensorrt", "trt", "building TensorRT engines")
+    trt = require(TENSORRT.package, TENSORRT.extra, "building TensorRT engines")
     major = major_version(trt)
     if legacy and major >= 11:
         raise EdgeadError(f"--int8-mode entropy (the implicit INT8 calibrator) was removed in TensorRT 11, found "
@@ -251,11 +253,11 @@ def compile_trt(
             extra = {
                 "tensorrt_version": trt.__version__, "gpu_name": gpu.gpu_name,
                 "compute_capability": gpu.compute_capability, "profile": profile.to_dict(),
-                "int8_mode": int8_mode if precision == "int8" else None, "calibration_cache": calibration,
+                "int8_mode": int8_mode if quantized else None, "calibration_cache": calibration,
                 "workspace_gb": workspace_gb, **facts, "cpu_check": check.to_dict() if check else None,
                 "source": str(onnx_path.relative_to(artifact_dir)), "source_sha256": sha256_file(onnx_path),
             }
-            versions = {"tensorrt": trt.__version__, "onnx": onnx.__version__, "cuda": cuda.name}
+            versions = {TENSORRT.package: trt.__version__, "onnx": onnx.__version__, "cuda": cuda.name}
             write_manifest(tmp, TENSORRT.manifest_name, precision, ENGINE, src.spec, versions,
                            (profile.min, profile.max), extra)
     finally:

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from edgead import precisions
 from edgead.errors import ArtifactError, InputError
 from edgead.runtimes.manifest import Manifest, read_verified
 from edgead.spec import DetectorSpec, TilePlan
@@ -108,8 +109,13 @@ class Runner(ABC):
         can ask its compiled model (OpenVINO runs a bf16 request in f32 on a CPU without bf16) overrides this.
         Mixed models read like ``int8 79/93`` (79 of 93 products in int8).
         """
-        p = self.manifest.precision
-        return {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "int8"}.get(p, p)
+        return precisions.executed(self.manifest.precision)
+
+    def profile_runs(self, images: np.ndarray, runs: int) -> list[list[tuple[str, str, float, str]]]:
+        """Run ``images`` ``runs`` times with the engine's own profiler (the runner built with ``profiling=True``;
+        registry rows with ``profiler``): per run, ``(node name, op type, ms, kernel)`` of every executed node in
+        execution order. ``bench.profile`` groups them; engines without a profiler refuse."""
+        raise InputError(f"the {self.engine} engine has no per-node profiler")
 
     def close(self) -> None:  # noqa: B027 - optional hook: most engines free everything on garbage collection
         """Release engine resources (sessions, device buffers)."""

@@ -72,9 +72,8 @@ def tuned_choice(folder: Path, extra: dict) -> tuple[Path, str, dict] | None:
         return None
     engine, rel, mode = str(chosen.get("engine", "")), str(chosen.get("folder", "")), str(chosen.get("mode", ""))
     static = chosen.get("static_batch")
-    options: dict = {"mode": mode} if engine == "openvino" and mode else {}
-    if isinstance(static, int) and not isinstance(static, bool) and static > 0:
-        options["static_batch"] = static
+    fixed = static if isinstance(static, int) and not isinstance(static, bool) and static > 0 else None
+    options = eng.runner_options(mode, fixed) if (eng := registry.find(engine)) is not None else {}
     if (rel == "." or not rel) and not options:
         return None  # the export itself, as exported: load it as usual
     rel = rel or "."

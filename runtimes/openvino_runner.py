@@ -16,31 +16,43 @@ from pathlib import Path
 
 import numpy as np
 
-from edgead.errors import ArtifactError, require
-from edgead.registry import OUTPUTS
+from edgead import precisions
+from edgead.errors import ArtifactError, InputError, require
+from edgead.registry import OPENVINO, OUTPUTS
 from edgead.runtimes.base import Predictions, Runner
 from edgead.runtimes.manifest import Manifest
 from edgead.runtimes.onnx_data import external_files
 
 
+def inference_precision(manifest: Manifest) -> str:
+    """The CPU plugin's ``INFERENCE_PRECISION_HINT`` for an artifact: what its builder recorded, else the precision
+    table's hint for the manifest's precision (an ONNX export read directly: f32)."""
+    p = precisions.find(manifest.precision)
+    hint = manifest.extra.get("inference_precision") or (p.openvino_hint if p else "")
+    return str(hint or precisions.full().openvino_hint)
+
+
 class OpenVINORunner(Runner):
-    engine = "openvino"
+    engine = OPENVINO.name
     thread_safe = True
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "CPU", threads: int | None = None,
-                 mode: str = "latency", precision_hint: str | None = None, static_batch: int | None = None) -> None:
+                 mode: str = "latency", precision_hint: str | None = None, static_batch: int | None = None,
+                 profiling: bool = False) -> None:
         super().__init__(folder, manifest)
         static = self.fix_batch(static_batch)
-        ov = require("openvino", "openvino", "running OpenVINO artifacts")
+        ov = require(OPENVINO.package, OPENVINO.extra, "running OpenVINO artifacts")
         self._ov = ov
         core = ov.Core()
-        hint = precision_hint or manifest.extra.get("inference_precision", "f32")
+        hint = precision_hint or inference_precision(manifest)
         config = {
             "INFERENCE_PRECISION_HINT": hint,
             "PERFORMANCE_HINT": "THROUGHPUT" if mode == "throughput" else "LATENCY",
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if profiling:  # per-node performance counters (``profile_runs``)
+            config["PERF_COUNT"] = True
         model = self._read_model(core)
         self.check_model_input([d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()])
         if static:  # a fixed batch: shapes known at compile time; other batch sizes run chunked and padded
@@ -118,6 +130,20 @@ class OpenVINORunner(Runner):
             for slot in busy:  # never leave requests running on buffers the caller may free
                 requests[slot].wait()
 
+    def profile_runs(self, images: np.ndarray, runs: int) -> list[list[tuple[str, str, float, str]]]:
+        """Each run's executed nodes from OpenVINO's performance counters (``profiling=True``); the kernel is the
+        node's exec type (``brgemm_avx512_i8``, ``gemm_mlas_f32`` ...)."""
+        images = self.validate(images)
+        req = self._request()
+        out = []
+        for _ in range(runs):
+            req.infer({0: images})
+            out.append([(p.node_name, p.node_type, p.real_time.total_seconds() * 1e3, p.exec_type)
+                        for p in req.profiling_info if str(p.status).rpartition(".")[2] == "EXECUTED"])
+        if out and not any(out):
+            raise InputError("OpenVINO reported no performance counters: load the runner with profiling=True")
+        return out
+
     def executed_precision(self) -> str:
         """The runtime precision of the compiled model's matrix-product nodes (``bf16`` requested on a CPU without
         bf16 runs ``f32``; an INT8 IR runs ``u8``/``i8`` products), else the inference precision hint."""
@@ -128,8 +154,6 @@ class OpenVINORunner(Runner):
 
 
 _PRODUCTS = ("fullyconnected", "matmul", "convolution")
-_SPELLING = {"u8": "int8", "uint8_t": "int8", "i8": "int8", "int8_t": "int8", "f32": "f32", "float32": "f32",
-             "bf16": "bf16", "bfloat16": "bf16", "f16": "f16", "float16": "f16"}
 
 
 def _type_name(value: object) -> str:
@@ -148,7 +172,7 @@ def _product_precisions(compiled: object) -> str:
             info = op.get_rt_info()
             if "layerType" in info and "runtimePrecision" in info and _type_name(info["layerType"]) in _PRODUCTS:
                 p = _type_name(info["runtimePrecision"])
-                counts[_SPELLING.get(p, p)] = counts.get(_SPELLING.get(p, p), 0) + 1
+                counts[precisions.executed(p)] = counts.get(precisions.executed(p), 0) + 1
     except Exception:  # an older OpenVINO without runtime rt_info: the caller falls back to the hint
         return ""
     if not counts:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgead.errors import ArtifactError, EdgeadError, require
-from edgead.registry import OUTPUTS
+from edgead.registry import OUTPUTS, TENSORRT
 from edgead.runtimes.base import Runner
 from edgead.runtimes.cuda import NO_GPU, CudaPythonBackend, open_cuda
 from edgead.runtimes.manifest import Manifest
@@ -74,7 +74,7 @@ def device_info(cuda: CudaPythonBackend, tensorrt_version: str) -> DeviceInfo:
 class TensorRTRunner(Runner):
     """One deserialized engine, one stream; not thread safe (calls are serialised by the base class lock)."""
 
-    engine = "trt"
+    engine = TENSORRT.name
     thread_safe = False
 
     def __init__(self, folder: Path, manifest: Manifest, cuda_graph: bool = False, device: int = 0) -> None:
@@ -82,7 +82,7 @@ class TensorRTRunner(Runner):
         self._cuda: Any = None
         self._graphs: dict[int, tuple[Any, Any]] = {}  # batch size -> (context, graph)
         self.captures = 0  # CUDA graphs recorded: one per batch size, never one per call
-        trt = require("tensorrt", "trt", "running TensorRT engines")
+        trt = require(TENSORRT.package, TENSORRT.extra, "running TensorRT engines")
         self._trt = trt
         self._cuda = open_cuda(device)
         check_engine_compatible(manifest.extra, device_info(self._cuda, trt.__version__), self.folder,
