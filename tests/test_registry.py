@@ -92,6 +92,41 @@ def test_builtin_rows() -> None:
     assert "ov2" not in registry.ENGINES
 
 
+def test_engine_capabilities_are_row_fields() -> None:
+    """What tune, the loader and the bench used to compare names for, read from the rows."""
+    assert registry.exporter().name == "onnxruntime" and registry.reference().name == "torch"
+    assert [e.name for e in registry.tunable()] == ["openvino", "onnxruntime"]  # preferred first; no GPU, no torch
+    ov, ort, trt = registry.get("ov"), registry.get("ort"), registry.get("tensorrt")
+    assert ov.runner_options("throughput", 8) == {"mode": "throughput", "static_batch": 8}
+    assert ort.runner_options("throughput", 8) == {"static_batch": 8}  # one mode: nothing to choose
+    assert trt.runner_options("latency", 8) == {}  # no fixed-batch setting in its runner
+    assert (ov.model_file, ort.model_file, trt.model_file) == ("model.xml", "model.onnx", "model.engine")
+    assert (ov.short, ort.short, trt.short, trt.device, ov.device) == ("ov", "ort", "trt", "GPU", "CPU")
+    assert [e.name for e in registry.ENGINES.values() if e.profiler] == ["onnxruntime", "openvino"]
+    assert registry.find("tensorrt") is trt and registry.find("coreml") is None
+
+
+def test_the_precision_table() -> None:
+    from edgead import precisions as P
+
+    assert P.get("float32") is P.FP32 and P.full() is P.FP32 and P.find("bfloat16") is P.BF16
+    assert [P.executed(n) for n in ("fp32", "float32", "fp16", "bf16", "int8", "u8", "i8", "weird")] == [
+        "f32", "f32", "f16", "bf16", "int8", "int8", "int8", "weird"]
+    assert P.FP32.targets == ("atol",) and P.INT8.targets == P.BF16.targets == ("min_map_r", "max_drop")
+    assert (P.FP16.min_map_r, P.BF16.min_map_r, P.INT8.min_map_r, P.FP32.min_map_r) == (0.999, 0.99, 0.99, None)
+    assert [(p.name, p.openvino_hint) for p in P.PRECISIONS.values()] == [
+        ("fp32", "f32"), ("fp16", ""), ("bf16", "bf16"), ("int8", "f32")]
+    assert [p.name for p in P.PRECISIONS.values() if p.gated] == ["bf16", "int8"]
+    assert [p.name for p in P.PRECISIONS.values() if p.quantized] == ["int8"]
+    avx2, spr = {"avx2": True}, {"avx2": True, "amx_bf16": True, "amx_int8": True}
+    assert P.native(avx2) == [] and [p.name for p in P.native(spr)] == ["bf16", "int8"]
+    assert [p.name for p in P.native({"avx_vnni": True})] == ["int8"]
+    assert not P.FP16.native_on(spr) and P.FP32.native_on(avx2)  # FP16 is a GPU precision; FP32 runs anywhere
+    assert [p.name for p in P.ladder()] == ["int8", "bf16", "fp32"]  # fastest first, full precision last
+    with pytest.raises(EdgeadError, match="precision must be one of fp32, fp16, bf16, int8, found 'int4'"):
+        P.get("int4")
+
+
 def test_missing_package_names_the_extra() -> None:
     ghost = registry.Engine("ghost", "ghost", "m", "no_such_package_xyz", "ghost", ("fp32",), needs="a ghost")
     assert ghost.missing() == "no_such_package_xyz is not installed: pip install 'edgead[ghost]' (and a ghost)"
@@ -197,3 +232,85 @@ def test_git_grep_finds_folder_and_manifest_names_only_in_the_registry() -> None
         out = subprocess.run(["git", "grep", "-l", "-F", literal, "--", "*.py"], cwd=REPO, capture_output=True,
                              text=True).stdout.split()
         assert [f for f in out if not f.startswith("tests/")] in ([], ["edgead/registry.py"]), (literal, out)
+
+
+# -- engine and precision names are decided on in the registry and the precision table only -------------------
+def _decision_pattern() -> re.Pattern[str]:
+    """A decision on an engine or precision name spelled as a literal: a comparison (``== "openvino"``), a
+    membership test (``in ("bf16", "int8")``, ``"int8" in x``), a dict key or subscript (``{"fp32": ...}``,
+    ``d["int8"]``, ``.get("openvino")``), a literal tuple of two names, a ``startswith``/``case`` on one. The names
+    come from the tables themselves (every engine name, alias and manifest name; every precision name, alias,
+    executed name and engine spelling), so a new row is covered without editing this test."""
+    from edgead import precisions
+
+    names = {n for e in registry.ENGINES.values() for n in (e.name, *e.aliases, e.manifest_name)}
+    names |= {n for p in precisions.PRECISIONS.values() for n in (p.name, *p.aliases, p.executed, *p.spellings)}
+    lit = '"(?:' + "|".join(sorted(map(re.escape, names), key=len, reverse=True)) + ')"'
+    forms = [
+        rf"(?:==|!=)\s*{lit}", rf"{lit}\s*(?:==|!=)",  # comparisons
+        rf"\bin\s*[(\[{{][^)\]}}]*{lit}", rf"{lit}\s+(?:not\s+)?in\s",  # membership, either side
+        rf"(?:[{{,]|^)\s*{lit}\s*:(?!\s*\w+\.__version__)",  # dict keys (not a package-version record)
+        rf"\[\s*\(?\s*{lit}", rf"\.(?:get|startswith|endswith|pop)\(\s*{lit}",  # subscripts and look-ups
+        rf"(?:^|[^\w.])\(\s*{lit}\s*,", rf"\bcase\s+{lit}",  # literal tuples led by a name (not calls); case
+    ]
+    return re.compile("|".join(forms))
+
+
+#: modules outside the two tables that still decide on a literal name, with how many such lines they may keep;
+#: the count may only go down. Each entry is owed a migration to the registry rows and the precision table.
+NAME_DECISIONS_OWED = {
+    # H1 migrates (the verification core, issue 26 item 1): FULL_PRECISION, the FP16 graph's own branches
+    "edgead/fidelity.py": 1, "export/precision.py": 4,
+    # the CLI and the ONNX exporter: the reference engine, the full precision, the default compile precision
+    "edgead/cli/run.py": 1, "edgead/cli/deploy.py": 1, "export/onnx.py": 1,
+    # a torch.compile row's bf16 autocast option (bench/frames.py had other work in flight)
+    "bench/frames.py": 1,
+}
+
+
+def _code(line: str) -> str:
+    """A source line without its comment (a whole-line one, or an inline one after two spaces)."""
+    return "" if line.lstrip().startswith("#") else re.split(r"\s\s#\s", line)[0]
+
+
+def _name_decisions() -> dict[str, list[str]]:
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    pattern, found = _decision_pattern(), {}
+    for f in files:
+        if f.startswith("tests/") or f in ("edgead/registry.py", "edgead/precisions.py") or not (REPO / f).is_file():
+            continue
+        hits = [f"{i}: {line.strip()}" for i, line in enumerate((REPO / f).read_text().splitlines(), 1)
+                if pattern.search(_code(line))]
+        if hits:
+            found[f] = hits
+    return found
+
+
+@pytest.mark.parametrize("line, decides", [
+    ('if engine == "openvino":', True), ('if precision != "int8":', True), ('x = "fp32" == p', True),
+    ('elif precision in ("bf16", "int8"):', True), ('if c.precision in {"fp32"}:', True),
+    ('if "int8" in precisions:', True), ('_RANK = {"fp32": 3, "bf16": 2}', True), ('d["int8"]', True),
+    ('arts[("onnxruntime", "fp32", "")]', True), ('{"openvino": f}.get(engine)', True),
+    ('for name in ("openvino", "onnxruntime"):', True), ('LADDER = ("int8", "bf16", "fp32")', True),
+    ('FULL_PRECISION = ("fp32",)', True), ('    "int8": 0.99,', True),
+    ('flags.get("u8")', True), ('if engine not in ("torch", "all"):', True), ('case "trt":', True),
+    ('ov = require("openvino", "openvino", "compiling")', False), ('versions = {"torch": torch.__version__}', False),
+    ('help="openvino, onnxruntime or trt"', False), ('engine: str = "openvino",', False),
+    ('raise InputError(f"expected --engine openvino, found {engine!r}")', False),
+    ('if precision == "fp32x":', False), ('if engine == ENGINE.name:', False),
+    ('rows = [BenchResult.skip("torch", "fp32", b)]', False), ('x = 1  # {"torch": FlopCount}', False),
+])
+def test_the_name_decision_pattern_is_precise(line: str, decides: bool) -> None:
+    assert bool(_decision_pattern().search(_code(line))) is decides
+
+
+def test_git_grep_finds_engine_and_precision_decisions_only_in_the_tables() -> None:
+    """No module outside edgead/registry.py and edgead/precisions.py decides on an engine or precision name spelled
+    as a literal (issue 26): capabilities are fields of the engine rows, facts are rows of the precision table.
+    Modules still owed a migration are listed in NAME_DECISIONS_OWED and may only lose such lines."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    found = _name_decisions()
+    over = {f: hits for f, hits in found.items() if len(hits) > NAME_DECISIONS_OWED.get(f, 0)}
+    assert not over, "decide through the registry rows or edgead.precisions instead:\n" + "\n".join(
+        f"{f}:{h}" for f, hits in over.items() for h in hits)
