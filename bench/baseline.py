@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from edgead import precisions
 from edgead.runtimes.torch_runner import TorchRunner
-
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,7 @@ class BaselineMode:
 
 def baseline_modes(flags: dict[str, bool]) -> list[BaselineMode]:
     """The plain-PyTorch rows for a CPU with ``flags``: eager fp32, and torch.compile (bf16 autocast with bf16)."""
-    return [BaselineMode("eager"), BaselineMode("compile", any(flags.get(f) for f in BF16_FLAGS))]
+    return [BaselineMode("eager"), BaselineMode("compile", precisions.BF16.native_on(flags))]
 
 
 class TorchBaselineRunner(TorchRunner):
@@ -68,7 +67,7 @@ class TorchBaselineRunner(TorchRunner):
         from edgead.runtimes.manifest import Manifest
 
         det = load_checkpoint(path)
-        m = Manifest(TORCH.manifest_name, "fp32", "detector.safetensors", det.spec, {})
+        m = Manifest(TORCH.manifest_name, precisions.full().name, "detector.safetensors", det.spec, {})
         return cls(Path(path), m, det, mode, backend)
 
     def executed_precision(self) -> str:

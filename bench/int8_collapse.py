@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgead import precisions, registry
 from edgead.errors import EdgeadError
 
 SYNTHETIC = ("texture", "object")
@@ -89,16 +90,20 @@ def run(out: Path, source: str = "grass", family: str = "fbft", backbone: str | 
     fit_s = time.time() - t0
     export = out / "export"
     export_onnx(load_checkpoint(r.checkpoint), export, source=r.checkpoint)
-    ov_fp32 = compile_artifact(export, "openvino", "fp32")
+    full, int8 = precisions.full().name, precisions.INT8.name
+    engines = [e.name for e in registry.tunable()]  # the CPU engines, OpenVINO first
     rows: list[dict[str, Any]] = []
-    timed: dict[str, tuple[Path, str]] = {"openvino fp32": (ov_fp32, "openvino"),
-                                          "onnxruntime fp32": (export, "onnxruntime")}
+    timed: dict[str, tuple[Path, str]] = {f"{e} {full}": (registry.artifact_folder(export, e, full), e)
+                                          for e in engines}
+    for e in engines:  # the full-precision artifacts that are not the export itself
+        if registry.get(e).folder_for(full) != ".":
+            compile_artifact(export, e, full)
     for label, kwargs in (("plain", {"accept_drop": True}),
                           ("budget", {"budget": Budget(max_drop=max_drop), "accuracy_aware": True})):
-        for engine in ("openvino", "onnxruntime"):
+        for engine in engines:
             t = time.time()
             try:
-                folder = compile_artifact(export, engine, "int8", cat, val=val, **kwargs)
+                folder = compile_artifact(export, engine, int8, cat, val=val, **kwargs)
             except EdgeadError as exc:
                 rows.append({"run": label, "engine": engine, "error": str(exc), "compile_s": time.time() - t})
                 continue
@@ -109,16 +114,16 @@ def run(out: Path, source: str = "grass", family: str = "fbft", backbone: str | 
                 shutil.rmtree(target, ignore_errors=True)
                 folder = folder.rename(target)
             rows.append({"run": label, "engine": engine, "compile_s": compile_s, **_row(folder, test)})
-            timed[f"{engine} int8 {label}"] = (folder, engine)
+            timed[f"{engine} {int8} {label}"] = (folder, engine)
     ms = latency(timed)
     for row in rows:
-        row["ms_per_image"] = ms.get(f"{row['engine']} int8 {row['run']}")
+        row["ms_per_image"] = ms.get(f"{row['engine']} {int8} {row['run']}")
     m = machine_info()
     return {"case": {"data": source, "family": family, "backbone": backbone or default_backbone(family),
                      "size": size, "epochs": epochs, "n_train": n_train, "max_drop": max_drop, "fit_s": fit_s},
             "machine": {"cpu_model": m["cpu_model"], "cores": m["cores"],
                         "flags": sorted(f for f, on in m["flags"].items() if on)},
-            "fp32_ms_per_image": {k: v for k, v in ms.items() if k.endswith("fp32")}, "rows": rows}
+            "fp32_ms_per_image": {k: v for k, v in ms.items() if k.endswith(full)}, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> None:

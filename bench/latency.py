@@ -21,6 +21,7 @@ from edgead.bench.report import render_table
 from edgead.bench.schema import SCHEMA_VERSION, BenchResult, bench_document, write_json
 from edgead.bench.timing import DEFAULT_BATCHES, RssSampler, bench_interleaved, bench_runner
 from edgead.errors import EdgeadError
+from edgead.precisions import full as full_precision
 
 __all__ = ["DEFAULT_BATCHES", "SCHEMA_VERSION", "BenchResult", "bench_document", "bench_runner", "bench_target",
            "machine_info", "render_table", "run_bench", "with_peak_shares", "write_json"]
@@ -114,7 +115,8 @@ def _baseline_rows(target: Path, loaded: list, load_mb: list[float], batches: Se
     with RssSampler() as mem:
         extra, reasons = baseline_runners(_reference_source(target), machine_info()["flags"],
                                           any(mode == "eager" for _, _, mode in loaded), backend)
-    slots: list[BenchResult | int] = [BenchResult.skip("torch", "fp32", b, why, "plain-PyTorch baseline")
+    ref, full = registry.reference().name, full_precision().name
+    slots: list[BenchResult | int] = [BenchResult.skip(ref, full, b, why, "plain-PyTorch baseline")
                                       for why in reasons for b in batches]
     for row in extra:
         slots.append(len(loaded))
@@ -134,7 +136,7 @@ def with_peak_shares(results: Sequence[BenchResult], target: str | Path, progres
     bare checkpoint) or the peak of that precision cannot be measured here."""
     from edgead.bench.roofline import achieved_rates, measure_peaks, round_shares
 
-    model = Path(target) / "model.onnx"
+    model = Path(target) / registry.exporter().model_file
     if not model.is_file():
         return list(results)
     from edgead.export.flops import onnx_flops
@@ -189,7 +191,7 @@ def run_bench(
     console = console or make_console()
     say = lambda msg: console.print(f"[dim]{msg}[/dim]")  # noqa: E731
     sampler = None
-    if peak and (Path(target) / "model.onnx").is_file():
+    if peak and (Path(target) / registry.exporter().model_file).is_file():
         from edgead.bench.roofline import PeakSampler
 
         say("building the peak micro-benchmarks (OpenVINO f32/bf16/int8 MatMul); sampled once per round")

@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from edgead.precisions import BF16
+from edgead.precisions import get as get_precision
+from edgead.registry import OPENVINO
 from edgead.runtimes.base import Predictions
 
 
@@ -59,15 +62,18 @@ class Streamed:
         self.runner.close()
 
 
-def settings(batch: int, precisions: tuple[str, ...] = ("fp32", "bf16", "int8")) -> list[Setting]:
+def settings(batch: int, precisions: tuple[str, ...] = OPENVINO.compiles) -> list[Setting]:
     rows = []
     for p in precisions:
         rows += [Setting(f"{p} dynamic", p), Setting(f"{p} static {batch}", p, (("static_batch", batch),))]
-    if "int8" in precisions:
-        rows.append(Setting(f"int8 + bf16 rest, static {batch}", "int8",
-                            (("static_batch", batch), ("precision_hint", "bf16"))))
+    quantized = next((p for p in map(get_precision, precisions) if p.quantized), None)
+    if quantized is not None:  # the quantised products, and everything else in bf16 instead of f32
+        q, rest = quantized.name, BF16
+        rows.append(Setting(f"{q} + {rest.name} rest, static {batch}", q,
+                            (("static_batch", batch), ("precision_hint", rest.openvino_hint))))
         if batch > 1:
-            rows.append(Setting("int8 throughput streams", "int8", (("static_batch", 1), ("mode", "throughput")),
+            throughput = OPENVINO.modes[-1]
+            rows.append(Setting(f"{q} {throughput} streams", q, (("static_batch", 1), ("mode", throughput)),
                                 stream=True))
     return rows
 
@@ -78,7 +84,7 @@ def _parity(ref: Predictions, got: Predictions) -> dict[str, float]:
 
 
 def measure(out: str | Path, batch: int, iters: int = 30, rounds: int = 6, warmup: int = 2,
-            precisions: tuple[str, ...] = ("fp32", "bf16", "int8")) -> list[dict[str, Any]]:
+            precisions: tuple[str, ...] = OPENVINO.compiles) -> list[dict[str, Any]]:
     import edgead.runtimes as rt
     from edgead.bench.timing import bench_interleaved
     from edgead.registry import MANIFEST, artifact_folder
@@ -86,10 +92,10 @@ def measure(out: str | Path, batch: int, iters: int = 30, rounds: int = 6, warmu
 
     out = Path(out)
     chosen = [s for s in settings(batch, precisions)
-              if (artifact_folder(out, "openvino", s.precision) / MANIFEST).is_file()]
+              if (artifact_folder(out, OPENVINO.name, s.precision) / MANIFEST).is_file()]
     rows = []
     for s in chosen:
-        runner = rt.load(artifact_folder(out, "openvino", s.precision), "openvino", **dict(s.options))
+        runner = rt.load(artifact_folder(out, OPENVINO.name, s.precision), OPENVINO.name, **dict(s.options))
         rows.append((Streamed(runner) if s.stream else runner, s.label, ""))
     images = check_batch(11, batch, tuple(rows[0][0].spec.input_size))
     ref = rows[0][0].predict(images)  # fp32 dynamic: the reference for parity

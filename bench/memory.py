@@ -94,10 +94,10 @@ def _mark_runners(rec: Recorder) -> None:
     from edgead.runtimes.ort_runner import OnnxRuntimeRunner
     from edgead.runtimes.torch_runner import TorchRunner
 
-    for cls, name in ((TorchRunner, "torch"), (OnnxRuntimeRunner, "onnxruntime"), (OpenVINORunner, "openvino")):
-        rec.wrap(cls, "_infer", f"{name} inference")
-    rec.wrap(OnnxRuntimeRunner, "__init__", "onnxruntime session")
-    rec.wrap(OpenVINORunner, "__init__", "openvino compile_model")
+    for cls in (TorchRunner, OnnxRuntimeRunner, OpenVINORunner):
+        rec.wrap(cls, "_infer", f"{cls.engine} inference")
+    rec.wrap(OnnxRuntimeRunner, "__init__", f"{OnnxRuntimeRunner.engine} session")
+    rec.wrap(OpenVINORunner, "__init__", f"{OpenVINORunner.engine} compile_model")
 
 
 def profile_export(rec: Recorder, ckpt: str, out: str, simplifier: str) -> None:

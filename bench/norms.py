@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from edgead import registry
+from edgead import precisions, registry
 from edgead.bench.roofline import Achieved, Peak, achieved_rates, measure_peaks, render_achieved, render_peaks
 from edgead.bench.schema import BenchResult, bench_document
 from edgead.bench.timing import bench_runner
@@ -36,19 +36,34 @@ from edgead.errors import EdgeadError
 
 NORMS = ("dyt", "layernorm")
 FLOP_TOLERANCE = 0.01
+FOLDED = "folded"
+
+
+def _configs() -> tuple[tuple[str, str, str], ...]:
+    """(engine, precision, variant) measured, in table order, from the registry's rows: the reference, then every
+    engine at each precision its device computes natively (no FP16 on a CPU provider), each CPU engine's full
+    precision also with the norm affines folded (variant ``FOLDED``)."""
+    full = precisions.full().name
+    rows = [(registry.reference().name, full, "")]
+    for e in registry.ENGINES.values():
+        if e.checkpoint:
+            continue
+        for p in map(precisions.get, e.precisions):
+            if e.device == "CPU" and p.cpu_flags is None:
+                continue
+            rows.append((e.name, p.name, ""))
+            if not p.reduced and e.device == "CPU":
+                rows.append((e.name, p.name, FOLDED))
+    return tuple(rows)
+
+
 #: (engine, precision, variant) measured, in table order; variant "folded" = norm affines folded
-CONFIGS: tuple[tuple[str, str, str], ...] = (
-    ("torch", "fp32", ""),
-    ("onnxruntime", "fp32", ""),
-    ("onnxruntime", "fp32", "folded"),
-    ("onnxruntime", "int8", ""),
-    ("openvino", "fp32", ""),
-    ("openvino", "fp32", "folded"),
-    ("openvino", "bf16", ""),
-    ("openvino", "int8", ""),
-    ("trt", "fp16", ""),
-    ("trt", "int8", ""),
-)
+CONFIGS: tuple[tuple[str, str, str], ...] = _configs()
+#: the FP32 ONNX export (as exported, and folded) whose FLOPs the study counts
+_EXPORT = (registry.exporter().name, precisions.full().name, "")
+_EXPORT_FOLDED = (*_EXPORT[:2], FOLDED)
+#: the FLOP counter run on the reference engine's (PyTorch) model, beside the ONNX graph's
+_TORCH = registry.reference().name
 
 
 @dataclass(frozen=True)
@@ -132,7 +147,7 @@ def _build_artifacts(
         eng = registry.get(engine)
         if eng.checkpoint:
             continue
-        source = folded if variant == "folded" else export
+        source = folded if variant == FOLDED else export
         folder = registry.artifact_folder(source, engine, precision)
         if folder == source:  # the export itself is this engine's artifact
             arts[(engine, precision, variant)] = source
@@ -145,7 +160,8 @@ def _build_artifacts(
         try:
             # a speed study: the fidelity gate measures and records, it does not refuse (accept_drop)
             arts[(engine, precision, variant)] = compile_artifact(source, engine, precision,
-                                                                  calib if precision != "fp32" else None,
+                                                                  calib if precisions.get(precision).reduced
+                                                                  else None,
                                                                   accept_drop=True)
         except EdgeadError as exc:  # e.g. TensorRT installed on a machine without a GPU: a skip with its reason
             arts[(engine, precision, variant)] = str(exc).splitlines()[0]
@@ -231,25 +247,24 @@ def run_norm_study(
     for norm in NORMS:
         detector = build_study_detector(family, backbone, norm, size, seed)
         arts, parity = _build_artifacts(detector, out / norm, calib, log)
-        t, o = torch_flops(detector, 1), onnx_flops(arts[("onnxruntime", "fp32", "")] / "model.onnx", 1)
+        model = registry.exporter().model_file
+        t, o = torch_flops(detector, 1), onnx_flops(arts[_EXPORT] / model, 1)
         spread = agreement([t, o])
         if spread > FLOP_TOLERANCE:
             raise EdgeadError(
                 f"{norm}: torch and ONNX FLOP counts differ by {100 * spread:.2f} %, expected <= 1 %"
             )
-        flops[norm] = {"torch": t.to_dict(), "onnx": o.to_dict(), "agreement": spread}
+        flops[norm] = {_TORCH: t.to_dict(), "onnx": o.to_dict(), "agreement": spread}
         folding[norm] = parity
         for b in batches:
-            batch_flops[(norm, "", b)] = onnx_flops(arts[("onnxruntime", "fp32", "")] / "model.onnx", b).total
-            batch_flops[(norm, "folded", b)] = onnx_flops(
-                arts[("onnxruntime", "fp32", "folded")] / "model.onnx", b
-            ).total
+            batch_flops[(norm, "", b)] = onnx_flops(arts[_EXPORT] / model, b).total
+            batch_flops[(norm, FOLDED, b)] = onnx_flops(arts[_EXPORT_FOLDED] / model, b).total
         results += _measure(norm, detector, arts, batches, iters, warmup, log)
     log("roofline: peak matmul rates")
     peaks = measure_peaks()
     achieved = []
     for norm in NORMS:
-        for variant in ("", "folded"):
+        for variant in ("", FOLDED):
             rows = [
                 r
                 for r in results
@@ -309,13 +324,13 @@ def study_rows(study: NormStudy, batches: Sequence[int]) -> list[list[str]]:
             study.flops["layernorm"][how]["total"],
             ",.0f",
         )
-        for how in ("torch", "onnx")
+        for how in (_TORCH, "onnx")
     ]
     for engine, precision, variant in CONFIGS:
         for b in batches:
             d = study.result("dyt", engine, precision, variant, b)
             ln = study.result("layernorm", engine, precision, variant, b)
-            where = "GPU" if engine == "trt" else "CPU"
+            where = registry.get(engine).device
             name = f"{where} ms/img {engine} {precision}{' ' + variant if variant else ''} b{b}"
             if d is None or ln is None or d.skipped or ln.skipped:
                 reason = (d or ln).skipped if (d or ln) else "not run"
@@ -362,7 +377,7 @@ def draw_chart(study: NormStudy, batches: Sequence[int], path: Path) -> Path:
         for b in batches:
             vals = [study.result(n, engine, precision, variant, b) for n in NORMS]
             if all(v is not None and not v.skipped for v in vals):
-                short = {"onnxruntime": "ort", "openvino": "ov"}.get(engine, engine)
+                short = registry.get(engine).short
                 name = f"{short} {precision}{' fold' if variant else ''}"
                 groups.append((name, f"b{b}", [v.p50_ms_per_image for v in vals]))  # type: ignore[union-attr]
     w, h, left, bottom, top = max(640, 110 * len(groups) + 120), 520, 70, 90, 50

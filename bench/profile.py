@@ -1,7 +1,8 @@
 """Where the time goes: a per-operation profile of one artifact, grouped into the parts of a detector.
 
 ``python -m edgead.bench.profile ARTIFACT [--engine openvino|onnxruntime] [--batch 1] [--iters 20] [--json F]``
-runs the artifact with the engine's own profiler (OpenVINO performance counters; ONNX Runtime's profiling trace),
+runs the artifact through its engine's runner with the engine's own profiler on (``Runner.profile_runs``: OpenVINO
+performance counters; ONNX Runtime's profiling trace),
 and sums the measured time of every executed node into groups read from the exported graph's node names
 (``/backbone/blocks.3/attn/...``, ``/post/TopK``) and the node types:
 
@@ -29,7 +30,6 @@ import argparse
 import json
 import re
 import statistics
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgead.registry import OPENVINO
 
 GROUPS = ("products", "attention", "norm", "activation", "residual/elementwise", "layout", "quantize", "preprocess",
           "distance", "upsample", "blur", "score", "other")
@@ -120,78 +122,39 @@ def _images(spec: Any, batch: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
 
 
-def profile_openvino(folder: Path, batch: int, iters: int, threads: int | None) -> list[GroupTime]:
-    import openvino as ov
-
-    from edgead.runtimes.manifest import read_manifest
-
-    m = read_manifest(folder)
-    core = ov.Core()
-    cfg: dict[str, Any] = {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY",
-                           "INFERENCE_PRECISION_HINT": m.extra.get("inference_precision", "f32")}
-    if threads:
-        cfg["INFERENCE_NUM_THREADS"] = threads
-    compiled = core.compile_model(core.read_model(str(folder / m.model)), "CPU", cfg)
-    req = compiled.create_infer_request()
-    x = _images(m.spec, batch)
-    for _ in range(3):
-        req.infer({0: x})
+def node_medians(runs: Sequence[Sequence[tuple[str, str, float, str]]]) -> list[tuple[str, str, float, str]]:
+    """Each node's median time over ``runs`` (``Runner.profile_runs``), in the order nodes first executed."""
     per_node: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     order: list[tuple[str, str, str]] = []
-    for _ in range(iters):
-        req.infer({0: x})
-        for p in req.profiling_info:
-            if str(p.status).endswith("EXECUTED") and not str(p.status).endswith("NOT_EXECUTED"):
-                key = (p.node_name, p.node_type, p.exec_type)
-                if key not in per_node:
-                    order.append(key)
-                per_node[key].append(p.real_time.total_seconds() * 1e3)
-    return group_nodes([(k[0], k[1], statistics.median(per_node[k]), k[2]) for k in order])
-
-
-def profile_onnxruntime(folder: Path, batch: int, iters: int, threads: int | None) -> list[GroupTime]:
-    import onnxruntime as ort
-
-    from edgead.runtimes.manifest import read_manifest
-
-    m = read_manifest(folder)
-    opts = ort.SessionOptions()
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="edgead-ortprof-")) / "ort")
-    if threads:
-        opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(folder / m.model), opts, providers=["CPUExecutionProvider"])
-    x = _images(m.spec, batch)
-    name = sess.get_inputs()[0].name
-    for _ in range(3 + iters):
-        sess.run(None, {name: x})
-    trace = json.loads(Path(sess.end_profiling()).read_text())
-    per_node: dict[tuple[str, str], list[float]] = defaultdict(list)
-    order: list[tuple[str, str]] = []
-    runs = 0
-    for ev in trace:
-        if ev.get("cat") == "Session" and ev.get("name") == "model_run":
-            runs += 1
-        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time") or runs <= 3:
-            continue
-        key = (ev["name"][: -len("_kernel_time")], ev.get("args", {}).get("op_name", ""))
-        if key not in per_node:
-            order.append(key)
-        per_node[key].append(ev["dur"] / 1e3)
-    return group_nodes([(k[0], k[1], statistics.median(per_node[k])) for k in order])
+    for rows in runs:
+        for name, op, ms, kernel in rows:
+            key = (name, op, kernel)
+            if key not in per_node:
+                order.append(key)
+            per_node[key].append(ms)
+    return [(k[0], k[1], statistics.median(per_node[k]), k[2]) for k in order]
 
 
 def profile(folder: str | Path, engine: str = "openvino", batch: int = 1, iters: int = 20,
-            threads: int | None = None) -> dict[str, Any]:
+            threads: int | None = None, warmup: int = 3) -> dict[str, Any]:
+    """Per-group times of the artifact in ``folder`` run by ``engine``'s own profiler (its runner, loaded with
+    ``profiling=True``): medians over ``iters`` runs after ``warmup``."""
+    import edgead.runtimes as rt
+    from edgead import registry
     from edgead.bench.machine import machine_info
+    from edgead.errors import InputError
 
-    fn = {"openvino": profile_openvino, "onnxruntime": profile_onnxruntime}.get(engine)
-    if fn is None:
-        from edgead.errors import InputError
-
-        raise InputError(f"expected --engine openvino or onnxruntime for a per-op profile, found '{engine}'")
-    groups = fn(Path(folder), batch, iters, threads)
-    return {"artifact": str(folder), "engine": engine, "batch": batch, "iters": iters,
+    eng = registry.find(engine)
+    if eng is None or not eng.profiler:
+        names = " or ".join(e.name for e in registry.ENGINES.values() if e.profiler)
+        raise InputError(f"expected --engine {names} for a per-op profile, found '{engine}'")
+    runner = rt.load(folder, eng.name, profiling=True, threads=threads)
+    try:
+        runs = runner.profile_runs(_images(runner.spec, batch), warmup + iters)[warmup:]
+    finally:
+        runner.close()
+    groups = group_nodes(node_medians(runs))
+    return {"artifact": str(folder), "engine": eng.name, "batch": batch, "iters": iters,
             "total_ms": sum(g.ms for g in groups), "groups": [asdict(g) for g in groups], "machine": machine_info()}
 
 
@@ -211,7 +174,7 @@ def render(doc: dict[str, Any]) -> Any:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifact", type=Path)
-    ap.add_argument("--engine", default="openvino")
+    ap.add_argument("--engine", default=OPENVINO.name)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=None)

@@ -31,10 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from edgead import precisions
 from edgead.bench.machine import machine_info
 from edgead.bench.schema import BenchResult
 
 SHAPE = (1024, 1024, 1024)  # M, K, N
+#: the peaks' keys: executed precisions as the engines name them (``Runner.executed_precision``)
+F32, BF16, INT8 = precisions.FP32.executed, precisions.BF16.executed, precisions.INT8.executed
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ def _ov_conv1x1_request(shape: tuple[int, int, int]) -> tuple[Callable[[], objec
     rng = np.random.default_rng(0)
     x = ops.parameter([1, k, side, side], ov.Type.f32, name="x")
     w = ops.constant(rng.standard_normal((n, k, 1, 1)).astype(np.float32))
-    compiled = _compile_peak(ov.Model([ops.convolution(x, w, [1, 1], [0, 0], [0, 0], [1, 1])], [x], "peak1x1"), "f32")
+    compiled = _compile_peak(ov.Model([ops.convolution(x, w, [1, 1], [0, 0], [0, 0], [1, 1])], [x], "peak1x1"),
+                             precisions.FP32.openvino_hint)
     req = compiled.create_infer_request()
     data = rng.uniform(-3, 3, size=(1, k, side, side)).astype(np.float32)
     req.infer({0: data})
@@ -140,10 +144,11 @@ def _ov_matmul_kernel(shape: tuple[int, int, int], precision: str) -> tuple[Call
     import openvino as ov
     from openvino import opset13 as ops
 
+    p = precisions.get(precision)
     m, k, n = shape
     rng = np.random.default_rng(0)
     x = ops.parameter([m, k], ov.Type.f32, name="x")
-    if precision == "int8":
+    if p.quantized:
         fq = ops.fake_quantize(x, np.float32(-4.0), np.float32(4.0), np.float32(-4.0), np.float32(4.0), 256)
         w8 = ops.constant(rng.integers(-127, 128, size=(n, k), dtype=np.int8))
         w = ops.multiply(ops.convert(w8, ov.Type.f32), ops.constant(np.full((n, 1), 0.01, np.float32)))
@@ -151,7 +156,7 @@ def _ov_matmul_kernel(shape: tuple[int, int, int], precision: str) -> tuple[Call
     else:
         y = ops.matmul(x, ops.constant(rng.standard_normal((k, n)).astype(np.float32)), False, False)
     model = ov.Model([y], [x], "peak")
-    compiled = _compile_peak(model, {"f32": "f32", "bf16": "bf16", "int8": "f32"}[precision])
+    compiled = _compile_peak(model, p.openvino_hint)
     req = compiled.create_infer_request()
     data = rng.uniform(-3, 3, size=(m, k)).astype(np.float32)
     req.infer({0: data})
@@ -188,35 +193,36 @@ class PeakSampler:
         self.kernel_runs: dict[str, list[float]] = {}
         self._numpy = _numpy_matmul(shape)
         self.numpy_runs: list[float] = []
+        self.engine_kernels = True  # False: numpy stands in for f32 (OpenVINO is not installed)
         try:
             import openvino  # noqa: F401
         except ImportError:
-            self.kernels["f32"] = [("numpy matmul f32 (OpenVINO not installed)", self._numpy)]
-            self.notes.update(bf16="openvino is not installed", int8="openvino is not installed")
+            self.engine_kernels = False
+            self.kernels[F32] = [("numpy matmul f32 (OpenVINO not installed)", self._numpy)]
+            self.notes.update({BF16: "openvino is not installed", INT8: "openvino is not installed"})
             return
-        run, _, kernel = _ov_matmul_kernel(shape, "f32")
-        self.kernels["f32"] = [(f"openvino {kernel}", run)]
+        run, _, kernel = _ov_matmul_kernel(shape, F32)
+        self.kernels[F32] = [(f"openvino {kernel}", run)]
         try:
             run, kernel = _ov_conv1x1_request(shape)
-            self.kernels["f32"].append((f"openvino {kernel}", run))
+            self.kernels[F32].append((f"openvino {kernel}", run))
         except ValueError:
             pass
-        if not (flags.get("avx512_bf16") or flags.get("amx_bf16")):
-            self.notes["bf16"] = ("not supported by this CPU (no AVX512_BF16 or AMX-BF16): OpenVINO executes a "
-                                  "bf16 request in f32")
+        if not precisions.BF16.native_on(flags):
+            self.notes[BF16] = ("not supported by this CPU (no AVX512_BF16 or AMX-BF16): OpenVINO executes a "
+                                "bf16 request in f32")
         else:
-            run, ran, kernel = _ov_matmul_kernel(shape, "bf16")
-            if "bf16" in ran:
-                self.kernels["bf16"] = [(f"openvino {kernel}", run)]
+            run, ran, kernel = _ov_matmul_kernel(shape, BF16)
+            if BF16 in {precisions.executed(r) for r in ran}:
+                self.kernels[BF16] = [(f"openvino {kernel}", run)]
             else:
-                self.notes["bf16"] = f"OpenVINO ran the bf16 request as {sorted(ran)}"
-        run, ran, kernel = _ov_matmul_kernel(shape, "int8")
-        if ran & {"u8", "i8"}:
-            isa = "AMX" if flags.get("amx_int8") else "VNNI" if flags.get("avx512_vnni") or flags.get("avx_vnni") \
-                else "AVX2, no VNNI"
-            self.kernels["int8"] = [(f"openvino FakeQuantize + {kernel} (u8 x i8, {isa})", run)]
+                self.notes[BF16] = f"OpenVINO ran the bf16 request as {sorted(ran)}"
+        run, ran, kernel = _ov_matmul_kernel(shape, INT8)
+        if INT8 in {precisions.executed(r) for r in ran}:
+            isa = "AMX" if flags.get("amx_int8") else "VNNI" if precisions.INT8.native_on(flags) else "AVX2, no VNNI"
+            self.kernels[INT8] = [(f"openvino FakeQuantize + {kernel} (u8 x i8, {isa})", run)]
         else:
-            self.notes["int8"] = f"OpenVINO ran the int8 product as {sorted(ran)}"
+            self.notes[INT8] = f"OpenVINO ran the int8 product as {sorted(ran)}"
 
     @property
     def methods(self) -> dict[str, str]:
@@ -233,21 +239,21 @@ class PeakSampler:
                 self.kernel_runs.setdefault(name, []).append(rates[-1])
             now[p] = max(rates)
             self.runs.setdefault(p, []).append(now[p])
-        if self.kernels["f32"][0][0].startswith("openvino"):
+        if self.engine_kernels:
             self.numpy_runs.append(_best_rate(self._numpy, self.flops, self.seconds))
         return now
 
     def peaks(self) -> dict[str, Peak]:
         """Each precision's median over the samples so far, with its spread; the note gives each kernel's median."""
         out = {}
-        for p in ("f32", "bf16", "int8"):
+        for p in (F32, BF16, INT8):
             runs = tuple(self.runs.get(p, ()))
             parts = [f"{name.removeprefix('openvino ')} {float(np.median(self.kernel_runs[name])):.1f}"
                      for name, _ in self.kernels.get(p, ()) if self.kernel_runs.get(name)]
             note = self.notes.get(p, "")
             if len(parts) > 1:
                 note = "best of: " + ", ".join(parts) + " GFLOP/s (medians)"
-            if p == "f32" and self.numpy_runs:
+            if p == F32 and self.numpy_runs:
                 numpy = float(np.median(self.numpy_runs))
                 note += f"{'; ' if note else ''}numpy {numpy:.1f} GFLOP/s (not the yardstick)"
             if runs:
@@ -274,10 +280,9 @@ def measure_peaks(shape: tuple[int, int, int] = SHAPE, seconds: float = 1.0) -> 
 
 
 def _peak_key(executed: str) -> str:
-    head = executed.split()[0].lower()
-    return {"f32": "f32", "fp32": "f32", "bf16": "bf16", "int8": "int8", "u8": "int8", "i8": "int8"}.get(
-        head, "f32"
-    )
+    """The peak an executed precision (``int8 79/93``, ``u8``, ``fp32``) is divided by; f32 for any other."""
+    key = precisions.executed(executed.split()[0])
+    return key if key in (F32, BF16, INT8) else F32
 
 
 def achieved_rates(

@@ -34,6 +34,8 @@ def run(root: Path) -> dict:
     from edgead.fit import fit
     from edgead.imageio import write_image
     from edgead.models.checkpoint import load_checkpoint
+    from edgead.precisions import FP32
+    from edgead.registry import ONNX, OPENVINO, TORCH
     from edgead.runtimes import load
     from edgead.runtimes.c_api import CLibrary
     from edgead.spec import TilePlan
@@ -48,14 +50,15 @@ def run(root: Path) -> dict:
     out: dict = {"machine": machine_info(), "frame": [H, W], "defect_center": list(DEFECT), "defect_px": 4,
                  "fit_seconds": round(time.time() - t, 1), "threshold": r.threshold}
     export_onnx(load_checkpoint(r.checkpoint), root / "export")
-    ov = compile_openvino(root / "export", "fp32")
+    ov = compile_openvino(root / "export", FP32.name)
     lib = CLibrary(build_c(root / "lib"))
     frame = normal_frame(5)
     cy, cx = DEFECT
     frame[cy - 2 : cy + 2, cx - 2 : cx + 2] = (255, 255, 40)
     results = {}
-    for name, path, engine in (("torch", r.checkpoint, None), ("onnxruntime", root / "export", "onnxruntime"),
-                               ("openvino", ov, "openvino")):
+    ref = TORCH.name
+    for name, path, engine in ((ref, r.checkpoint, None), (ONNX.name, root / "export", ONNX.name),
+                               (OPENVINO.name, ov, OPENVINO.name)):
         with load(path, engine) as runner:
             t0 = time.perf_counter()
             p = runner.predict_frames(frame)
@@ -64,7 +67,7 @@ def run(root: Path) -> dict:
         t0 = time.perf_counter()
         s, m = h.predict_frame(frame)
         results["libedgead"] = (s, m, not s <= h.threshold, time.perf_counter() - t0)
-    ref_s, ref_m = results["torch"][0], results["torch"][1]
+    ref_s, ref_m = results[ref][0], results[ref][1]
     for name, (s, m, label, seconds) in results.items():
         peak = np.unravel_index(int(np.argmax(m)), m.shape)
         out[name] = {"map_shape": list(m.shape), "score": s, "anomalous": label, "seconds": round(seconds, 2),
