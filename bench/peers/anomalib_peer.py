@@ -183,15 +183,17 @@ class Peer:
 
 def _precision(inferencer) -> str | None:  # noqa: ANN001
     """The precision OpenVINO executes: the compiled model's hint (AUTO forwards it from the CPU plugin)."""
-    for key in ("INFERENCE_PRECISION_HINT",):
-        try:
-            return str(inferencer.model.get_property(key))
-        except Exception:  # noqa: BLE001
-            pass
+    def name(value) -> str:  # noqa: ANN001
+        return value.to_string() if hasattr(value, "to_string") else str(value)  # ov.Type.bf16 -> "bf16"
+
+    try:
+        return name(inferencer.model.get_property("INFERENCE_PRECISION_HINT"))
+    except Exception:  # noqa: BLE001
+        pass
     try:
         import openvino as ov
 
-        return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+        return name(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
     except Exception:  # noqa: BLE001
         return None
 
