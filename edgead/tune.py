@@ -44,7 +44,8 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        default = registry.get(self.engine).modes[0] if self.engine in registry.ENGINES else self.mode
+        eng = registry.find(self.engine)
+        default = eng.modes[0] if eng is not None else self.mode  # the engine's default mode goes unsaid
         tags = ([self.mode] if self.mode != default else []) + ([f"static {self.static}"] if self.static else [])
         return f"{self.engine} {self.precision}" + (f" ({', '.join(tags)})" if tags else "")
 
