@@ -105,3 +105,40 @@ def test_the_ladder_tries_int8_first_and_falls_back_on_a_missed_gate(tiny_export
     if choice.precision != "fp32":
         assert "not built: this CPU runs" in choice.reason
     assert read_manifest(out, verify=False).extra["tune"]["chosen"]["precision"] == choice.precision
+
+
+def _ladder_with(monkeypatch, int8_error):
+    """default_artifact on a VNNI + BF16 CPU with tune replaced (a test harness): INT8's rung raises
+    ``int8_error``, any other rung is chosen. Returns the call and the rungs tried."""
+    import edgead.runtimes as rt
+    import edgead.tune as tune_module
+    from edgead.export.default import default_artifact
+
+    tried = []
+
+    def fake_tune(out, batch, calib, data, *, planner, **_):
+        rung, _left_out = planner()
+        tried.append(rung[0].precision)
+        if rung[0].precision == "int8":
+            raise int8_error
+        return {"chosen": {"engine": rung[0].engine, "precision": rung[0].precision, "mode": rung[0].mode,
+                           "static_batch": rung[0].static, "folder": "x", "ms_per_image": 5.0}}
+
+    monkeypatch.setattr(tune_module, "tune", fake_tune)
+    monkeypatch.setattr(rt, "available_engines", lambda: list(BOTH))
+    return (lambda: default_artifact("OUT", "CALIB", flags=VNNI_BF16)), tried
+
+
+def test_the_ladder_falls_back_on_a_fidelity_miss_and_nothing_else(monkeypatch) -> None:
+    from edgead.errors import EdgeadError, FidelityError
+
+    run, tried = _ladder_with(monkeypatch, FidelityError("found none (openvino int8 (static 1): map r 0.5 < 0.99)"))
+    choice = run()
+    assert tried == ["int8", "bf16"] and (choice.engine, choice.precision) == ("openvino", "bf16")
+    assert "; INT8 missed its fidelity gate (found none (openvino int8 (static 1): map r 0.5 < 0.99))" in choice.reason
+    assert "; FP32 not built: this CPU runs BF16 natively" in choice.reason
+    # a build that failed for another reason is not a missed gate: it surfaces, and nothing else is tried
+    run, tried = _ladder_with(monkeypatch, EdgeadError("nncf is not installed: pip install 'edgead[nncf]'"))
+    with pytest.raises(EdgeadError, match="nncf is not installed") as info:
+        run()
+    assert not isinstance(info.value, FidelityError) and tried == ["int8"]
