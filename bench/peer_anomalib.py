@@ -134,8 +134,9 @@ class LocalRow:
     side = "edgead"
 
     def __init__(self, label: str, call: Callable[[np.ndarray], Any], frames: np.ndarray,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, batches: Sequence[int] | None = None) -> None:
         self.label, self.call, self.frames, self.info = label, call, frames, info or {}
+        self.batches = None if batches is None else [int(b) for b in batches]  # None: every batch of the run
 
     def warmup(self, batch: int, n: int) -> None:
         for _ in range(n):
@@ -163,38 +164,44 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 def interleave(rows: Sequence[Row], batches: Sequence[int], rounds: int, iters: int, warmup: int = 2,
                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Warm every row at every batch, then ``rounds`` rounds: each batch, each row ``iters`` timed calls, the row
-    order rotated by one every round. Returns per row and batch the round medians (ms/image) with their spread,
-    per-round cross ratios (each peer row's time over each edgead row's time of the same round) and the load
-    average sampled around the rounds."""
+    order rotated by one every round (a row with ``batches`` is timed at those only). Returns per row and batch
+    the round medians (ms/image) with their spread, per-round cross ratios (each peer row's time over each edgead
+    row's time of the same round, where both ran that batch) and the load average sampled around the rounds."""
     if rounds < 1 or iters < 1 or warmup < 0 or not rows:
         raise EdgeadError(f"expected rows, rounds >= 1, iters >= 1 and warmup >= 0, found {len(rows)} rows, "
                           f"rounds={rounds}, iters={iters}, warmup={warmup}")
     say = progress or (lambda _m: None)
     load = [loadavg()]
+
+    def timed_at(row: Row, b: int) -> bool:
+        only = getattr(row, "batches", None)
+        return only is None or b in only
+
     for row in rows:
-        for b in batches:
+        for b in (b for b in batches if timed_at(row, b)):
             say(f"warm-up {row.label} at batch {b}")
             row.warmup(b, warmup)
-    per_round: dict[tuple[str, int], list[float]] = {(r.label, b): [] for r in rows for b in batches}
+    per_round: dict[tuple[str, int], list[float]] = {(r.label, b): [] for r in rows for b in batches
+                                                      if timed_at(r, b)}
     started = time.time()
     for k in range(rounds):
         order = [rows[(i + k) % len(rows)] for i in range(len(rows))]
         for b in batches:
-            for row in order:
+            for row in (r for r in order if timed_at(r, b)):
                 say(f"round {k + 1}/{rounds}, batch {b}: {row.label}")
                 seconds = row.time(b, iters)
                 per_round[(row.label, b)].append(float(np.median(seconds)) * 1e3 / b)
         load.append(loadavg())
     out_rows = []
     for row in rows:
-        for b in batches:
+        for b in (b for b in batches if timed_at(row, b)):
             ms = per_round[(row.label, b)]
             out_rows.append({"label": row.label, "side": row.side, "batch": b, "round_ms_per_image": ms,
                              "ms_per_image": spread(ms), "info": getattr(row, "info", {})})
     ratios = []
     for p in (r for r in rows if r.side == "peer"):
         for e in (r for r in rows if r.side == "edgead"):
-            for b in batches:
+            for b in (b for b in batches if timed_at(p, b) and timed_at(e, b)):
                 per = [pm / em for pm, em in zip(per_round[(p.label, b)], per_round[(e.label, b)], strict=True)]
                 ratios.append({"peer": p.label, "edgead": e.label, "batch": b, "per_round": per,
                                "edgead_speedup": spread(per)})
@@ -246,6 +253,20 @@ def _labelled(values: Sequence[str], what: str) -> list[tuple[str, str]]:
     return out
 
 
+def artifact_options(spec: str) -> tuple[str, dict[str, Any], list[int] | None]:
+    """``PATH[@key=value,...]``: the artifact, its runner options (``static_batch=8``, ``precision_hint=bf16``,
+    ``mode=throughput``; integers read as such) and ``batch=N`` (time this row at batch N only)."""
+    path, _, opts = spec.partition("@")
+    options: dict[str, Any] = {}
+    for item in filter(None, opts.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise EdgeadError(f"expected runner options as key=value, found {item!r} in {spec!r}")
+        options[key] = int(value) if value.isdigit() else value
+    only = options.pop("batch", None)
+    return path, options, None if only is None else [int(only)]
+
+
 def render(doc: dict[str, Any]) -> str:
     from edgead.bench.report import render_machine_line
 
@@ -276,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peer-dir", type=Path, required=True, help="what anomalib_peer.py build wrote")
-    ap.add_argument("--edgead", action="append", default=[], help="LABEL=ARTIFACT (an export folder or artifact)")
+    ap.add_argument("--edgead", action="append", default=[],
+                    help="LABEL=ARTIFACT[@key=value,...]: an export folder (its default) or artifact, runner options")
     ap.add_argument("--frames", type=Path, required=True, help="images to feed both sides (recursive)")
     ap.add_argument("--frame-side", type=int, default=448, help="frames are resized to this (anomalib's resize)")
     ap.add_argument("--batch", default="1,8")
@@ -304,12 +326,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows: list[Any] = [PeerRow(peer, label, xml) for label, xml in peers]
         runners = []
         try:
-            for label, art in _labelled(a.edgead, "--edgead"):
-                runner = load(art)
+            for label, spec in _labelled(a.edgead, "--edgead"):
+                art, options, only = artifact_options(spec)
+                runner = load(art, **options)
                 runners.append(runner)
                 rows.append(LocalRow(label, runner.predict_frames, frames,
                                      {"executed": runner.executed_precision(), "artifact": str(runner.folder),
-                                      "describe": runner.describe()}))
+                                      "options": options, "describe": runner.describe()}, only))
             doc.update(interleave(rows, batches, a.rounds, a.iters, a.warmup, progress))
         finally:
             for runner in runners:

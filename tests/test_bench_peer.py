@@ -150,3 +150,26 @@ def test_peer_rows_refuse_bad_times(fake_peer):
             row.time(1, 2)
         with pytest.raises(Exception, match="rounds >= 1"):
             interleave([row], [1], rounds=0, iters=1)
+
+
+def test_rows_restricted_to_a_batch_are_timed_and_compared_there_only(fake_peer):
+    start, _ = fake_peer
+    calls: list[str] = []
+    only8 = FixedRow("edgead static 8", 0.005, calls)
+    only8.batches = [8]
+    with start() as peer:
+        doc = interleave([PeerRow(peer, "anomalib", "x=0.02"), only8], [1, 8], rounds=2, iters=1, warmup=0)
+    assert calls == ["warmup edgead static 8 8"] + ["time edgead static 8 8"] * 2
+    assert {(r["label"], r["batch"]) for r in doc["rows"]} == {("anomalib", 1), ("anomalib", 8),
+                                                               ("edgead static 8", 8)}
+    assert [(q["batch"], q["edgead_speedup"]["median"]) for q in doc["ratios"]] == [(8, pytest.approx(4.0))]
+
+
+def test_artifact_options_parse_runner_options_and_a_batch():
+    from edgead.bench.peer_anomalib import artifact_options
+
+    assert artifact_options("exp/openvino-int8@static_batch=8,precision_hint=bf16,batch=8") == (
+        "exp/openvino-int8", {"static_batch": 8, "precision_hint": "bf16"}, [8])
+    assert artifact_options("exp") == ("exp", {}, None)
+    with pytest.raises(Exception, match="key=value"):
+        artifact_options("exp@static_batch")
