@@ -218,7 +218,8 @@ def parity(artifact: str | Path, reference: str | Path) -> dict[str, Any]:
     from edgead.runtimes import load
 
     ref = np.load(reference)
-    with load(artifact) as runner:
+    path, options, _ = artifact_options(str(artifact))
+    with load(path, **options) as runner:
         pred = runner.predict(ref["images"])
         engine, precision = runner.engine, runner.executed_precision()
     scores, maps = np.asarray(pred.scores, np.float32).reshape(-1), np.asarray(pred.maps, np.float32)
@@ -305,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--iters", type=int, default=3, help="timed calls per row, batch and round")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--parity", action="append", default=[], help="edgead artifact to check against anomalib torch")
+    ap.add_argument("--parity", action="append", default=[],
+                    help="ARTIFACT[@key=value,...] to check against anomalib's torch model")
     ap.add_argument("--peer-python", default=str(PEER_PYTHON))
     ap.add_argument("--peer", action="append", default=[],
                     help="LABEL=XML, the peer's rows (default: its default and int8_ptq exports)")
