@@ -2,12 +2,14 @@
 
 Two sources, both prepared with the run-time function:
 
-- a labelled MVTec-layout category (``--val DIR``): its test images, labels and masks;
+- a labelled MVTec-layout category (``--val DIR``): its test images, labels and masks, each mask at its own
+  resolution (``edgead.data.read_masks``, never shrunk to the model input: the maps are brought onto it);
 - otherwise a documented proxy made from normal images the quantiser never saw (the calibration hold-out):
   each normal image once as it is (label 0) and once with one synthetic defect painted on it by
-  ``edgead.synth.paint_defect`` (label 1, exact mask), defect types in turn. The proxy measures what INT8 noise
-  does to a detector on this part's own appearance: map r and score error against FP32 on real normals,
-  label flips against the threshold, and whether defects still rank above normals (AUROC, AUPRO).
+  ``edgead.synth.paint_defect`` (label 1, exact mask at the prepared image's size), defect types in turn. The
+  proxy measures what INT8 noise does to a detector on this part's own appearance: map r and score error against
+  FP32 on real normals, label flips against the threshold, and whether defects still rank above normals (AUROC,
+  AUPRO, the small-defect Q1 AUPRO).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from edgead.calib.dataset import CalibrationSet
-from edgead.data import load_masks, test_items
+from edgead.data import read_masks, test_items
 from edgead.errors import InputError
-from edgead.fidelity import NOISE, Budget, Fidelity, measure, score_noise
+from edgead.fidelity import NOISE, Budget, Fidelity, Reference, measure, score_noise
 from edgead.imageio import load_batch
 from edgead.runtimes.base import Runner
 from edgead.runtimes.chunks import predict_in_calls
@@ -31,11 +33,13 @@ from edgead.synth import DEFECTS, paint_defect
 
 @dataclass(frozen=True)
 class ValidationSet:
-    """Prepared uint8 images ``(N, H, W, 3)``, labels ``(N,)`` (1 = defect), masks ``(N, H, W)`` and a record."""
+    """Prepared uint8 images ``(N, H, W, 3)``, labels ``(N,)`` (1 = defect), one mask per image at its own
+    resolution (``(H_i, W_i)``: the frame's for a labelled folder, the prepared image's for the proxy) and a
+    record."""
 
     images: np.ndarray
     labels: np.ndarray
-    masks: np.ndarray
+    masks: list[np.ndarray]
     source: dict[str, Any]
 
     def __len__(self) -> int:
@@ -49,7 +53,7 @@ def labelled_validation(folder: str | Path, spec: DetectorSpec) -> ValidationSet
     if labels.min() == labels.max():
         raise InputError(f"expected good and defect test images in the validation folder {folder}, found only "
                          f"{'defect' if labels[0] else 'good'} ones")
-    return ValidationSet(load_batch([it.path for it in items], spec), labels, load_masks(items, spec),
+    return ValidationSet(load_batch([it.path for it in items], spec), labels, read_masks(items),
                          {"kind": "labelled", "folder": str(folder), "images": len(items),
                           "defects": int(labels.sum())})
 
@@ -68,7 +72,7 @@ def proxy_validation(normals: CalibrationSet, seed: int = 0) -> ValidationSet:
         masks.append(m.astype(np.uint8))
     images = np.concatenate([normals.images, np.stack(defects)])
     labels = np.array([0] * n + [1] * n, dtype=np.int64)
-    all_masks = np.concatenate([np.zeros((n, h, w), np.uint8), np.stack(masks)])
+    all_masks = [np.zeros((h, w), np.uint8) for _ in range(n)] + masks
     return ValidationSet(images, labels, all_masks,
                          {"kind": "proxy: held-out normals + synthetic defects painted on them",
                           "folder": str(normals.folder), "images": 2 * n, "normals": n,
@@ -77,7 +81,8 @@ def proxy_validation(normals: CalibrationSet, seed: int = 0) -> ValidationSet:
 
 @dataclass(frozen=True)
 class AccuracyTarget:
-    """What a reduced-precision build is measured against: the FP32 outputs on a validation set, and a budget."""
+    """What a reduced-precision build is measured against: the FP32 reference's outputs on a validation set, and
+    a budget (``edgead.fidelity``: every candidate is measured with ``measure`` into a ``Fidelity``)."""
 
     val: ValidationSet
     ref_scores: np.ndarray
@@ -85,17 +90,32 @@ class AccuracyTarget:
     threshold: float | None
     budget: Budget
     noise: float = NOISE  # the reference's own score noise: differences below it are ties (edgead.fidelity)
+    reference: str = "FP32 ONNX export"  # the reference in words (``Reference.label``)
+    spec: DetectorSpec | None = None  # brings model-size maps onto each mask's own resolution
+
+    @classmethod
+    def from_reference(cls, reference: Reference, val: ValidationSet, budget: Budget,
+                       noise: float = NOISE) -> AccuracyTarget:
+        """The reference's outputs on ``val``; ``noise`` is the export's measured parity with PyTorch."""
+        scores, maps = predict_all(reference.runner, val.images)
+        spec = reference.runner.spec
+        return cls(val, scores, maps, spec.threshold, budget, noise, reference.label, spec)
 
     @classmethod
     def from_runner(cls, reference: Runner, val: ValidationSet, budget: Budget) -> AccuracyTarget:
-        """The reference's outputs on ``val``; its noise is the export's measured parity with PyTorch."""
+        """As ``from_reference`` for a runner of the FP32 export (its noise: the export's parity record)."""
         scores, maps = predict_all(reference, val.images)
-        return cls(val, scores, maps, reference.spec.threshold, budget, score_noise(reference.manifest.extra))
+        spec = reference.spec
+        return cls(val, scores, maps, spec.threshold, budget, score_noise(reference.manifest.extra),
+                   reference.describe(), spec)
 
-    def measure(self, scores: np.ndarray, maps: np.ndarray, candidate: str, precision: str) -> Fidelity:
-        return measure(self.ref_scores, self.ref_maps, scores, maps, reference="FP32 ONNX export",
+    def measure(self, scores: np.ndarray, maps: np.ndarray, candidate: str, precision: str,
+                threshold: float | None = None) -> Fidelity:
+        """``scores``/``maps`` of a candidate (applying ``threshold``, default the reference's) measured against
+        the reference's on the validation set."""
+        return measure(self.ref_scores, self.ref_maps, scores, maps, reference=self.reference,
                        candidate=candidate, precision=precision, threshold=self.threshold, labels=self.val.labels,
-                       masks=self.val.masks, noise=self.noise)
+                       masks=self.val.masks, spec=self.spec, noise=self.noise, candidate_threshold=threshold)
 
     def measure_runner(self, runner: Runner) -> Fidelity:
         scores, maps = predict_all(runner, self.val.images)

@@ -350,8 +350,8 @@ def measure(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, ma
     ``spec``, one mask per image at its own resolution (maps are brought onto each mask's frame), without it a
     stack on the maps' own grid. Pass ``reference_metrics`` to reuse the reference's metrics across several
     artifacts. ``candidate_threshold`` is the threshold the artifact applies when it is not the reference's
-    ``threshold``. Metrics are left out (None) when either side's outputs hold NaN/Inf: the problem itself fails
-    the verdict.
+    ``threshold``. Metrics are left out (None) when either side's outputs hold NaN/Inf, and pixel metrics when a
+    map is flat: the problem itself fails the verdict.
     """
     ref_scores = np.asarray(ref_scores, np.float64).ravel()
     scores = np.asarray(scores, np.float64).ravel()
@@ -382,6 +382,8 @@ def measure(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, ma
     interval = None
     if labels is not None and finite:
         labels = np.asarray(labels).ravel()
+        # pixel metrics of a flat map say nothing: the problem is the verdict (like NaN, which skips all metrics)
+        masks = None if problems else masks
         ref_met = dict(reference_metrics) if reference_metrics else _metrics(labels, ref_scores, masks, ref_maps,
                                                                              spec)
         met = _metrics(labels, scores, masks, maps, spec)

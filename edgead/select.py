@@ -1,10 +1,13 @@
 """``edgead select``: which detector should run on this line? Fit, evaluate and bench a grid of candidates.
 
 Each candidate (family x backbone x norm) is fitted on the normal images of ``data``, exported, compiled for the
-chosen engine and precision, evaluated *on that artifact* against the labelled test split (so INT8 losses show)
-and timed there (ms per image at batch 1, median). Results land in ``OUT/candidates/<key>/result.json`` as each
-candidate finishes; a rerun skips finished candidates and reuses a finished checkpoint or export of an
-interrupted one. The summary is ``OUT/select.json`` and the accuracy/latency Pareto plot ``OUT/pareto.png``.
+chosen engine and precision, evaluated *on that artifact* against the labelled test split (so INT8 losses show;
+pixel metrics and the small-defect Q1 AUPRO against each mask at its own resolution, ``edgead.evaluate``), with
+the compile gate's verdict against the FP32 reference beside it (``edgead.fidelity``, read from the artifact's
+manifest), and timed there (ms per image at batch 1, median). Results land in
+``OUT/candidates/<key>/result.json`` as each candidate finishes; a rerun skips finished candidates and reuses a
+finished checkpoint or export of an interrupted one. The summary is ``OUT/select.json`` and the accuracy/latency
+Pareto plot ``OUT/pareto.png``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ class CandidateResult:
     artifact: str
     cpu_seconds: float = 0.0  # CPU time of this process for the candidate (all steps); wall time on free cores
     # is about this divided by the cores used, whatever else the machine was doing
+    aupro_q1: float | None = None  # AUPRO (30 % FPR) of the smallest quartile of defect areas
+    map_r: float | None = None  # reduced precision: the compile gate's map r against the FP32 reference
+    fidelity_passed: bool | None = None  # reduced precision: whether the gate's budget was met (None: not gated)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CandidateResult:
@@ -156,7 +162,9 @@ def run_candidate(c: Candidate, data: Path, folder: Path, size: int, engine: str
         fit_seconds = float(json.loads((ckpt / "fit.json").read_text()).get("seconds", 0.0))
     detector = load_checkpoint(ckpt)
     params = sum(p.numel() for p in detector.parameters())
-    if engine == "torch":  # the checkpoint is the artifact; nothing to export
+    from edgead import registry
+
+    if engine == registry.reference().name:  # the checkpoint is the artifact; nothing to export
         artifact, flops = ckpt, torch_flops(detector).total
     else:
         if not (export / "manifest.json").is_file():
@@ -164,15 +172,19 @@ def run_candidate(c: Candidate, data: Path, folder: Path, size: int, engine: str
         artifact, flops = _artifact(export, engine, precision, data), onnx_flops(export / "model.onnx").total
     runner = rt.load(artifact, engine=engine)
     with runner:
-        m = evaluate_runner(runner, data).metrics
+        ev = evaluate_runner(runner, data)
+        m = ev.metrics
         bench = bench_runner(runner, (1,), iters=iters, warmup=2, label=c.key)[0]
         executed = runner.executed_precision()
+        gate = runner.manifest.extra.get("fidelity") or {}
     return CandidateResult(
         key=c.key, family=c.family, backbone=c.backbone, norm=c.norm, engine=engine, precision=precision,
         executed_precision=executed, image_auroc=float(m.image_auroc), aupro=float(m.aupro),
         pixel_auroc=float(m.pixel_auroc), p50_ms=float(bench.p50_ms_per_image or 0.0), params=int(params),
         flops=int(flops), fit_seconds=float(fit_seconds), artifact=str(artifact),
-        cpu_seconds=time.process_time() - cpu0,
+        cpu_seconds=time.process_time() - cpu0, aupro_q1=None if ev.by_size is None else float(ev.by_size.q1),
+        map_r=gate.get("map_r") if gate.get("measured") else None,
+        fidelity_passed=gate.get("passed") if gate.get("measured") else None,
     )
 
 

@@ -2,23 +2,29 @@
 
 Every INT8/BF16/FP16 compile that runs on this machine (OpenVINO, ONNX Runtime Q/DQ) is built into a staging
 folder, run on validation data (``calib.validation``: a labelled ``--val`` folder, else the calibration hold-out
-plus synthetic defects) and compared with the FP32 export. An artifact that misses its ``Budget`` is refused —
-nothing is written — unless the caller accepts the drop; either way the measured figures go into the
-artifact's manifest as ``extra.fidelity``. TensorRT engines cannot run here: they are checked by
+plus synthetic defects) and measured against the export's FP32 reference (``edgead.fidelity``: the one rule,
+``reference_for``; one ``measure``, one ``Budget``, pixel metrics and the small-defect Q1 AUPRO at each mask's own
+resolution). An artifact that misses its ``Budget`` is refused — nothing is written — unless the caller accepts the
+drop; either way the measured figures go into the artifact's manifest as ``extra.fidelity``.
+
+The verdict on the line is score vs threshold, so the threshold a reduced-precision artifact applies is
+recomputed by the fit rule from its own scores on the held-out normals (``edgead.fidelity.recomputed_threshold``)
+and written into its manifest's spec, the one its runner reads; the reference's threshold is kept beside it as
+``extra.reference_threshold``. TensorRT engines cannot run here: they are checked by
 ``edgead verify`` on the GPU machine.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from edgead.calib.dataset import CalibrationSet, calibration_files, split_calibration
 from edgead.calib.validation import AccuracyTarget, labelled_validation, proxy_validation
 from edgead.errors import FidelityError, InputError
-from edgead.fidelity import Budget, Fidelity
+from edgead.fidelity import Budget, Fidelity, reference_for, score_noise
 from edgead.runtimes.loader import load
 from edgead.runtimes.manifest import MANIFEST, read_manifest, write_manifest
 
@@ -59,9 +65,9 @@ def plan(export_dir: Path, calib_dir: Path | None, val_dir: Path | None, budget:
         val = proxy_validation(CalibrationSet(calib_dir, spec, files=held), seed)
     else:
         return Plan(None, None)
-    reference = load(export_dir, "onnxruntime")
+    reference = reference_for(export_dir)
     try:
-        target = AccuracyTarget.from_runner(reference, val, budget)
+        target = AccuracyTarget.from_reference(reference, val, budget, score_noise(read_manifest(export_dir).extra))
     finally:
         reference.close()
     return Plan(calib, target)
@@ -73,16 +79,18 @@ def record(fid: Fidelity | None, target: AccuracyTarget | None, failures: list[s
         return {"measured": False, "reason": "no validation data (pass --val DIR or --calib DIR)",
                 "accepted": accepted}
     metric = target.budget.metric
-    return {"measured": True, "reference": "FP32 ONNX export (ONNX Runtime)", "validation": target.val.source,
+    return {"measured": True, "reference": target.reference, "validation": target.val.source,
             "budget": target.budget.to_dict(), "passed": not failures, "accepted": accepted and bool(failures),
             "failures": failures, "metric": metric, "drop": fid.drop(metric), "map_r": fid.map_r,
+            "q1_drop": fid.drop("aupro_q1"),
             "max_abs_scores": fid.max_abs_scores, "score_error_rel": fid.score_error_rel, "flips": fid.flips,
             "flips_to_anomalous": fid.flips_to_anomalous, "flips_to_normal": fid.flips_to_normal,
-            "problems": list(fid.problems), "noise": target.noise,
+            "problems": [str(p) for p in fid.problems], "noise": target.noise,
             "threshold": {"reference": fid.threshold, "recomputed": fid.own_threshold,
                           "flips_with_recomputed": fid.own_threshold_flips,
                           "rule": "the reference's threshold moved by max(mean + 3 std, max) of the artifact's "
-                                  "minus the reference's scores on the held-out normals (not applied)"},
+                                  "minus the reference's scores on the held-out normals",
+                          "applied": fid.own_threshold is not None},
             "auroc_interval": None if fid.auroc_interval is None else fid.auroc_interval.to_dict(),
             "metrics": fid.metrics, "reference_metrics": fid.reference_metrics}
 
@@ -106,18 +114,26 @@ def judge(staged: Path, target: AccuracyTarget | None, accept_drop: bool) -> dic
         fix = ("its outputs cannot be right, whatever stays in float: check the engine and the build" if fid.problems
                else "Pass --max-drop to keep sensitive layers in float until it holds, or --accept-drop to write "
                     "it anyway")
-        raise FidelityError(f"refused {name}: {'; '.join(failures)} against the FP32 export on "
+        raise FidelityError(f"refused {name}: {'; '.join(failures)} against the {target.reference} on "
                             f"{target.val.source['images']} validation images ({target.val.source['kind']}); "
                             f"nothing written. {fix[0].upper()}{fix[1:]}")
     return record(fid, target, failures, accept_drop)
 
 
 def commit(staged: Path, dest: Path, rec: dict[str, Any]) -> None:
-    """Add the gate record to the staged manifest and move the staged files into ``dest`` (an atomic_dir)."""
+    """Add the gate record to the staged manifest and move the staged files into ``dest`` (an atomic_dir).
+
+    A measured artifact gets the threshold recomputed from its own scores as its spec's threshold (what its runner
+    applies), the reference's kept as ``extra.reference_threshold``.
+    """
     m = read_manifest(staged)
     (staged / MANIFEST).unlink()
-    write_manifest(staged, m.engine, m.precision, m.model, m.spec, m.versions, m.batch,
-                   {**m.extra, "fidelity": rec})
+    spec, extra = m.spec, {**m.extra, "fidelity": rec}
+    own = (rec.get("threshold") or {}).get("recomputed")
+    if own is not None:
+        extra["reference_threshold"] = spec.threshold
+        spec = replace(spec, threshold=float(own))
+    write_manifest(staged, m.engine, m.precision, m.model, spec, m.versions, m.batch, extra)
     for f in staged.iterdir():
         os.replace(f, dest / f.name)
     staged.rmdir()

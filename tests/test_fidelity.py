@@ -236,3 +236,30 @@ def test_the_artifacts_own_threshold_is_recomputed_by_the_fit_rule_beside_the_re
     assert w.own_threshold == pytest.approx(1.45 + threshold_rule(wide[:5]) - threshold_rule(normals))
     assert w.own_threshold == pytest.approx(1.687127) and w.own_threshold_flips == 2  # defects 1.5, 1.6 fall below
     assert recomputed_threshold(1.0, np.array([1.0]), np.array([2.0])) is None  # one normal: no spread to use
+
+
+def test_small_defect_aupro_q1_drop_is_judged_beside_the_auroc_drop():
+    """Two 1 px and two 16 px defects: Q1 (areas <= the 25th percentile, 1 px) holds the two 1 px ones. An artifact
+    that scores those two pixels below every normal pixel keeps the image AUROC and loses all of Q1 (100 points),
+    while the all-region AUPRO loses half (the two large regions are still found first)."""
+    rng = np.random.default_rng(8)
+    labels = np.array([0] * 4 + [1] * 4)
+    masks = np.zeros((8, 8, 8), np.uint8)
+    masks[4, 2, 2] = masks[5, 5, 5] = 1
+    masks[6, 1:5, 1:5] = masks[7, 3:7, 3:7] = 1
+    maps = rng.uniform(0.0, 0.5, masks.shape)
+    ref = np.where(masks > 0, 1.0, maps)
+    cand = np.where(masks > 0, 1.0, maps)
+    cand[4, 2, 2] = cand[5, 5, 5] = -1.0  # the small defects fall below every normal pixel
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 1.1, 1.2, 1.3, 1.4])
+    f = measure(scores, ref, scores, cand, reference="r", candidate="c", precision="int8", labels=labels,
+                masks=masks)
+    assert f.reference_metrics["aupro_q1"] == pytest.approx(1.0) and f.metrics["aupro_q1"] == pytest.approx(0.0)
+    assert f.drop("q1") == pytest.approx(1.0) and f.drop("aupro") == pytest.approx(0.5)
+    assert f.drop("image_auroc") == 0.0
+    assert Budget(min_map_r=0.0).failures(f) == ["small-defect AUPRO (Q1) drop 100.00 points > 1.00"]
+    assert Budget(min_map_r=0.0, max_q1_drop=1.0).failures(f) == []
+    assert Budget(min_map_r=0.0, metric="q1", max_drop=0.5).failures(f) == ["aupro_q1 drop 100.00 points > 50.00"]
+    # FP32 artifacts are judged on their differences, and without masks there is no Q1 to judge
+    assert "aupro_q1" not in measure(scores, ref, scores, cand, reference="r", candidate="c", precision="int8",
+                                     labels=labels).metrics

@@ -64,6 +64,7 @@ def test_select_two_candidates_writes_table_plot_and_resumes(tiny_synthetic, tmp
     for r in doc["results"]:
         assert 0.0 <= r["image_auroc"] <= 1.0 and 0.0 <= r["aupro"] <= 1.0
         assert r["p50_ms"] > 0 and r["params"] > 10_000 and r["flops"] > 1_000_000 and r["cpu_seconds"] > 0
+        assert 0.0 <= r["aupro_q1"] <= 1.0 and r["map_r"] is None and r["fidelity_passed"] is None  # torch: no gate
     assert doc["pareto"] and set(doc["pareto"]) <= {r["key"] for r in doc["results"]}
     png = cv2.imread(str(out / "pareto.png"))
     assert png is not None and png.shape[0] >= 400 and png.shape[1] >= 600

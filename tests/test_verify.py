@@ -136,3 +136,66 @@ def test_verify_checks_every_artifact_itself_never_the_tuned_redirect(fitted_exp
         ("fp32", "onnxruntime", "onnxruntime fp32"), ("openvino-fp32", "openvino", "openvino fp32"),
         ("openvino-fp32", "openvino", "openvino fp32 (tuned: mode throughput, static_batch 2)")]
     assert rep.passed and all(c.fidelity.max_scaled_maps <= 1e-4 for c in rep.checks)
+
+
+def test_verify_scores_pixels_against_each_mask_at_its_own_resolution(fitted_export, tmp_path, monkeypatch):
+    """Frames of 90x75 for a 56 px model: every mask reaches the pixel metrics at 90x75 (the maps are brought onto
+    it), never shrunk to the model input, and the figures are ``edgead eval``'s own."""
+    import numpy as np
+
+    import edgead.metrics
+    from edgead import runtimes
+    from edgead.data import read_mask, test_items
+    from edgead.evaluate import evaluate_runner
+    from edgead.synth import make_synthetic
+
+    make_synthetic(tmp_path / "hr", categories=("texture",), frame=(90, 75), n_train=2, n_test_good=2,
+                   n_test_defect=1, seed=4)
+    data = tmp_path / "hr" / "texture"
+    seen, real = [], edgead.metrics.pixel_metrics
+
+    def spy(masks, maps, *a, **kw):
+        seen.append(([m.shape for m in masks], [m.shape for m in maps], [int(np.sum(m)) for m in masks]))
+        return real(masks, maps, *a, **kw)
+
+    monkeypatch.setattr(edgead.metrics, "pixel_metrics", spy)
+    out = _fp32_only(fitted_export, tmp_path)
+    rep = verify_artifacts(out, data, batch=4)
+    items = test_items(data)
+    on_disk = [0 if it.mask is None else int(read_mask(it.mask).sum()) for it in items]
+    assert len(seen) == 2 and all(m == [(90, 75)] * len(items) == p and s == on_disk for m, p, s in seen), seen
+    assert sum(on_disk) > 0
+    f = rep.checks[0].fidelity
+    with runtimes.load(fitted_export.parent / "ckpt") as torch_runner:
+        ev = evaluate_runner(torch_runner, data)
+    assert f.reference_metrics["aupro"] == pytest.approx(ev.metrics.aupro, abs=1e-9)
+    assert f.reference_metrics["aupro_q1"] == pytest.approx(ev.by_size.q1, abs=1e-9)
+    assert f.reference_metrics["pixel_auroc"] == pytest.approx(ev.metrics.pixel_auroc, abs=1e-9)
+    assert abs(f.drop("aupro_q1")) <= 1e-4 and rep.passed  # an FP32 export keeps the small-defect AUPRO
+
+
+def test_compile_gate_writes_the_artifacts_own_threshold_and_verify_judges_it(fitted_export, tiny_synthetic,
+                                                                            tmp_path):
+    """Issue 26 item 5: the line's verdict is the artifact's score against the threshold its runner applies, so the
+    gate writes the threshold recomputed from the artifact's own held-out scores into its spec (the PyTorch one
+    kept as ``reference_threshold``)."""
+    import numpy as np
+
+    from edgead import runtimes
+    from edgead.export.compile import compile_artifact
+
+    out = _fp32_only(fitted_export, tmp_path)
+    folder = compile_artifact(out, "onnxruntime", "int8", tiny_synthetic, val=tiny_synthetic, accept_drop=True)
+    with runtimes.load(out, "onnxruntime") as fp32, runtimes.load(folder) as int8:
+        ref_thr = fp32.spec.threshold
+        fid = int8.manifest.extra["fidelity"]
+        own = fid["threshold"]["recomputed"]
+        assert int8.manifest.extra["reference_threshold"] == ref_thr == fid["threshold"]["reference"]
+        assert int8.spec.threshold == own and own != ref_thr and fid["threshold"]["applied"] is True
+        assert abs(own - ref_thr) < 0.05 * ref_thr  # the same rule on nearly the same scores
+        p = int8.predict(np.stack([np.full((56, 56, 3), v, np.uint8) for v in (0, 128, 255)]))
+        assert (p.labels == (p.scores > own)).all()
+    rep = verify_artifacts(out, tiny_synthetic, batch=6)
+    c = next(c for c in rep.checks if c.precision == "int8")
+    assert c.fidelity.threshold == ref_thr and c.fidelity.candidate_threshold == own
+    assert c.fidelity.flips == fid["threshold"]["flips_with_recomputed"]  # the same images, the same threshold

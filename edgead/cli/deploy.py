@@ -80,7 +80,10 @@ MaxDrop = Annotated[float | None, typer.Option(help="Accuracy budget: largest dr
                                                "(0.003 = 0.3 AUROC points); INT8 keeps the most sensitive "
                                                "layers in float until it holds.")]
 Metric = Annotated[str, typer.Option(help="Metric of the budget: auroc | aupro | pixel_auroc | map_r.")]
-MinMapR = Annotated[float, typer.Option(help="Fidelity gate: minimum map Pearson r against FP32.")]
+MinMapR = Annotated[float | None, typer.Option(help="Fidelity gate: minimum map Pearson r against FP32 (default: the "
+                                                "precision's own, 0.999 FP16, 0.99 INT8/BF16).")]
+MaxQ1Drop = Annotated[float, typer.Option(help="With masks: largest drop of the small-defect AUPRO (smallest "
+                                          "quartile of defect areas, Q1) against FP32 (0.01 = 1 point).")]
 AcceptDrop = Annotated[bool, typer.Option(help="Write the artifact even when it misses the budget (the "
                                           "measured drop is recorded in its manifest).")]
 CalibSize = Annotated[int, typer.Option(help="Calibration images, drawn stratified over the folder.")]
@@ -97,9 +100,10 @@ def compile_cmd(
     val: ValDir = None,
     max_drop: MaxDrop = None,
     metric: Metric = "auroc",
-    min_map_r: MinMapR = 0.99,
+    min_map_r: MinMapR = None,
     accept_drop: AcceptDrop = False,
     max_flips: MaxFlips = None,
+    max_q1_drop: MaxQ1Drop = 0.01,
     calib_size: CalibSize = 300,
     max_float_layers: Annotated[int | None, typer.Option(help="Q/DQ with --max-drop: refuse rather than keep more "
                                                          "than this many layers in float.")] = None,
@@ -136,8 +140,8 @@ def compile_cmd(
     from edgead.export.compile import compile_artifact
     from edgead.fidelity import Budget
 
-    budget = Budget(min_map_r=min_map_r, metric=metric, max_flips=max_flips,
-                    **({} if max_drop is None else {"max_drop": max_drop}))
+    budget = Budget.for_precision(precision, min_map_r=min_map_r, metric=metric, max_flips=max_flips,
+                                  max_drop=max_drop, max_q1_drop=max_q1_drop)
     path = compile_artifact(out, engine, precision, calib, val=val, budget=budget, accuracy_aware=max_drop
                             is not None, accept_drop=accept_drop, calib_size=calib_size, calib_method=calib_method,
                             max_float_layers=max_float_layers, batch=batch, workspace=workspace, int8_mode=int8_mode,
@@ -209,10 +213,14 @@ def _report_compile(path: Path, json_out: bool) -> None:
                       f"{100 * b['max_drop']:.2f}), map r {fid['map_r']:.4f} (>= {b['min_map_r']}), label flips "
                       f"{fid['flips']}, largest score shift "
                       f"{'n/a' if shift is None else f'{100 * shift:.2f} % of the threshold'}: {verdict}")
+        if fid.get("q1_drop") is not None:
+            console.print(f"  small-defect AUPRO (Q1) drop {100 * fid['q1_drop']:+.2f} points (budget "
+                          f"{100 * b.get('max_q1_drop', 0.01):.2f})")
         thr = fid.get("threshold") or {}
         if thr.get("recomputed") is not None:
-            console.print(f"  threshold {thr['reference']:.6g} (PyTorch); recomputed from this artifact's held-out "
-                          f"normals {thr['recomputed']:.6g}, with {thr['flips_with_recomputed']} label flips")
+            console.print(f"  threshold {thr['recomputed']:.6g}, recomputed from this artifact's held-out normals "
+                          f"(what it applies; PyTorch's {thr['reference']:.6g}), with "
+                          f"{thr['flips_with_recomputed']} label flips")
 
 
 def verify(
@@ -230,6 +238,7 @@ def verify(
     = "auroc",
     max_flips: Annotated[int | None, typer.Option(help="Fail above this many label flips against the "
                                                   "threshold (default: report only).")] = None,
+    max_q1_drop: MaxQ1Drop = 0.01,
     json_out: JsonFlag = False,
 ) -> None:
     """Judge every artifact against the PyTorch reference; exit 1 when one misses its precision's targets."""
@@ -240,7 +249,8 @@ def verify(
 
     check_batch(batch)
 
-    budget = Budget(atol=atol, min_map_r=min_map_r, max_drop=max_drop, metric=metric, max_flips=max_flips)
+    budget = Budget(atol=atol, min_map_r=min_map_r, max_drop=max_drop, metric=metric, max_flips=max_flips,
+                    max_q1_drop=max_q1_drop)
     rep = verify_artifacts(out, data, ckpt, batch, budget)
     if json_out:
         emit_json(rep.to_dict())
@@ -259,7 +269,7 @@ def _verify_table(rep, out: Path) -> None:
     cols = ["artifact", "max|Δ| maps", "max|Δ| scores", "map r", "flips", "shift/thr"]
     labelled = any(c.fidelity.metrics for c in rep.checks)
     if labelled:
-        cols += [rep.budget.metric, "Δ"]
+        cols += [rep.budget.metric, "Δ", "Q1 AUPRO Δ"]
     for col in cols + ["float layers", "verdict"]:
         table.add_column(col, justify="left" if col in ("artifact", "verdict") else "right")
     for c in rep.checks:
@@ -272,7 +282,9 @@ def _verify_table(rep, out: Path) -> None:
             d = f.drop(rep.budget.metric)
             iv = f.auroc_interval if rep.budget.metric == "image_auroc" else None
             ci = "" if iv is None or iv.low == iv.high else f" [{0.0 - iv.high:+.4f}, {0.0 - iv.low:+.4f}]"
-            row += ["-" if m is None else f"{m:.4f}", "-" if d is None else f"{0.0 - d:+.4f}{ci}"]  # no -0.0000
+            q1 = f.drop("aupro_q1")
+            row += ["-" if m is None else f"{m:.4f}", "-" if d is None else f"{0.0 - d:+.4f}{ci}",  # no -0.0000
+                    "-" if q1 is None else f"{0.0 - q1:+.4f}"]
         q = c.quantization or {}
         row.append(str(len(q.get("float_layers", []))) if q else "-")
         row.append("[green]pass[/]" if c.passed else f"[red]FAIL[/] {'; '.join(c.failures)}")
@@ -298,7 +310,7 @@ def calibrate(
     val: ValDir = None,
     max_drop: MaxDrop = None,
     metric: Metric = "auroc",
-    min_map_r: MinMapR = 0.99,
+    min_map_r: MinMapR = None,
     accept_drop: AcceptDrop = False,
     calib_size: CalibSize = 300,
     json_out: JsonFlag = False,
