@@ -363,14 +363,18 @@ def test_checkpoint_spec_missing_a_field_is_one_error_line(tmp_path, capfd, monk
 
 def test_verify_without_onnxruntime_uses_openvino_as_reference(monkeypatch, export):
     pytest.importorskip("openvino")
-    import edgead.verify as verify
+    import importlib.util
 
-    monkeypatch.setattr(verify, "missing_engine", lambda name: "not installed" if name == "onnxruntime" else None)
-    real = verify.importlib.util.find_spec
-    monkeypatch.setattr(verify.importlib.util, "find_spec",  # a line PC: no torch either
+    import edgead.runtimes.loader as loader
+    from edgead.fidelity import reference_for
+
+    monkeypatch.setattr(loader, "missing_engine", lambda name: "not installed" if name == "onnxruntime" else None)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # a line PC: no torch either
                         lambda name, *a: None if name == "torch" else real(name, *a))
-    runner, name = verify._reference(export, None)
-    assert name == "openvino fp32" and runner.engine == "openvino"
+    ref = reference_for(export)  # the one rule verify, the gate, the precision graphs and tune use
+    assert ref.kind == "openvino fp32" and ref.runner.engine == "openvino"
+    assert ref.label == "FP32 ONNX export in OpenVINO (PyTorch not installed)"
 
 
 def test_models_raise_edgead_errors_not_bare_value_errors():
