@@ -39,7 +39,7 @@ TINY = {
 }
 CASES = {f: (f, *TINY[f]) for f in TINY}
 ATOL = Budget().atol
-N = 3  # the batch: 3 random images; then one all-0 and one all-255 image
+N = 3  # the batch: 3 random images; then one all-0 and one all-255 image (5 in all)
 
 
 def test_every_family_has_a_contract_case():
@@ -63,12 +63,14 @@ def _engines() -> list[object]:
 
 @pytest.fixture(scope="module")
 def images() -> dict[int, np.ndarray]:
-    """Per input size: N random-structure images, then an all-0 and an all-255 image."""
+    """Per input size: N - 1 random-structure images (``check_batch``), one of uniform uint8 noise, then an all-0
+    and an all-255 image."""
     out = {}
     for *_, size in CASES.values():
         if size not in out:
             const = np.stack([np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8)])
-            out[size] = np.concatenate([check_batch(0, N, (size, size)), const])
+            noise = np.random.default_rng(size).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+            out[size] = np.concatenate([check_batch(0, N - 1, (size, size)), noise, const])
     return out
 
 
