@@ -406,3 +406,28 @@ def test_an_all_float_probe_that_is_not_fp32_names_what_stays_quantised():
         r"candidate layers in float \(that probe is not the FP32 model: max \|diff\| of maps 3.00e-03 .*> 1e-04; "
         r"2 ops stay quantised in it: attn.0, attn.1\); best reached: image_auroc drop n/a, map r 0.999995 "
         r"\(map r 0.999995 < 0.9999999\); nothing written", str(err.value)), str(err.value)
+
+
+def test_qdq_all_float_probe_is_the_fp32_model(fitted_export, tiny_synthetic, tmp_path):
+    """Q/DQ's all-float probe (every quantised MatMul reading float tensors and its float weight) leaves no
+    dequantised tensor anywhere and matches the FP32 export within the FP32 parity target, like OpenVINO's."""
+    from numpy import testing
+
+    from edgead.calib.onnx_qdq import _run, float_island, quantize_qdq, quantized_layers, still_quantised
+    from edgead.calib.search import parity_failures
+    from edgead.calib.validation import AccuracyTarget, labelled_validation
+    from edgead.export.onnx import source_onnx
+
+    folder = quantize_qdq(fitted_export, tiny_synthetic, out=tmp_path / "q", method="minmax")
+    qm = onnx.load(str(folder / "model.onnx"))
+    layers = quantized_layers(qm)
+    fp32 = onnx.load(str(source_onnx(fitted_export)[0]))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in fp32.graph.initializer}
+    every = float_island(qm, layers, weights)
+    assert len(layers) >= 70 and still_quantised(qm) and still_quantised(every) == []
+    assert not [n.op_type for n in every.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    ref = rt.load(fitted_export)
+    target = AccuracyTarget.from_runner(ref, labelled_validation(tiny_synthetic, ref.spec), Budget())
+    f = target.measure(*_run(every, target.val.images), "Q/DQ, all float", "int8")
+    assert parity_failures(f, Budget()) == [] and f.max_scaled_maps <= 1e-5 and f.max_scaled_scores <= 1e-5, f
+    testing.assert_allclose(_run(every, target.val.images[:2])[0], target.ref_scores[:2], rtol=1e-5)
