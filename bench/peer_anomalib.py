@@ -233,6 +233,46 @@ def parity(artifact: str | Path, reference: str | Path) -> dict[str, Any]:
             "map_range": [float(ref["maps"].min()), float(ref["maps"].max())], "map_r": r}
 
 
+def agreement(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict[str, float]:
+    """How far ``got`` (scores, maps) is from ``ref`` on the same frames: map Pearson r (blind to the affine min-max
+    normalisation anomalib applies), max |score| difference and that difference over the reference's score spread."""
+    rs, gs = np.asarray(ref["scores"], np.float64).reshape(-1), np.asarray(got["scores"], np.float64).reshape(-1)
+    rm, gm = np.asarray(ref["maps"], np.float64), np.asarray(got["maps"], np.float64)
+    if rm.shape != gm.shape or rs.shape != gs.shape:
+        raise EdgeadError(f"expected outputs of the reference's shapes {rs.shape} / {rm.shape}, found {gs.shape} / "
+                          f"{gm.shape}")
+    diff = float(np.max(np.abs(rs - gs)))
+    span = float(np.ptp(rs))
+    return {"map_r": float(np.corrcoef(rm.reshape(-1), gm.reshape(-1))[0, 1]), "max_abs_score": diff,
+            "score_diff_over_spread": diff / span if span > 0 else float("nan")}
+
+
+def fidelity(peer: PeerProcess, peer_rows: Sequence[PeerRow], ckpt: Path, edgead_rows: Sequence[LocalRow],
+             reference: Callable[[np.ndarray], Any], frames: np.ndarray, tmp: Path) -> list[dict[str, Any]]:
+    """Each tool's rows against its own float reference on the same frames: anomalib's exports against anomalib's
+    Lightning model (pre-processor, torch model, post-processor; outputs normalised), edgead's rows against
+    edgead's FP32 artifact (itself checked against anomalib's torch model by ``parity``)."""
+    def peer_out(name: str) -> dict[str, np.ndarray]:
+        path = tmp / f"{len(list(tmp.iterdir()))}.npz"
+        peer.call("outputs", name=name, batch=len(frames), path=str(path))
+        with np.load(path) as z:
+            return {"scores": z["scores"], "maps": z["maps"]}
+
+    peer.call("load_torch", ckpt=str(ckpt))
+    out = []
+    ref = peer_out("torch")
+    for row in peer_rows:
+        out.append({"row": row.label, "side": "peer", "against": "anomalib Lightning model (torch fp32)",
+                    **agreement(ref, peer_out(row.name))})
+    mine = reference(frames)
+    ref = {"scores": mine.scores, "maps": mine.maps}
+    for row in edgead_rows:
+        got = row.call(frames)
+        out.append({"row": row.label, "side": "edgead", "against": "edgead openvino fp32 artifact",
+                    **agreement(ref, {"scores": got.scores, "maps": got.maps})})
+    return out
+
+
 # -- frames and the command line ---------------------------------------------------------------------------------
 def frames_from(folder: Path, count: int, side: int) -> np.ndarray:
     """``count`` images found under ``folder`` (recursively, sorted), resized to ``side`` x ``side`` uint8."""
@@ -288,6 +328,9 @@ def render(doc: dict[str, Any]) -> str:
     for p in doc.get("parity", []):
         lines.append(f"parity {p['artifact']} [{p['engine']} {p['executed']}] vs anomalib torch: max |score| "
                      f"{p['max_abs_score']:.2e}, max |map| {p['max_abs_map']:.2e}, map r {p['map_r']:.6f}")
+    for f in doc.get("fidelity", []):
+        lines.append(f"fidelity {f['side']} {f['row']} vs {f['against']}: map r {f['map_r']:.5f}, max |score| "
+                     f"{f['max_abs_score']:.2e} ({f['score_diff_over_spread']:.2f} of the reference's spread)")
     lines.append(render_machine_line(doc["machine"]))
     return "\n".join(lines)
 
@@ -311,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--peer-python", default=str(PEER_PYTHON))
     ap.add_argument("--peer", action="append", default=[],
                     help="LABEL=XML, the peer's rows (default: its default and int8_ptq exports)")
+    ap.add_argument("--fidelity", default=None,
+                    help="edgead FP32 artifact: check every row against its own tool's float reference on the frames")
     ap.add_argument("--json", type=Path, default=None, help="write the whole document here")
     a = ap.parse_args(argv)
     batches = [int(b) for b in a.batch.split(",")]
@@ -335,6 +380,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                 rows.append(LocalRow(label, runner.predict_frames, frames,
                                      {"executed": runner.executed_precision(), "artifact": str(runner.folder),
                                       "options": options, "describe": runner.describe()}, only))
+            if a.fidelity:
+                progress("fidelity: every row against its own tool's float reference")
+                with load(a.fidelity) as ref_runner:
+                    doc["fidelity"] = fidelity(peer, [r for r in rows if isinstance(r, PeerRow)],
+                                               a.peer_dir / "model.ckpt", [r for r in rows if isinstance(r, LocalRow)],
+                                               ref_runner.predict_frames, frames, Path(tmp))
             doc.update(interleave(rows, batches, a.rounds, a.iters, a.warmup, progress))
         finally:
             for runner in runners:

@@ -43,6 +43,14 @@ FAKE_PEER = textwrap.dedent('''
             out = {"ok": True, "outputs": {}}
         elif cmd == "time":
             out = {"ok": True, "seconds": [per_image[msg["name"]] * msg["batch"]] * msg["n"]}
+        elif cmd == "load_torch":
+            out = {"ok": True}
+        elif cmd == "outputs":  # the "torch" reference: a ramp; a model: the ramp scaled by its time, plus noise
+            import numpy as np
+            ramp = np.arange(msg["batch"] * 16, dtype=np.float32).reshape(msg["batch"], 4, 4)
+            k = 1.0 if msg["name"] == "torch" else per_image[msg["name"]]
+            np.savez(msg["path"], scores=k * ramp.max(axis=(1, 2)), maps=k * ramp + (k != 1.0) * (ramp % 2))
+            out = {"ok": True}
         elif cmd == "crash":
             sys.exit(3)
         elif cmd == "garbage":
@@ -173,3 +181,27 @@ def test_artifact_options_parse_runner_options_and_a_batch():
     assert artifact_options("exp") == ("exp", {}, None)
     with pytest.raises(Exception, match="key=value"):
         artifact_options("exp@static_batch")
+
+
+def test_fidelity_compares_each_side_with_its_own_reference(fake_peer, tmp_path):
+    from types import SimpleNamespace
+
+    from edgead.bench.peer_anomalib import agreement, fidelity
+
+    start, commands = fake_peer
+    frames = np.zeros((2, 4, 4, 3), np.uint8)
+    ramp = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
+    ref = SimpleNamespace(scores=ramp.max(axis=(1, 2)), maps=ramp)
+    edge = LocalRow("edgead int8", lambda f: SimpleNamespace(scores=ref.scores + 0.5, maps=2 * ramp + 1), frames)
+    work = tmp_path / "work"
+    work.mkdir()
+    with start() as peer:
+        rows = [PeerRow(peer, "anomalib int8_ptq", "x=0.5")]
+        out = fidelity(peer, rows, tmp_path / "model.ckpt", [edge], lambda f: ref, frames, work)
+    assert [c["cmd"] for c in commands()][1:4] == ["load_torch", "outputs", "outputs"]
+    by = {o["row"]: o for o in out}
+    assert by["edgead int8"]["map_r"] == pytest.approx(1.0) and by["edgead int8"]["max_abs_score"] == 0.5
+    assert by["edgead int8"]["score_diff_over_spread"] == pytest.approx(0.5 / 16)
+    assert 0.99 < by["anomalib int8_ptq"]["map_r"] < 1.0 and by["anomalib int8_ptq"]["side"] == "peer"
+    with pytest.raises(Exception, match="reference's shapes"):
+        agreement({"scores": ref.scores, "maps": ramp}, {"scores": ref.scores, "maps": ramp[:1]})

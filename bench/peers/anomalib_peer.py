@@ -29,6 +29,8 @@ the libraries print goes to stderr):
     {"cmd": "load", "name": "x", "xml": "model.xml"}   -> {"ok": true, "precision": "bf16", "device": "AUTO"}
     {"cmd": "warmup", "name": "x", "batch": 8, "n": 2} -> {"ok": true, "outputs": {"pred_score": [8], ...}}
     {"cmd": "time", "name": "x", "batch": 8, "n": 3}   -> {"ok": true, "seconds": [..3 per-call times..]}
+    {"cmd": "load_torch", "ckpt": "model.ckpt"}         -> {"ok": true}   (anomalib's Lightning model, name "torch")
+    {"cmd": "outputs", "name": "x", "batch": 8, "path": "o.npz"} -> {"ok": true}  (scores, maps of one call)
     {"cmd": "quit"}                                    -> {"ok": true}
 
 Failures reply ``{"ok": false, "error": "..."}``. The edgead side (``edgead.bench.peer_anomalib``) alternates these
@@ -176,6 +178,30 @@ class Peer:
             shapes = {k: list(getattr(result, k).shape) for k in ("pred_score", "anomaly_map")
                       if getattr(result, k, None) is not None}
             return {"ok": True, "outputs": shapes}
+        if cmd == "load_torch":  # anomalib's own Lightning model from the checkpoint: pre-, model, post-processor
+            import torch
+            from anomalib.models import Dinomaly
+
+            no_download()
+            self.models["torch"] = Dinomaly.load_from_checkpoint(msg["ckpt"], map_location="cpu").eval()
+            return {"ok": True}
+        if cmd == "outputs":  # one call on the first ``batch`` frames; score and map saved to ``path``
+            import numpy as np
+
+            batch = self.frames[: int(msg["batch"])]
+            if msg["name"] == "torch":
+                import torch
+
+                x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 255.0
+                with torch.no_grad():
+                    result = self.models["torch"](x)
+                score, amap = result.pred_score.numpy(), result.anomaly_map.numpy()
+            else:
+                result = self.models[msg["name"]].predict(batch)
+                score, amap = np.asarray(result.pred_score), np.asarray(result.anomaly_map)
+            np.savez(msg["path"], scores=score.astype(np.float32).reshape(len(batch)),
+                     maps=amap.astype(np.float32).reshape(len(batch), *amap.shape[-2:]))
+            return {"ok": True}
         if cmd == "quit":
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
