@@ -14,7 +14,7 @@ Two sources, both prepared with the run-time function:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,8 @@ class AccuracyTarget:
     noise: float = NOISE  # the reference's own score noise: differences below it are ties (edgead.fidelity)
     reference: str = "FP32 ONNX export"  # the reference in words (``Reference.label``)
     spec: DetectorSpec | None = None  # brings model-size maps onto each mask's own resolution
+    #: the reference's metrics once measured (pixel metrics at full resolution are the costly part of a search)
+    _reference_metrics: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_reference(cls, reference: Reference, val: ValidationSet, budget: Budget,
@@ -113,9 +115,13 @@ class AccuracyTarget:
                 threshold: float | None = None) -> Fidelity:
         """``scores``/``maps`` of a candidate (applying ``threshold``, default the reference's) measured against
         the reference's on the validation set."""
-        return measure(self.ref_scores, self.ref_maps, scores, maps, reference=self.reference,
-                       candidate=candidate, precision=precision, threshold=self.threshold, labels=self.val.labels,
-                       masks=self.val.masks, spec=self.spec, noise=self.noise, candidate_threshold=threshold)
+        fid = measure(self.ref_scores, self.ref_maps, scores, maps, reference=self.reference,
+                      candidate=candidate, precision=precision, threshold=self.threshold, labels=self.val.labels,
+                      masks=self.val.masks, spec=self.spec, noise=self.noise, candidate_threshold=threshold,
+                      reference_metrics=self._reference_metrics or None)
+        if not self._reference_metrics and fid.reference_metrics and not fid.problems:
+            self._reference_metrics.update(fid.reference_metrics)  # complete: pixel metrics included
+        return fid
 
     def measure_runner(self, runner: Runner) -> Fidelity:
         scores, maps = predict_all(runner, self.val.images)

@@ -5,18 +5,20 @@ recorded in the export's manifest (or one given explicitly) run in PyTorch; with
 ONNX export run in ONNX Runtime (OpenVINO without it) stands in for it (the report says which). A checkpoint the
 export names that is gone is an error here (``--ckpt`` names another): verify never checks the export against
 itself by accident.
+
 Every artifact folder is checked as what it is, with the engine its manifest names: an export that ``edgead
 tune`` decided is not followed to its choice (``load(OUT)``'s redirect) but checked itself, the chosen artifact
 is checked in its own folder, and, when the choice runs with settings of its own (OpenVINO throughput mode, a
 static batch), once more with them.
 
 ``--data``: an MVTec-layout category (every test image is compared: differences, map r, label flips and score
-shift against the artifact's threshold; metrics and the accuracy drop with its interval, pixel metrics and the
-small-defect Q1 AUPRO against each mask at its own resolution, never shrunk to the model input), or a plain folder of
-normal images with no labels (what a line has before it sees a defect): then the verdict rests on map r, the
-score shift, the flips and the NaN/flat checks, and the report says no accuracy drop was measured. Without
-``--data`` a fixed synthetic parity batch is used. Each artifact is judged against the targets of its precision
-(``edgead.fidelity.Budget``).
+shift; metrics and the accuracy drop with its interval, pixel metrics and the small-defect Q1 AUPRO against each
+mask at its own resolution, never shrunk to the model input), or a plain folder of normal images with no labels
+(what a line has before it sees a defect): then the verdict rests on map r, the score shift, the flips and the
+NaN/flat checks, and the report says no accuracy drop was measured. Without ``--data`` a fixed synthetic parity
+batch is used. Flips compare the reference's labels (its threshold) with the artifact's labels under the threshold
+the artifact applies (its own, for a reduced-precision artifact the compile gate recalibrated). Each artifact is
+measured with ``edgead.fidelity.measure`` and judged by one ``edgead.fidelity.Budget``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ from edgead.runtimes.manifest import find_artifacts, read_manifest
 
 @dataclass(frozen=True)
 class ArtifactCheck:
+    """One row of the report: an artifact folder, its ``Fidelity`` against the reference and the ``Budget``'s
+    reasons (``failures``), with what its manifest records about how it was built."""
+
     folder: Path
     engine: str
     precision: str
