@@ -268,6 +268,10 @@ NAME_DECISIONS_OWED = {
 }
 
 
+#: not scanned: the tests, and the peers' scripts, which run in a peer's own venv and import nothing from edgead
+NOT_EDGEAD = ("tests/", "bench/peers/")
+
+
 def _code(line: str) -> str:
     """A source line without its comment (a whole-line one, or an inline one after two spaces)."""
     return "" if line.lstrip().startswith("#") else re.split(r"\s\s#\s", line)[0]
@@ -277,7 +281,7 @@ def _name_decisions() -> dict[str, list[str]]:
     files = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True).stdout.split()
     pattern, found = _decision_pattern(), {}
     for f in files:
-        if f.startswith("tests/") or f in ("edgead/registry.py", "edgead/precisions.py") or not (REPO / f).is_file():
+        if f.startswith(NOT_EDGEAD) or f in ("edgead/registry.py", "edgead/precisions.py") or not (REPO / f).is_file():
             continue
         hits = [f"{i}: {line.strip()}" for i, line in enumerate((REPO / f).read_text().splitlines(), 1)
                 if pattern.search(_code(line))]
