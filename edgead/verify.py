@@ -16,13 +16,16 @@ shift; metrics and the accuracy drop with its interval, pixel metrics and the sm
 mask at its own resolution, never shrunk to the model input), or a plain folder of normal images with no labels
 (what a line has before it sees a defect): then the verdict rests on map r, the score shift, the flips and the
 NaN/flat checks, and the report says no accuracy drop was measured. Without ``--data`` a fixed synthetic parity
-batch is used. Flips compare the reference's labels (its threshold) with the artifact's labels under the threshold
-the artifact applies (its own, for a reduced-precision artifact the compile gate recalibrated). Each artifact is
-measured with ``edgead.fidelity.measure`` and judged by one ``edgead.fidelity.Budget``.
+batch is used. Without a budget, each artifact is held to its own precision's targets
+(``Budget.for_precision``: FP16 map r 0.999, INT8/BF16 0.99); a callable gives the budget per precision. Flips
+compare the reference's labels (its threshold) with the artifact's labels under the threshold the artifact
+applies (its own, for a reduced-precision artifact the compile gate recalibrated). Each artifact is measured with
+``edgead.fidelity.measure`` and judged by an ``edgead.fidelity.Budget``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,16 @@ from edgead import registry
 from edgead.data import GOOD, TestItem, read_masks, test_items
 from edgead.errors import ArtifactError, InputError
 from edgead.evaluate import run_on_items
-from edgead.fidelity import Budget, Fidelity, Reference, measure, reference_for, reference_label, score_noise
+from edgead.fidelity import (
+    FULL_PRECISION,
+    Budget,
+    Fidelity,
+    Reference,
+    measure,
+    reference_for,
+    reference_label,
+    score_noise,
+)
 from edgead.imageio import list_images
 from edgead.runtimes.compare import check_batch
 from edgead.runtimes.loader import load, tuned_choice
@@ -53,6 +65,7 @@ class ArtifactCheck:
     quantization: dict[str, Any] | None = None  # the manifest's record: layers kept in float, why
     compiled: dict[str, Any] | None = None  # the compile-time gate's record: drop and map r measured then
     settings: str = ""  # runner settings it was checked with: "" (as built) or the tuned choice's, e.g. throughput
+    budget: Budget | None = None  # the targets it was judged by (its precision's)
 
     @property
     def passed(self) -> bool:
@@ -65,7 +78,8 @@ class ArtifactCheck:
     def to_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "engine": self.engine, "precision": self.precision,
                 "settings": self.settings, "passed": self.passed, "failures": self.failures,
-                **self.fidelity.to_dict(), "quantization": self.quantization, "compile_time_fidelity": self.compiled}
+                **self.fidelity.to_dict(), "quantization": self.quantization, "compile_time_fidelity": self.compiled,
+                "budget": None if self.budget is None else self.budget.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -124,11 +138,12 @@ def _runs(out: Path, folders: list[Path]) -> list[tuple[Path, str, dict[str, Any
 
 
 def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str | Path | None = None,
-                     batch: int = 8, budget: Budget | None = None) -> Report:
+                     batch: int = 8, budget: Budget | Callable[[str], Budget] | None = None) -> Report:
     """Judge every artifact in ``out`` against the reference, over every image of ``data`` if given."""
     if batch < 1:
         raise InputError(f"expected a batch size >= 1, found {batch}")
-    budget = budget or Budget()
+    budget_for: Callable[[str], Budget] = (budget if callable(budget) else
+                                           (lambda _: budget) if budget is not None else Budget.for_precision)
     out = Path(out)
     folders = find_artifacts(out)
     if not folders:
@@ -172,8 +187,10 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
         finally:
             runner.close()
         ref_metrics = fid.reference_metrics or None
-        checks.append(ArtifactCheck(folder, runner.engine, runner.manifest.precision, fid, budget.failures(fid),
+        judged = budget_for(runner.manifest.precision)
+        checks.append(ArtifactCheck(folder, runner.engine, runner.manifest.precision, fid, judged.failures(fid),
                                     runner.manifest.extra.get("quantization"), runner.manifest.extra.get("fidelity"),
-                                    settings))
-    return Report(ref_name, budget, int(np.asarray(ref_scores).size), None if data is None else str(data), checks,
+                                    settings, judged))
+    return Report(ref_name, budget_for(FULL_PRECISION[0]), int(np.asarray(ref_scores).size),
+                  None if data is None else str(data), checks,
                   accuracy, ref_is)

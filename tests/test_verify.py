@@ -199,3 +199,35 @@ def test_compile_gate_writes_the_artifacts_own_threshold_and_verify_judges_it(fi
     c = next(c for c in rep.checks if c.precision == "int8")
     assert c.fidelity.threshold == ref_thr and c.fidelity.candidate_threshold == own
     assert c.fidelity.flips == fid["threshold"]["flips_with_recomputed"]  # the same images, the same threshold
+
+
+class Noisy(Broken):
+    """Test harness: maps with Gaussian noise of 8 % of their spread added (map r about 0.997), posing as
+    ``precision``."""
+
+    def predict(self, images):
+        import dataclasses
+
+        import numpy as np
+
+        p = self._runner.predict(images)
+        noise = np.random.default_rng(0).normal(0, 0.08 * p.maps.std(), p.maps.shape).astype(np.float32)
+        return dataclasses.replace(p, maps=p.maps + noise)
+
+
+@pytest.mark.parametrize("precision, target", [("fp16", 0.999), ("int8", 0.99)])
+def test_verify_holds_each_artifact_to_its_own_precisions_map_r(fitted_export, tmp_path, monkeypatch, precision,
+                                                                target):
+    """One map r (0.997) passes as INT8 (0.99) and misses as FP16 (0.999): without a budget, each artifact is
+    judged by ``Budget.for_precision`` (it was 0.99 for every precision)."""
+    import edgead.verify as verify
+
+    out = _fp32_only(fitted_export, tmp_path)
+    real_load = verify.load
+    monkeypatch.setattr(verify, "load", lambda folder, engine=None, **kw: Noisy(real_load(folder, engine, **kw),
+                                                                                "noise", precision))
+    (c,) = verify_artifacts(out, batch=5).checks
+    r = c.fidelity.map_r
+    assert 0.99 < r < 0.999 and c.budget.min_map_r == target
+    assert c.failures == ([f"map r {r:.4f} < 0.999"] if precision == "fp16" else [])
+    assert verify_artifacts(out, batch=5, budget=Budget(min_map_r=0.9)).checks[0].failures == []  # caller's budget

@@ -133,10 +133,11 @@ def compile_cmd(
         return
     engine = engine or "openvino"
     if not precision:  # an engine named without a precision: its FP32 as before, or the first it builds
-        from edgead import registry
+        from edgead import precisions, registry
 
         eng = next((e for e in registry.compilable() if engine in (e.name, *e.aliases)), None)
-        precision = "fp32" if eng is None or "fp32" in eng.compiles else eng.compiles[0]
+        full = precisions.full().name
+        precision = full if eng is None or full in eng.compiles else eng.compiles[0]
     from edgead.export.compile import compile_artifact
     from edgead.fidelity import Budget
 
@@ -231,7 +232,8 @@ def verify(
     ckpt: Annotated[Path | None, typer.Option(help="Reference checkpoint (default: the one exported).")] = None,
     batch: Annotated[int, typer.Option(help="Images per inference call.")] = 8,
     atol: Annotated[float, typer.Option(help="FP32 artifacts: max |diff| of maps and scores.")] = 1e-4,
-    min_map_r: Annotated[float, typer.Option(help="INT8/FP16/BF16: minimum map Pearson r.")] = 0.99,
+    min_map_r: Annotated[float | None, typer.Option(help="INT8/FP16/BF16: minimum map Pearson r (default: the "
+                                                "precision's own, 0.999 FP16, 0.99 INT8/BF16).")] = None,
     max_drop: Annotated[float, typer.Option(help="INT8/FP16/BF16 with --data: largest metric drop "
                                             "(0.005 = 0.5 AUROC points).")] = 0.005,
     metric: Annotated[str, typer.Option(help="Metric of --max-drop: auroc | aupro | pixel_auroc | map_r.")]
@@ -249,8 +251,10 @@ def verify(
 
     check_batch(batch)
 
-    budget = Budget(atol=atol, min_map_r=min_map_r, max_drop=max_drop, metric=metric, max_flips=max_flips,
-                    max_q1_drop=max_q1_drop)
+    def budget(precision: str) -> Budget:  # each artifact is held to its own precision's targets
+        return Budget.for_precision(precision, atol=atol, min_map_r=min_map_r, max_drop=max_drop, metric=metric,
+                                    max_flips=max_flips, max_q1_drop=max_q1_drop)
+
     rep = verify_artifacts(out, data, ckpt, batch, budget)
     if json_out:
         emit_json(rep.to_dict())
