@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgead import __version__
+from edgead import __version__, precisions
 from edgead.errors import ArtifactError, EdgeadError, InputError, require
 from edgead.fidelity import FULL_PRECISION, Fidelity, measure
 from edgead.fsutil import atomic_dir, sha256_file
@@ -91,7 +91,7 @@ def _simplify(model: onnx.ModelProto, simplifier: str) -> onnx.ModelProto:
 def source_onnx(artifact_dir: str | Path) -> tuple[Path, Manifest]:
     """The FP32 ONNX export in ``artifact_dir`` and its verified manifest (what every compiler starts from)."""
     m = read_manifest(artifact_dir)
-    if m.engine != ONNX.manifest_name or m.precision != "fp32":
+    if m.engine != ONNX.manifest_name or m.precision != precisions.full().name:
         raise InputError(f"expected the FP32 ONNX export folder (edgead export ... -o OUT), found a "
                          f"{m.engine} {m.precision} artifact in {artifact_dir}")
     return Path(artifact_dir) / m.model, m

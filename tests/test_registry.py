@@ -261,8 +261,6 @@ def _decision_pattern() -> re.Pattern[str]:
 NAME_DECISIONS_OWED = {
     # H1 migrates (the verification core, issue 26 item 1): FULL_PRECISION, the FP16 graph's own branches
     "edgead/fidelity.py": 1, "export/precision.py": 4,
-    # the CLI and the ONNX exporter: the reference engine, the full precision, the default compile precision
-    "edgead/cli/run.py": 1, "edgead/cli/deploy.py": 1, "export/onnx.py": 1,
     # a torch.compile row's bf16 autocast option (bench/frames.py had other work in flight)
     "bench/frames.py": 1,
 }

@@ -196,9 +196,10 @@ def bench(
 
 def _bench_cuda(target: str, engine: str, batches: tuple[int, ...], iters: int, json_path: Path | None,
                 json_out: bool, backbone: str, size: int, family: str) -> None:
+    from edgead import registry
     from edgead.bench.gpu import bench_detector, cuda_unavailable, norms_study_gpu
 
-    if engine not in ("torch", "all"):
+    if engine != "all" and registry.find(engine) is not registry.reference():
         raise InputError(f"--device cuda benchmarks the torch engine (TensorRT engines always run on the GPU), "
                          f"found --engine {engine}")
     why = cuda_unavailable()
