@@ -231,3 +231,27 @@ def test_verify_holds_each_artifact_to_its_own_precisions_map_r(fitted_export, t
     assert 0.99 < r < 0.999 and c.budget.min_map_r == target
     assert c.failures == ([f"map r {r:.4f} < 0.999"] if precision == "fp16" else [])
     assert verify_artifacts(out, batch=5, budget=Budget(min_map_r=0.9)).checks[0].failures == []  # caller's budget
+
+
+def test_gate_validation_keeps_masks_at_their_own_resolution(fitted_export, tmp_path):
+    """The compile gate's labelled --val set: masks of 90x75 frames stay 90x75 (``load_masks`` shrank them to the
+    56 px input), and the gate's reference metrics are ``edgead eval``'s at that resolution."""
+    from edgead import runtimes
+    from edgead.calib.validation import AccuracyTarget, labelled_validation
+    from edgead.evaluate import evaluate_runner
+    from edgead.fidelity import Budget, reference_for
+    from edgead.synth import make_synthetic
+
+    make_synthetic(tmp_path / "hr", categories=("texture",), frame=(90, 75), n_train=2, n_test_good=2,
+                   n_test_defect=1, seed=4)
+    data = tmp_path / "hr" / "texture"
+    ref = reference_for(fitted_export)
+    val = labelled_validation(data, ref.runner.spec)
+    assert val.images.shape[1:] == (56, 56, 3) and {m.shape for m in val.masks} == {(90, 75)}
+    target = AccuracyTarget.from_reference(ref, val, Budget())
+    ref.close()
+    f = target.measure(target.ref_scores, target.ref_maps, "itself", "int8")
+    with runtimes.load(fitted_export.parent / "ckpt") as torch_runner:
+        ev = evaluate_runner(torch_runner, data)
+    assert f.reference_metrics["aupro_q1"] == pytest.approx(ev.by_size.q1, abs=1e-9)
+    assert f.drop("aupro_q1") == 0.0 and Budget().failures(f) == []
