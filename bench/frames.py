@@ -324,6 +324,41 @@ def load_row(text: str) -> FrameRow:
     return FrameRow(runner, label, tiled, ref)
 
 
+def evaluate_frames(runner: Runner, data: str | Path, tiled: bool | None = None,
+                    keep_maps: list | None = None) -> dict[str, Any]:
+    """Image AUROC, pixel AUROC and AUPRO by defect size of ``runner`` on a labelled MVTec-layout category, each
+    test image scored whole by ``predict_frames`` (tiled, or full-frame when ``tiled`` is False; the runner's own
+    choice when None) and its frame-size map met with its mask at the mask's own resolution.
+
+    On the full-frame path this is ``edgead eval``'s computation (``prepare``, then ``map_to_frame``); on the tiled
+    path it is what ``edgead eval`` does not do yet: each pixel scored by the tiles at the frame's resolution.
+    """
+    from edgead.data import read_masks, test_items
+    from edgead.imageio import read_image
+    from edgead.metrics import auroc, pixel_metrics
+
+    items = test_items(data)
+    masks = read_masks(items)
+    plan = runner.tiling
+    try:
+        if tiled is False:
+            runner.tiling = None
+        elif tiled and plan is None:
+            raise EdgeadError(f"tiled evaluation asked but {runner.describe()} has no tiling plan")
+        preds = [runner.predict_frames(read_image(it.path)) for it in items]
+    finally:
+        runner.tiling = plan
+    scores = np.concatenate([p.scores for p in preds])
+    maps = [p.maps[0] for p in preds]
+    if keep_maps is not None:  # the frame-size maps, for a map r against another runner's
+        keep_maps.extend(maps)
+    labels = np.array([it.label for it in items])
+    pix, by_size = pixel_metrics(masks, maps)
+    return {"image_auroc": auroc(labels, scores), "pixel_auroc": pix, "aupro": by_size.at(4, 0.3),
+            "q1_aupro": by_size.q1, "robustness": by_size.robustness_at(0.3), "by_size": by_size.to_dict(),
+            "images": len(items), "path": "tiled" if (plan is not None and tiled is not False) else "full-frame"}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
     import json
@@ -333,11 +368,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m edgead.bench.frames", description=(
         "Interleaved whole-frame latency (batch 1) and map r of several runners on the same frames."))
     ap.add_argument("--row", action="append", required=True, help="LABEL=PATH[:key=value...] (see parse_row)")
-    ap.add_argument("--images", nargs="+", required=True, help="frames of one size (the first is timed)")
+    ap.add_argument("--images", nargs="+", help="frames of one size (the first is timed)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=1, help="timed calls per row and round")
     ap.add_argument("--json", type=Path, help="also write rows and conditions here")
+    ap.add_argument("--eval", type=Path, help="instead of timing: evaluate every row on this labelled category")
+    ap.add_argument("--maps", type=Path, help="--eval: save each row's maps here (LABEL.npy) and read refs from it")
     a = ap.parse_args(argv)
+    if a.eval is not None:
+        doc, kept = {}, {}
+        for t in a.row:
+            r = load_row(t)
+            kept[r.label] = []
+            with r.runner:
+                doc[r.label] = evaluate_frames(r.runner, a.eval, r.tiled, kept[r.label])
+            d = doc[r.label]
+            flat = np.concatenate([m.ravel() for m in kept[r.label]])
+            if a.maps is not None:
+                a.maps.mkdir(parents=True, exist_ok=True)
+                np.save(a.maps / f"{r.label}.npy", flat)
+            if r.ref is not None:  # every frame's map against the ref row's (this run's, or saved in --maps)
+                ref = (np.concatenate([m.ravel() for m in kept[r.ref]]) if r.ref in kept else
+                       np.load(a.maps / f"{r.ref}.npy") if a.maps is not None else None)
+                if ref is None:
+                    raise EdgeadError(f"row {r.label!r}: ref {r.ref!r} was not evaluated (give --maps DIR)")
+                d["map_r"] = map_pearson(flat, ref)
+                d["map_r_vs"] = r.ref
+            print(f"{r.label}: map r {d.get('map_r', float('nan')):.5f} vs {r.ref}, {d['path']}, "
+                  f"image AUROC {d['image_auroc']:.4f}, pixel AUROC {d['pixel_auroc']:.4f}, "
+                  f"AUPRO {d['aupro']:.4f}, AUPRO@30% Q1..Q4 {[round(v, 4) for v in d['by_size']['aupro_30']]}, "
+                  f"robustness {d['robustness']:.4f}", flush=True)
+        if a.json:
+            a.json.write_text(json.dumps(doc, indent=1))
+        return
+    if not a.images:
+        ap.error("--images is required unless --eval is given")
     frames = np.stack([read_image(p) for p in a.images])
     rows = [load_row(t) for t in a.row]
     result, cond = bench_frames_interleaved(rows, frames, a.rounds, a.iters,

@@ -88,3 +88,38 @@ def test_interleaved_parse_row_and_refusals():
     frames = np.zeros((1, 64, 64, 3), np.uint8)
     with pytest.raises(EdgeadError, match="unique labels"):
         bench_frames_interleaved([FrameRow(object(), "a", None, "b")], frames)
+
+
+def test_evaluate_frames_scores_each_pixel_at_the_masks_resolution(tiled_export, tmp_path):
+    """Tiled and full-frame evaluation of one runner on a 4-image category of 300x250 frames: maps meet masks at
+    300x250 on both paths; the tiled map finds the bright 6 px defects (pixel AUROC high), and the runner's plan is
+    restored."""
+    import numpy as np
+
+    from edgead.bench.frames import evaluate_frames
+    from edgead.imageio import write_image
+    from edgead.runtimes import load
+
+    _, export = tiled_export
+    for sub in ("test/good", "test/spot", "ground_truth/spot"):
+        (tmp_path / sub).mkdir(parents=True)
+    for i in range(2):
+        rng = np.random.default_rng(200 + i)
+        write_image(tmp_path / f"test/good/{i}.png", np.clip(rng.normal(120, 4, (300, 250, 3)), 0, 255).astype(
+            np.uint8))
+        frame = np.clip(rng.normal(120, 4, (300, 250, 3)), 0, 255).astype(np.uint8)
+        mask = np.zeros((300, 250), np.uint8)
+        r, c = 60 + 120 * i, 50 + 100 * i
+        frame[r : r + 6, c : c + 6] = (255, 255, 40)
+        mask[r : r + 6, c : c + 6] = 255
+        write_image(tmp_path / f"test/spot/{i}.png", frame)
+        write_image(tmp_path / f"ground_truth/spot/{i}_mask.png", np.repeat(mask[..., None], 3, 2))
+    with load(export, "onnxruntime") as runner:
+        plan = runner.tiling
+        tiled = evaluate_frames(runner, tmp_path)
+        full = evaluate_frames(runner, tmp_path, tiled=False)
+        assert runner.tiling == plan
+    assert (tiled["path"], full["path"], tiled["images"]) == ("tiled", "full-frame", 4)
+    # two 36 px regions of one area: every cumulative quartile holds both
+    assert tiled["pixel_auroc"] > 0.95 and tiled["by_size"]["regions"] == [2, 2, 2, 2]
+    assert 0.0 <= full["q1_aupro"] <= 1.0
