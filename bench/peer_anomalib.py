@@ -185,9 +185,9 @@ def interleave(rows: Sequence[Row], batches: Sequence[int], rounds: int, iters: 
                                                       if timed_at(r, b)}
     started = time.time()
     for k in range(rounds):
-        order = [rows[(i + k) % len(rows)] for i in range(len(rows))]
         for b in batches:
-            for row in (r for r in order if timed_at(r, b)):
+            active = [r for r in rows if timed_at(r, b)]  # rotated among the rows this batch times
+            for row in active[k % len(active):] + active[:k % len(active)]:
                 say(f"round {k + 1}/{rounds}, batch {b}: {row.label}")
                 seconds = row.time(b, iters)
                 per_round[(row.label, b)].append(float(np.median(seconds)) * 1e3 / b)

@@ -166,8 +166,8 @@ def test_rows_restricted_to_a_batch_are_timed_and_compared_there_only(fake_peer)
     only8 = FixedRow("edgead static 8", 0.005, calls)
     only8.batches = [8]
     with start() as peer:
-        doc = interleave([PeerRow(peer, "anomalib", "x=0.02"), only8], [1, 8], rounds=2, iters=1, warmup=0)
-    assert calls == ["warmup edgead static 8 8"] + ["time edgead static 8 8"] * 2
+        doc = interleave([PeerRow(peer, "anomalib", "x=0.02"), only8], [1, 8], rounds=3, iters=1, warmup=0)
+    assert calls == ["warmup edgead static 8 8"] + ["time edgead static 8 8"] * 3
     assert {(r["label"], r["batch"]) for r in doc["rows"]} == {("anomalib", 1), ("anomalib", 8),
                                                                ("edgead static 8", 8)}
     assert [(q["batch"], q["edgead_speedup"]["median"]) for q in doc["ratios"]] == [(8, pytest.approx(4.0))]
@@ -205,3 +205,13 @@ def test_fidelity_compares_each_side_with_its_own_reference(fake_peer, tmp_path)
     assert 0.99 < by["anomalib int8_ptq"]["map_r"] < 1.0 and by["anomalib int8_ptq"]["side"] == "peer"
     with pytest.raises(Exception, match="reference's shapes"):
         agreement({"scores": ref.scores, "maps": ramp}, {"scores": ref.scores, "maps": ramp[:1]})
+
+
+def test_the_order_rotates_among_the_rows_a_batch_times():
+    calls: list[str] = []
+    a, b, c = FixedRow("a", 0.01, calls), FixedRow("b", 0.01, calls), FixedRow("c8", 0.01, calls)
+    c.batches = [8]
+    interleave([a, b, c], [1, 8], rounds=2, iters=1, warmup=0)
+    timed = [x.removeprefix("time ") for x in calls if x.startswith("time")]
+    assert timed == ["a 1", "b 1", "a 8", "b 8", "c8 8",  # round 1
+                     "b 1", "a 1", "b 8", "c8 8", "a 8"]  # round 2: each batch's first row moves on by one
