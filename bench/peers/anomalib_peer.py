@@ -94,7 +94,6 @@ def parity_images(n: int, side: int, seed: int = 7):
 def build(data: Path, out: Path, seed: int) -> None:
     import numpy as np
     import torch
-    from anomalib.data import Folder
     from anomalib.deploy import CompressionType, ExportType
     from anomalib.engine import Engine
     from anomalib.models import Dinomaly
@@ -102,9 +101,7 @@ def build(data: Path, out: Path, seed: int) -> None:
     torch.manual_seed(seed)
     no_download()
     out.mkdir(parents=True, exist_ok=True)
-    abnormal = sorted(str(p.relative_to(data)) for p in (data / "test").iterdir() if p.is_dir() and p.name != "good")
-    dm = Folder(name="peer", root=data, normal_dir="train/good", normal_test_dir="test/good", abnormal_dir=abnormal,
-                train_batch_size=2, eval_batch_size=4, num_workers=0, seed=seed)
+    dm = datamodule(data, seed)
     model = Dinomaly(encoder_name=ENCODER)
     engine = Engine(max_epochs=1, limit_train_batches=1, accelerator="cpu", devices=1,
                     default_root_dir=str(out / "results"), logger=False)
@@ -140,6 +137,33 @@ def build(data: Path, out: Path, seed: int) -> None:
             "image_threshold": float(model.post_processor.image_threshold)}
     (out / "peer.json").write_text(json.dumps(meta, indent=1))
     print(json.dumps(meta, indent=1))
+
+
+def datamodule(data: Path, seed: int):  # noqa: ANN201
+    """anomalib's Folder datamodule over an MVTec-layout category (train/good; test/good and test/<defect>)."""
+    from anomalib.data import Folder
+
+    abnormal = sorted(str(p.relative_to(data)) for p in (data / "test").iterdir() if p.is_dir() and p.name != "good")
+    return Folder(name="peer", root=data, normal_dir="train/good", normal_test_dir="test/good", abnormal_dir=abnormal,
+                  train_batch_size=2, eval_batch_size=4, num_workers=0, seed=seed)
+
+
+def export_more(data: Path, out: Path, name: str, compression: str | None, side: int | None, seed: int) -> None:
+    """One more anomalib export of ``out/model.ckpt`` (``Engine.export``), e.g. INT8_PTQ with a static image size
+    (``input_size``, anomalib's option; the batch stays dynamic), into ``out/<name>/``."""
+    from anomalib.deploy import CompressionType, ExportType
+    from anomalib.engine import Engine
+    from anomalib.models import Dinomaly
+
+    no_download()
+    model = Dinomaly.load_from_checkpoint(out / "model.ckpt", map_location="cpu")
+    engine = Engine(accelerator="cpu", devices=1, default_root_dir=str(out / "results"), logger=False)
+    t0 = time.perf_counter()
+    path = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=out / name,
+                         input_size=(side, side) if side else None,
+                         compression_type=CompressionType(compression) if compression else None,
+                         datamodule=datamodule(data, seed) if compression in ("int8_ptq", "int8_acq") else None)
+    print(json.dumps({"export": str(path), "seconds": time.perf_counter() - t0}))
 
 
 # -- serve: anomalib's OpenVINOInferencer, timed on request -------------------------------------------------------
@@ -249,10 +273,19 @@ def main() -> None:
     b.add_argument("--data", type=Path, required=True, help="MVTec-layout category (train/good, test/<type>)")
     b.add_argument("-o", "--out", type=Path, required=True)
     b.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("export", help="one more anomalib export of OUT/model.ckpt into OUT/NAME")
+    e.add_argument("--data", type=Path, required=True)
+    e.add_argument("-o", "--out", type=Path, required=True)
+    e.add_argument("--name", required=True)
+    e.add_argument("--compression", default=None, help="fp16 | int8 | int8_ptq | int8_acq (anomalib's)")
+    e.add_argument("--input-size", type=int, default=None, help="static image side (anomalib's input_size)")
+    e.add_argument("--seed", type=int, default=0)
     sub.add_parser("serve", help="time anomalib's OpenVINOInferencer on request (JSON lines)")
     args = ap.parse_args()
     if args.cmd == "build":
         build(args.data.resolve(), args.out.resolve(), args.seed)
+    elif args.cmd == "export":
+        export_more(args.data.resolve(), args.out.resolve(), args.name, args.compression, args.input_size, args.seed)
     else:
         serve()
 
