@@ -359,6 +359,13 @@ def evaluate_frames(runner: Runner, data: str | Path, tiled: bool | None = None,
             "images": len(items), "path": "tiled" if (plan is not None and tiled is not False) else "full-frame"}
 
 
+def _map_file(label: str) -> str:
+    """A file name for a row's maps: the label with anything but letters, digits, '.', '-' and '_' as '_'."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", label) + ".npy"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
     import json
@@ -373,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=1, help="timed calls per row and round")
     ap.add_argument("--json", type=Path, help="also write rows and conditions here")
     ap.add_argument("--eval", type=Path, help="instead of timing: evaluate every row on this labelled category")
-    ap.add_argument("--maps", type=Path, help="--eval: save each row's maps here (LABEL.npy) and read refs from it")
+    ap.add_argument("--maps", type=Path, help="--eval: save each row's maps here (LABEL.npy, characters other "
+                    "than letters, digits, . - _ as _) and read refs from it")
     a = ap.parse_args(argv)
     if a.eval is not None:
         doc, kept = {}, {}
@@ -386,10 +394,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             flat = np.concatenate([m.ravel() for m in kept[r.label]])
             if a.maps is not None:
                 a.maps.mkdir(parents=True, exist_ok=True)
-                np.save(a.maps / f"{r.label}.npy", flat)
+                np.save(a.maps / _map_file(r.label), flat)
             if r.ref is not None:  # every frame's map against the ref row's (this run's, or saved in --maps)
                 ref = (np.concatenate([m.ravel() for m in kept[r.ref]]) if r.ref in kept else
-                       np.load(a.maps / f"{r.ref}.npy") if a.maps is not None else None)
+                       np.load(a.maps / _map_file(r.ref)) if a.maps is not None else None)
                 if ref is None:
                     raise EdgeadError(f"row {r.label!r}: ref {r.ref!r} was not evaluated (give --maps DIR)")
                 d["map_r"] = map_pearson(flat, ref)

@@ -85,6 +85,9 @@ def test_interleaved_parse_row_and_refusals():
         "ov int8", "/a/b", {"precision_hint": "bf16", "ref": "torch"})
     with pytest.raises(EdgeadError, match="LABEL=PATH"):
         parse_row("/a/b")
+    from edgead.bench.frames import _map_file
+
+    assert _map_file("ov bf16 tiled 518/0") == "ov_bf16_tiled_518_0.npy"  # a label is not a path
     frames = np.zeros((1, 64, 64, 3), np.uint8)
     with pytest.raises(EdgeadError, match="unique labels"):
         bench_frames_interleaved([FrameRow(object(), "a", None, "b")], frames)
