@@ -314,7 +314,9 @@ def render(doc: dict[str, Any]) -> str:
     lines = [f"{'row':34s} batch  ms/image min / median / max over {doc['rounds']} rounds   [executed]"]
     for r in doc["rows"]:
         s = r["ms_per_image"]
-        executed = r["info"].get("precision") or r["info"].get("executed") or ""
+        products = r["info"].get("products") or {}
+        executed = (" + ".join(f"{k} {v}" for k, v in sorted(products.items(), key=lambda kv: -kv[1]))
+                    or r["info"].get("precision") or r["info"].get("executed") or "")
         lines.append(f"{r['side'] + ' ' + r['label']:34s} {r['batch']:5d}  {s['min']:7.1f} / {s['median']:7.1f} / "
                      f"{s['max']:7.1f}   [{executed}]")
     lines.append("per-round ratios, peer ms / edgead ms (> 1: edgead faster), min / median / max:")

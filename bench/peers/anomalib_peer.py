@@ -186,7 +186,8 @@ class Peer:
 
             inferencer = OpenVINOInferencer(path=msg["xml"])  # anomalib's defaults: device AUTO, no config
             self.models[msg["name"]] = inferencer
-            return {"ok": True, "device": inferencer.device, "precision": _precision(inferencer)}
+            return {"ok": True, "device": inferencer.device, "precision": _precision(inferencer),
+                    "products": _products(inferencer)}
         if cmd in ("warmup", "time"):
             inferencer = self.models[msg["name"]]
             batch = self.frames[: int(msg["batch"])]
@@ -246,6 +247,27 @@ def _precision(inferencer) -> str | None:  # noqa: ANN001
         return name(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
     except Exception:  # noqa: BLE001
         return None
+
+
+def _products(inferencer) -> dict[str, int]:  # noqa: ANN001
+    """How many matrix-product nodes of the compiled (runtime) model run at each precision, e.g. {"int8": 90,
+    "bf16": 12}: what OpenVINO executes, not what was asked ({} where the runtime model does not say)."""
+    def text(value) -> str:  # noqa: ANN001
+        t = (value.astype(str) if hasattr(value, "astype") else str(value)).lower()
+        return t.split("'")[1] if "'" in t else t.strip()
+
+    short = {"u8": "int8", "i8": "int8", "bf16": "bf16", "f32": "f32", "f16": "f16", "float32": "f32"}
+    counts: dict[str, int] = {}
+    try:
+        for op in inferencer.model.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if "layerType" in info and "runtimePrecision" in info and text(info["layerType"]) in (
+                    "fullyconnected", "matmul", "convolution"):
+                p = text(info["runtimePrecision"])
+                counts[short.get(p, p)] = counts.get(short.get(p, p), 0) + 1
+    except Exception:  # noqa: BLE001
+        return {}
+    return counts
 
 
 def serve() -> None:
