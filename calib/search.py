@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from edgead import precisions
 from edgead.errors import FidelityError
-from edgead.fidelity import FULL_PRECISION, Budget, Fidelity
+from edgead.fidelity import Budget, Fidelity
 
 Measure = Callable[[list[str], bool], Fidelity]
 
@@ -47,7 +48,7 @@ def _loss(f: Fidelity, metric: str) -> float:
 
 def parity_failures(f: Fidelity, budget: Budget) -> list[str]:
     """What keeps ``f`` from being the FP32 model: the FP32 parity target (``budget.atol``) applied to it."""
-    return Budget(atol=budget.atol).failures(replace(f, precision=FULL_PRECISION[0]))
+    return Budget(atol=budget.atol).failures(replace(f, precision=precisions.full().name))
 
 
 def fewest_float_layers(layers: Sequence[str], measure: Measure, budget: Budget, what: str,

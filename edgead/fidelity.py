@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgead import precisions
 from edgead.errors import ArtifactError, InputError
 
 if TYPE_CHECKING:
@@ -54,7 +55,15 @@ if TYPE_CHECKING:
 METRICS = ("image_auroc", "aupro", "pixel_auroc", "map_r", "aupro_q1")
 _ALIASES = {"auroc": "image_auroc", "image-auroc": "image_auroc", "pro": "aupro", "pixel-auroc": "pixel_auroc",
             "map-r": "map_r", "q1": "aupro_q1", "aupro-q1": "aupro_q1"}
-FULL_PRECISION = ("fp32",)
+
+
+def is_reduced(precision: str) -> bool:
+    """Whether an artifact at ``precision`` is judged by the reduced-precision targets (map r, drops) rather than
+    the FP32 absolute tolerance: the precision table's ``reduced``; a name the table lacks counts as reduced."""
+    p = precisions.find(precision)
+    return p is None or p.reduced
+
+
 #: relative score difference that is numerical noise of an FP32 engine when nothing measured says more: float32
 #: keeps ~7 digits, and two correct FP32 kernels differ by a few units of the last one (docs/int8.md)
 NOISE = 1e-6
@@ -200,7 +209,7 @@ class Budget:
         NaN/Inf or flat outputs (``f.problems``) come first and fail whatever the tolerances.
         """
         out: list[str] = [str(p) for p in f.problems]
-        if f.precision in FULL_PRECISION:
+        if not is_reduced(f.precision):
             for what, absolute, scaled in (("maps", f.max_abs_maps, f.max_scaled_maps),
                                            ("scores", f.max_abs_scores, f.max_scaled_scores)):
                 err = absolute if scaled is None else scaled
@@ -278,11 +287,6 @@ class Fidelity:
         """No NaN/Inf on either side (flat maps are finite)."""
         return not any(p.kind == "nonfinite" for p in self.problems)
 
-    @property
-    def map_pearson(self) -> float:
-        """``map_r`` under the name export parity reports used."""
-        return self.map_r
-
     def drop(self, metric: str) -> float | None:
         """Reference minus artifact for ``metric`` (positive = worse); None when it was not measured."""
         metric = metric_name(metric)
@@ -296,7 +300,7 @@ class Fidelity:
     def within(self, atol: float) -> bool:
         """The FP32 parity rule: every map pixel and score within ``atol`` (absolute up to magnitude 1, relative
         above) and no NaN/Inf or flat outputs on either side."""
-        return not Budget(atol=atol).failures(replace(self, precision=FULL_PRECISION[0]))
+        return not Budget(atol=atol).failures(replace(self, precision=precisions.full().name))
 
     def describe(self) -> str:
         """``max |diff| maps 108 (1.2e-06 relative), scores ...``: the worst differences, problems first."""

@@ -23,7 +23,7 @@ from edgead.errors import EdgeadError
 #: fidelity targets (``edgead.fidelity.Budget``): full precision is held to the FP32 absolute tolerance, reduced
 #: precision to the map Pearson r and the accuracy drop
 FULL_TARGETS = ("atol",)
-REDUCED_TARGETS = ("min_map_r", "max_drop")
+REDUCED_TARGETS = ("min_map_r", "max_drop", "max_q1_drop")
 
 
 @dataclass(frozen=True)

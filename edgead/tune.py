@@ -155,14 +155,16 @@ def _held_out(out: Path, spec: Any, data: Path | None, calib: Path | None, n: in
     return check_batch(7, n, tuple(spec.input_size))
 
 
-def _gate(runner: Any, reference: Any, images: np.ndarray, precision: str) -> tuple[bool, tuple[str, ...], dict]:
+def _gate(runner: Any, reference: Any, images: np.ndarray, precision: str, noise: float) -> tuple[bool, tuple[str, ...],
+                                                                                            dict]:
     from edgead.fidelity import Budget, measure
 
     ref = reference.predict(images)
     got = runner.predict(images)
     f = measure(ref.scores, ref.maps, got.scores, got.maps, reference=reference.describe(),
-                candidate=runner.describe(), precision=precision, threshold=runner.spec.threshold)
-    failures = tuple(Budget().failures(f))
+                candidate=runner.describe(), precision=precision, threshold=reference.spec.threshold,
+                candidate_threshold=runner.spec.threshold, noise=noise)
+    failures = tuple(Budget.for_precision(precision).failures(f))
     return not failures, failures, f.to_dict()
 
 
@@ -178,7 +180,7 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     import edgead.runtimes as rt
     from edgead.bench.machine import machine_info
     from edgead.bench.timing import bench_runner
-    from edgead.fidelity import reference_for
+    from edgead.fidelity import reference_for, score_noise
     from edgead.runtimes.manifest import MANIFEST, read_manifest
 
     out = Path(out)
@@ -195,6 +197,7 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     ref = reference_for(out)  # the one rule for an export root's FP32 reference (never tune's own redirect)
     reference = ref.runner
     images = _held_out(out, reference.spec, data_dir, calib_dir)
+    ties = score_noise(read_manifest(out, verify=False).extra)  # the reference's own noise: differences are ties
     timed: list[tuple[Measured, Any]] = []
     for c in candidates:
         say(f"{c.name}: build and gate")
@@ -208,7 +211,7 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
             results.append(Measured(c, rel, skipped=reason))
             continue
         runner = rt.load(folder, c.engine, **c.runner_options())
-        passed, failures, fid = _gate(runner, reference, images, c.precision)
+        passed, failures, fid = _gate(runner, reference, images, c.precision, ties)
         m = Measured(c, rel, passed, failures, fid, executed=runner.executed_precision())
         if passed:
             timed.append((m, runner))

@@ -32,12 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from edgead import registry
+from edgead import precisions, registry
 from edgead.data import GOOD, TestItem, read_masks, test_items
 from edgead.errors import ArtifactError, InputError
 from edgead.evaluate import run_on_items
 from edgead.fidelity import (
-    FULL_PRECISION,
     Budget,
     Fidelity,
     Reference,
@@ -191,6 +190,6 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
         checks.append(ArtifactCheck(folder, runner.engine, runner.manifest.precision, fid, judged.failures(fid),
                                     runner.manifest.extra.get("quantization"), runner.manifest.extra.get("fidelity"),
                                     settings, judged))
-    return Report(ref_name, budget_for(FULL_PRECISION[0]), int(np.asarray(ref_scores).size),
+    return Report(ref_name, budget_for(precisions.full().name), int(np.asarray(ref_scores).size),
                   None if data is None else str(data), checks,
                   accuracy, ref_is)

@@ -1,11 +1,11 @@
-"""``edgead compile``: one entry point; which engines compile, to which precisions, with which builder, is read
-from the registry (``edgead.registry``). Each builder below adapts one engine module to the shared signature
-``(out, precision, calib, **options) -> Path`` (no if-chains over engines).
+"""``edgead compile``: one entry point; which engines compile, to which precisions, with which builder, is read from
+the registry (``edgead.registry``). Each builder below adapts one engine module to the shared signature ``(out,
+precision, calib, **options) -> Path`` (no if-chains over engines).
 
-Reduced-precision builds for engines whose artifacts run on this machine pass the fidelity gate
-(``export.gate``): the artifact is built into a staging folder inside the destination's temporary folder
-(``dest``), measured against the FP32 export, and moved into place only when it meets its budget (or the
-caller accepts the drop). With an accuracy budget (``max_drop``) the INT8 builders search for the artifact that
+Reduced-precision builds for engines whose artifacts run on this machine pass the fidelity gate (``export.gate``):
+the artifact is built into a staging folder inside the destination's temporary folder (``dest``), measured against
+the export's FP32 reference (``fidelity.reference_for``), and moved into place only when it meets its budget (or
+the caller accepts the drop). With an accuracy budget (``max_drop``) the INT8 builders search for the artifact that
 meets it with the fewest layers in float. Engines that need hardware this machine lacks (TensorRT: a GPU) are
 checked by ``edgead verify`` where they run.
 """
@@ -35,12 +35,12 @@ def build_openvino(out: Path, precision: str, calib: Path | None, *, dest: Path 
 def build_onnxruntime(out: Path, precision: str, calib: Path | None, *, dest: Path | None = None,
                       calib_set: CalibrationSet | None = None, calib_method: str | None = None,
                       target: AccuracyTarget | None = None, max_float_layers: int | None = None,
-                      data: Path | None = None, **_: Any) -> Path:
+                      data: Path | None = None, budget: Budget | None = None, **_: Any) -> Path:
     graph = precisions.get(precision).onnx_graph
     if graph == "mixed":  # the mixed FP16 graph TensorRT also builds from, verified on the CPU
         from edgead.export.precision import precision_graph
 
-        return precision_graph(out, precision, calib, data)[0]
+        return precision_graph(out, precision, calib, data, budget)[0]
     if graph != "qdq":
         raise EdgeadError(f"ONNX Runtime runs the FP32 export (OUT/model.onnx) as it is; compile makes fp16 and "
                           f"int8, found --precision {precision}")
@@ -53,10 +53,11 @@ def build_onnxruntime(out: Path, precision: str, calib: Path | None, *, dest: Pa
 
 
 def build_tensorrt(out: Path, precision: str, calib: Path | None, batch: str = "1:1:8", workspace: float = 4.0,
-                   int8_mode: str = "qdq", data: Path | None = None, **_: Any) -> Path:
+                   int8_mode: str = "qdq", data: Path | None = None, budget: Budget | None = None,
+                   **_: Any) -> Path:
     from edgead.export.tensorrt import compile_trt, parse_batch
 
-    return compile_trt(out, precision, parse_batch(batch), workspace, calib, int8_mode, data=data)
+    return compile_trt(out, precision, parse_batch(batch), workspace, calib, int8_mode, data=data, budget=budget)
 
 
 def _gated(eng: registry.Engine, precision: str) -> bool:
@@ -83,14 +84,14 @@ def compile_artifact(out: str | Path, engine: str, precision: str, calib: str | 
     out = Path(out)
     calib_dir = Path(calib) if calib else None
     build = eng.compiler_function()
-    if not _gated(eng, precision):
-        return build(out, precision, calib_dir, calib_method=calib_method, **options)
-    from edgead.export import gate
-
     if budget is None:
-        budget = Budget() if max_drop is None else Budget(max_drop=max_drop)
+        budget = Budget.for_precision(precision, max_drop=max_drop)
     elif max_drop is not None:
         raise InputError("pass either a budget or max_drop, not both")
+    if not _gated(eng, precision):  # the precision graphs judge themselves, by the same budget
+        return build(out, precision, calib_dir, calib_method=calib_method, budget=budget, **options)
+    from edgead.export import gate
+
     aware = (max_drop is not None) if accuracy_aware is None else accuracy_aware
     p = gate.plan(out, calib_dir, Path(val) if val else None, budget, calib_size, holdout)
     if aware and p.target is None:

@@ -26,7 +26,7 @@ import onnx
 
 from edgead import __version__, precisions
 from edgead.errors import ArtifactError, EdgeadError, InputError, require
-from edgead.fidelity import FULL_PRECISION, Fidelity, measure
+from edgead.fidelity import Fidelity, measure
 from edgead.fsutil import atomic_dir, sha256_file
 from edgead.registry import INPUT, ONNX, OUTPUTS
 from edgead.runtimes.chunks import images_per_call, predict_in_calls
@@ -138,7 +138,7 @@ def _parity(ref: Any, got: Any, candidate: str) -> Fidelity:
     """A graph's outputs against PyTorch's on the check batch, measured like every other check
     (``edgead.fidelity.measure``) and judged by the FP32 rule (``Fidelity.within``)."""
     return measure(ref.scores, ref.maps, got.scores, got.maps, reference="torch", candidate=candidate,
-                   precision=FULL_PRECISION[0])
+                   precision=precisions.full().name)
 
 
 def _checked_pass(name: str, graph_pass: Callable[[onnx.ModelProto], onnx.ModelProto], source: Path,

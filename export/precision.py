@@ -23,20 +23,30 @@ from typing import Any
 
 import numpy as np
 
+from edgead import precisions
 from edgead.errors import ArtifactError, InputError
 from edgead.fidelity import Budget, Fidelity, measure, reference_for, score_noise
 from edgead.registry import ONNX, artifact_folder
 from edgead.runtimes.compare import check_batch
 from edgead.runtimes.manifest import read_manifest
 
-#: how each precision graph is executed for its check; its keys are the precisions this module builds
-ARITHMETIC = {"fp16": "FP16 executed op by op on the CPU (numpy reference: FP16 storage and rounding after "
-                      "every op, FP32 accumulation in MatMul/Gemm/Conv)",
-              "int8": "INT8 Q/DQ in ONNX Runtime on the CPU"}
+#: how each kind of precision graph (the precision table's ``onnx_graph``) is executed for its check
+ARITHMETIC = {"mixed": "FP16 executed op by op on the CPU (numpy reference: FP16 storage and rounding after "
+                       "every op, FP32 accumulation in MatMul/Gemm/Conv)",
+              "qdq": "INT8 Q/DQ in ONNX Runtime on the CPU"}
+
+
+def _graph(precision: str) -> str:
+    """The kind of ONNX graph ``precision`` is built as ("mixed" FP16, "qdq" INT8), or an ``InputError``."""
+    p = precisions.find(precision)
+    if p is None or p.onnx_graph not in ARITHMETIC:
+        graphs = [q.name for q in precisions.PRECISIONS.values() if q.onnx_graph in ARITHMETIC]
+        raise InputError(f"precision graphs are {' or '.join(graphs)}, found '{precision}'")
+    return p.onnx_graph
 
 
 def _graph_runner(folder: Path, precision: str) -> Any:
-    if precision == "fp16":
+    if _graph(precision) == "mixed":
         from edgead.export.fp16_reference import Fp16ReferenceRunner
 
         return Fp16ReferenceRunner(folder, read_manifest(folder))
@@ -50,8 +60,7 @@ def check_graph(export_dir: str | Path, folder: str | Path, calib: str | Path | 
     """The graph in ``folder`` measured against the export's FP32 reference (see the module docstring)."""
     export_dir, folder = Path(export_dir), Path(folder)
     precision = read_manifest(folder).precision
-    if precision not in ARITHMETIC:
-        raise InputError(f"expected an fp16 or int8 graph in {folder}, found precision {precision}")
+    _graph(precision)
     ref = reference_for(export_dir)
     runner = _graph_runner(folder, precision)
     labels = masks = None
@@ -79,7 +88,7 @@ def check_graph(export_dir: str | Path, folder: str | Path, calib: str | Path | 
             a, b = ref.runner.predict(images), runner.predict(images)
             ref_scores, ref_maps, scores, maps = a.scores, a.maps, b.scores, b.maps
         return measure(ref_scores, ref_maps, scores, maps, reference=ref.label,
-                       candidate=f"{folder} ({ARITHMETIC[precision]})", precision=precision,
+                       candidate=f"{folder} ({ARITHMETIC[_graph(precision)]})", precision=precision,
                        threshold=spec.threshold, labels=labels, masks=masks, spec=spec,
                        noise=score_noise(read_manifest(export_dir).extra))
     finally:
@@ -90,7 +99,7 @@ def check_graph(export_dir: str | Path, folder: str | Path, calib: str | Path | 
 def record(fid: Fidelity, budget: Budget) -> dict[str, Any]:
     """The manifest's ``cpu_check``: the measured figures, how the graph ran, the budget and the verdict."""
     failures = budget.failures(fid)
-    return {**fid.to_dict(), "arithmetic": ARITHMETIC[fid.precision], "budget": budget.to_dict(),
+    return {**fid.to_dict(), "arithmetic": ARITHMETIC[_graph(fid.precision)], "budget": budget.to_dict(),
             "passed": not failures, "failures": failures}
 
 
@@ -102,15 +111,14 @@ def precision_graph(export_dir: str | Path, precision: str, calib: str | Path | 
     an INT8 graph is refused with the reasons.
     """
     export_dir = Path(export_dir)
-    if precision not in ARITHMETIC:
-        raise InputError(f"precision graphs are fp16 or int8, found '{precision}'")
+    graph = _graph(precision)
     budget = budget or Budget.for_precision(precision)
     folder = artifact_folder(export_dir, ONNX.name, precision)
     src = read_manifest(export_dir)
-    if precision == "fp16":
+    if graph == "mixed":
         from edgead.export.fp16 import write_fp16
 
-        if not _current(folder, src.spec, "fp16"):
+        if not _current(folder, src.spec, precision):
             checks: list[Fidelity] = []
 
             def verify(tmp: Path) -> dict[str, Any]:
@@ -119,7 +127,7 @@ def precision_graph(export_dir: str | Path, precision: str, calib: str | Path | 
 
             write_fp16(export_dir, folder, verify=verify)
             return folder, checks[0]
-    elif not _current(folder, src.spec, "int8"):
+    elif not _current(folder, src.spec, precision):
         if calib is None:
             raise InputError(f"INT8 builds from the calibrated Q/DQ ONNX in {folder}, found none; pass --calib "
                              f"DIR (normal images), or run: edgead compile {export_dir} --engine onnxruntime "

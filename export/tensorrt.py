@@ -29,6 +29,7 @@ from edgead import precisions
 from edgead.errors import ArtifactError, EdgeadError, InputError, require
 from edgead.export.islands import Fp32Node, fp32_islands
 from edgead.export.qdq_check import check_qdq_for_tensorrt
+from edgead.fidelity import Budget
 from edgead.fsutil import atomic_dir, sha256_file
 from edgead.registry import TENSORRT, artifact_folder
 from edgead.runtimes.manifest import read_manifest, write_manifest
@@ -194,12 +195,14 @@ def compile_trt(
     int8_mode: str = "qdq",
     out: str | Path | None = None,
     data: str | Path | None = None,
+    budget: Budget | None = None,
 ) -> Path:
     """Build ``OUT/trt-<precision>/`` (model.engine + manifest) from the precision graph of the export in
     ``artifact_dir``; returns the engine folder.
 
     The precision graph (``OUT/onnx-fp16`` or ``OUT/onnx-int8``) is written and verified on the CPU first
-    (``edgead.export.precision.precision_graph``; ``calib_dir`` images, ``data`` for the AUROC change).
+    (``edgead.export.precision.precision_graph``; ``calib_dir`` images, ``data`` for the AUROC change), judged by
+    ``budget`` (default: the precision's own, ``Budget.for_precision``).
     ``batch`` is ``"MIN:OPT:MAX"`` (see ``parse_batch``). ``int8_mode="entropy"`` is the TensorRT 10-only
     legacy calibrator over the FP32 graph.
     """
@@ -224,7 +227,7 @@ def compile_trt(
     else:
         from edgead.export.precision import precision_graph
 
-        folder, check = precision_graph(artifact_dir, precision, calib_dir, data)
+        folder, check = precision_graph(artifact_dir, precision, calib_dir, data, budget)
         onnx_path = folder / read_manifest(folder).model
         if quantized:
             check_qdq_for_tensorrt(onnx.load(str(onnx_path), load_external_data=False), onnx_path)

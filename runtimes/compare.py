@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgead.fidelity import FULL_PRECISION, Fidelity, measure, pearson, scaled_error
+from edgead import precisions
+from edgead.fidelity import Fidelity, measure, pearson, scaled_error
 from edgead.runtimes.base import Runner
 
 __all__ = ["check_batch", "compare", "pearson", "scaled_error"]
@@ -23,7 +24,7 @@ def compare(reference: Runner, candidates: dict[str, Runner], images: np.ndarray
     for name, runner in candidates.items():
         got = runner.predict(images)
         out.append(measure(ref.scores, ref.maps, got.scores, got.maps, reference=reference.describe(),
-                           candidate=name, precision=FULL_PRECISION[0]))
+                           candidate=name, precision=precisions.full().name))
     return out
 
 

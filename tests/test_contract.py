@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 
 from edgead import registry
-from edgead.fidelity import FULL_PRECISION, Budget, measure
+from edgead.fidelity import Budget, measure
 from edgead.models.build import FAMILY_DEFAULTS
+from edgead.precisions import full
 from edgead.runtimes.compare import check_batch
 
 #: one tiny case per family: (backbone, norm, input size); the smallest sizes the families' geometry allows
@@ -53,7 +54,7 @@ def _engines() -> list[object]:
         why = None
         if e.device != "CPU":
             why = f"{e.label} needs {e.needs or e.device} (none here) and builds {'/'.join(e.compiles)} only"
-        elif FULL_PRECISION[0] not in (*e.compiles, *e.root_precisions) and not e.checkpoint:
+        elif full().name not in (*e.compiles, *e.root_precisions) and not e.checkpoint:
             why = f"{e.label} has no FP32 artifact"
         elif e.missing():
             why = e.missing()
@@ -119,12 +120,12 @@ def artifact(exported):
             e = registry.get(name)
             if e.checkpoint:
                 cache[case, name] = root / "ckpt"
-            elif FULL_PRECISION[0] in e.root_precisions:
+            elif full().name in e.root_precisions:
                 cache[case, name] = root / "export"
             else:  # built by an earlier test of the session (tests/test_export.py) or here
-                folder = registry.artifact_folder(root / "export", name, FULL_PRECISION[0])
+                folder = registry.artifact_folder(root / "export", name, full().name)
                 cache[case, name] = folder if (folder / registry.MANIFEST).is_file() else \
-                    e.compiler_function()(root / "export", FULL_PRECISION[0], None)
+                    e.compiler_function()(root / "export", full().name, None)
         return cache[case, name]
 
     return make
@@ -154,7 +155,7 @@ IMAGES = {**{i: f"random image {i}" for i in range(N)}, N: "all-0 image", N + 1:
 
 def _fp32(ref_scores, ref_maps, scores, maps, what: str):
     return measure(ref_scores, ref_maps, scores, maps, reference="torch module", candidate=what,
-                   precision=FULL_PRECISION[0])
+                   precision=full().name)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -233,6 +233,6 @@ def test_the_tune_gate_refuses_flat_or_nan_outputs(tiny_export, how):
     export = tiny_export("fbft") / "export"
     with rt.load(export, "onnxruntime") as ref, rt.load(export, "onnxruntime") as runner:
         images = check_batch(7, 4, ref.spec.input_size)
-        passed, failures, fid = _gate(Broken(runner, how, "int8"), ref, images, "int8")
+        passed, failures, fid = _gate(Broken(runner, how, "int8"), ref, images, "int8", 1e-6)
     assert not passed and list(failures) == [f.format(n=4) for f in (FLAT if how == "flat" else NAN)]
     assert list(fid["problems"]) == list(failures[:-1])
