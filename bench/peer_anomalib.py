@@ -55,12 +55,13 @@ class PeerError(EdgeadError):
 class PeerProcess:
     """A persistent subprocess speaking the JSON-lines protocol of ``bench/peers/anomalib_peer.py serve``."""
 
-    def __init__(self, argv: Sequence[str], timeout_s: float = 900.0, stderr: Any = None) -> None:
+    def __init__(self, argv: Sequence[str], timeout_s: float = 900.0, stderr: Any = None,
+                 cwd: str | Path | None = None) -> None:
         self.argv = list(argv)
         self.timeout_s = timeout_s
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=stderr if stderr is not None else subprocess.DEVNULL, text=True,
-                                     bufsize=1)
+                                     bufsize=1, cwd=cwd)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.proc.stdout, selectors.EVENT_READ)
 
@@ -360,15 +361,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="edgead FP32 artifact: check every row against its own tool's float reference on the frames")
     ap.add_argument("--json", type=Path, default=None, help="write the whole document here")
     a = ap.parse_args(argv)
+    a.peer_dir = a.peer_dir.resolve()  # paths sent to the peer must not depend on its working folder
     batches = [int(b) for b in a.batch.split(",")]
     doc: dict[str, Any] = {"machine": machine_info(), "command": " ".join(sys.argv), "loadavg_before": loadavg()}
     doc["parity"] = [parity(art, a.peer_dir / "parity.npz") for art in a.parity]
     frames = frames_from(a.frames, max(batches), a.frame_side)
     peers = _labelled(a.peer, "--peer") or [
         (label, str(a.peer_dir / sub / "weights" / "openvino" / "model.xml")) for label, sub in PEER_EXPORTS.items()]
+    peers = [(label, os.path.abspath(xml)) for label, xml in peers]  # the peer runs in its own folder (below)
     progress = partial(print, file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory() as tmp, PeerProcess([a.peer_python, str(PEER_SCRIPT), "serve"],
-                                                           stderr=sys.stderr) as peer:
+    # cwd: anomalib's OpenVINOInferencer writes an "openvino_cache" folder into the working directory
+    python = a.peer_python if os.sep not in str(a.peer_python) else os.path.abspath(a.peer_python)
+    with tempfile.TemporaryDirectory() as tmp, PeerProcess([python, str(PEER_SCRIPT.resolve()), "serve"],
+                                                           stderr=sys.stderr, cwd=a.peer_dir) as peer:
         np.save(Path(tmp) / "frames.npy", frames)
         doc["peer_versions"] = peer.call("hello")["versions"]
         peer.call("frames", path=str(Path(tmp) / "frames.npy"))
