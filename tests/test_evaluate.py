@@ -122,3 +122,28 @@ def test_cli_eval_on_camera_frames_prints_aupro_by_size(tmp_path: Path, tiny_exp
     assert out.exit_code == 0, out.output
     for text in ("AUPRO by defect size", "240x360", "Q1", "Q4", "robustness", "AUPRO@5%"):
         assert text in out.stderr
+
+
+def test_a_tiled_artifact_is_evaluated_on_whole_frames(tmp_path: Path, tiled_export, defect_frame) -> None:
+    """A tiled artifact: each test frame scored whole by predict_frames (the line's path), its stitched map met
+    with the mask at the frame's 300x250, no resize to the 56 px input; the scores are predict_frames' exactly."""
+    import edgead.runtimes as rt
+
+    _, export = tiled_export
+    frame, (cy, cx) = defect_frame
+    rng = np.random.default_rng(11)
+    for i in range(2):
+        good = np.clip(rng.normal(120, 4, frame.shape), 0, 255).astype(np.uint8)
+        _write(tmp_path / "test" / "good" / f"{i:03d}.png", good[:, :, ::-1])
+    mask = np.zeros(frame.shape[:2], np.uint8)
+    mask[cy - 3 : cy + 3, cx - 3 : cx + 3] = 255
+    _write(tmp_path / "test" / "spot" / "000.png", frame[:, :, ::-1])
+    _write(tmp_path / "ground_truth" / "spot" / "000_mask.png", mask)
+    with rt.load(export, "onnxruntime") as runner:
+        ev = evaluate_runner(runner, tmp_path)
+        expected = [float(runner.predict_frames(edgead.imageio.read_image(it.path)).scores[0]) for it in ev.items]
+    assert [m.shape for m in ev.maps] == [m.shape for m in ev.masks] == [(300, 250)] * 3
+    assert ev.scores.tolist() == pytest.approx(expected, abs=1e-7)
+    assert ev.metrics.image_auroc == 1.0 and ev.by_size is not None and ev.by_size.regions == (1, 1, 1, 1)
+    # the defect's 36 px hold the stitched map's highest values of the frame
+    assert ev.metrics.pixel_auroc > 0.99
