@@ -176,13 +176,13 @@ class InterleavedFrame:
 
 
 def map_pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r of two stacks of maps of one shape, pooled over every pixel (float64)."""
+    """Pearson r of two stacks of maps of one shape, pooled over every pixel (``fidelity.pearson``: NaN when a
+    side is flat or not finite)."""
+    from edgead.fidelity import pearson
+
     if a.shape != b.shape:
         raise EdgeadError(f"expected maps of one shape, found {a.shape} and {b.shape}")
-    x = a.astype(np.float64).ravel() - float(a.mean(dtype=np.float64))
-    y = b.astype(np.float64).ravel() - float(b.mean(dtype=np.float64))
-    den = float(np.sqrt((x @ x) * (y @ y)))
-    return float(x @ y / den) if den > 0 else float("nan")
+    return pearson(a, b)
 
 
 def bench_frames_interleaved(rows: Sequence[FrameRow], frames: np.ndarray, rounds: int = 3, iters: int = 1,
@@ -313,9 +313,10 @@ def load_row(text: str) -> FrameRow:
         raise EdgeadError(f"row {label!r}: path must be tiled or full-frame")
     ref = o.pop("ref", None)
     if "compile" in o:
+        from edgead import precisions
         from edgead.bench.baseline import BaselineMode, TorchBaselineRunner
 
-        mode = BaselineMode("compile", o.pop("compile") == "bf16")
+        mode = BaselineMode("compile", precisions.find(o.pop("compile")) is precisions.BF16)
         runner = TorchBaselineRunner.from_checkpoint_mode(path, mode)
     else:
         engine = o.pop("engine", None)

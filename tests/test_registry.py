@@ -258,10 +258,7 @@ def _decision_pattern() -> re.Pattern[str]:
 
 #: modules outside the two tables that still decide on a literal name, with how many such lines they may keep;
 #: the count may only go down. Each entry is owed a migration to the registry rows and the precision table.
-NAME_DECISIONS_OWED = {
-    # a torch.compile row's bf16 autocast option (bench/frames.py had other work in flight)
-    "bench/frames.py": 1,
-}
+NAME_DECISIONS_OWED: dict[str, int] = {}  # nothing owed: every decision reads the tables
 
 
 #: not scanned: the tests, and the peers' scripts, which run in a peer's own venv and import nothing from edgead
