@@ -19,6 +19,7 @@ import contextlib
 import re
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ from edgead.runtimes.manifest import read_manifest, write_manifest
 MODEL = "model.onnx"
 METHODS = ("minmax", "percentile", "entropy")
 QUANTIZED_OPS = ("MatMul", "Gemm")
+#: ONNX Runtime's quantiser options; ``quantize_static`` hands the ``Calib*`` ones to its calibrator as
+#: ``_CALIB_OPTIONS`` renames them, and so does ``_calibration_ranges``
+EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "CalibPercentile": 99.999,
+                 "CalibTensorRangeSymmetric": True}
+_CALIB_OPTIONS = {"CalibTensorRangeSymmetric": "symmetric", "CalibPercentile": "percentile"}
 
 
 def _post_nodes(model: onnx.ModelProto, family: str = "") -> list[str]:
@@ -207,6 +213,108 @@ def search_float_layers(qmodel: onnx.ModelProto, float_weights: dict[str, np.nda
                                still_quantised(float_island(qmodel, layers, float_weights)))
 
 
+def _histograms(outputs: Callable[[], Iterator[dict[str, np.ndarray]]], collector: Any) -> dict[str, tuple]:
+    """The histograms ONNX Runtime's ``HistogramCollector.collect`` builds from every image's outputs at once (its
+    ``histogram_dict``, for ``collector``'s method and options), built with one image's outputs in memory at a time.
+
+    ``outputs()`` yields each image's ``{tensor: values}``; it is read twice. The first pass finds each tensor's
+    range over all images (ORT's bins span the range of all the values it is given), the second histograms each
+    image on those bins and adds the counts up. ``np.histogram`` places each value by itself once the edges are
+    fixed, so the sums are ORT's counts exactly (same edges, same minimum and maximum), not an approximation.
+    The percentile method with a symmetric range histograms ``|x|`` from its smallest to its largest value
+    (ORT's ``collect_absolute_value``); the others ``x`` on ``[-t, t]``, ``t`` its largest magnitude
+    (``collect_value``). (ORT's own way to collect in parts, calling ``collect`` again, merges by extending the
+    first part's bins: its thresholds then depend on how the images were split.)
+    """
+    absolute = collector.method == "percentile" and bool(collector.symmetric)  # as HistogramCollector.collect
+    ranges: dict[str, list] = {}  # tensor -> [min, max] (+ [min |x|, max |x|] when absolute)
+    empty: dict[str, list[np.ndarray]] = {}
+    for outs in outputs():
+        for name, a in outs.items():
+            if a.size == 0:
+                empty.setdefault(name, []).append(a)
+                continue
+            r = [np.nanmin(a), np.nanmax(a)]
+            if absolute:
+                m = np.absolute(a)
+                r += [m.min(), m.max()]
+                del m
+            old = ranges.get(name)
+            ranges[name] = r if old is None else [f(o, v) for f, o, v in zip((min, max, min, max), old, r,
+                                                                                strict=False)]
+    hists: dict[str, list] = {}  # tensor -> [counts, edges, dtype]
+    for outs in outputs():
+        for name, a in outs.items():
+            if a.size == 0:
+                continue
+            lo, hi, *mag = ranges[name]
+            if absolute:
+                counts, edges = np.histogram(np.absolute(a.ravel()), bins=collector.num_bins, range=(mag[0], mag[1]))
+            else:
+                t = np.array(max(abs(lo), abs(hi)), dtype=a.dtype)
+                counts, edges = np.histogram(a.ravel(), collector.num_bins, range=(-t, t))
+            if name in hists:
+                hists[name][0] += counts
+            else:
+                hists[name] = [counts, edges, a.dtype]
+    out: dict[str, tuple] = {}
+    for name, (lo, hi, *_) in ranges.items():
+        counts, edges, dtype = hists[name]
+        if absolute:
+            out[name] = (counts, edges.astype(dtype), lo, hi)
+        else:
+            out[name] = (counts, edges, lo, hi, np.array(max(abs(lo), abs(hi)), dtype=dtype))
+    if any(k not in ranges for k in empty):  # tensors without a single value: ORT's collector itself, on nothing
+        collector.collect({k: v for k, v in empty.items() if k not in ranges})
+        out.update({k: collector.histogram_dict[k] for k in empty if k not in ranges})
+    return out
+
+
+def _calibration_ranges(q: Any, pre: Path, data: CalibrationSet, calibrate: Any, work: Path) -> Any:
+    """ONNX Runtime's calibration result (``TensorsData``) for ``pre`` on ``data``: the same numbers
+    ``quantize_static`` computes, with memory bounded in the number of images.
+
+    ``quantize_static`` calls its calibrator's ``collect_data`` once with every image: the histogram calibrators
+    (percentile, entropy) keep every image's intermediate outputs (every MatMul input and output) until the end,
+    about 140 MB an image on ViT-S/14 at 224 px (18.5 GB peak for 120 images). Here the same calibrator (same
+    augmented model, same options) runs one image at a time and its histograms are built by ``_histograms``;
+    min-max keeps only a minimum and a maximum per tensor and image, so its ``collect_data`` is used as is.
+    """
+    calibrator = q.create_calibrator(
+        pre, list(QUANTIZED_OPS), augmented_model_path=str(work / "augmented.onnx"), calibrate_method=calibrate,
+        extra_options={key: EXTRA_OPTIONS[name] for name, key in _CALIB_OPTIONS.items() if name in EXTRA_OPTIONS})
+    if calibrate == q.CalibrationMethod.MinMax:
+        calibrator.collect_data(_Reader(data))
+        return calibrator.compute_data()
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    sess = calibrator.infer_session
+    names = [o.name for o in sess.get_outputs()]
+    wanted = calibrator.tensors_to_calibrate
+
+    def outputs() -> Iterator[dict[str, np.ndarray]]:
+        for b in data.batches(1):
+            yield {n: a for n, a in zip(names, sess.run(None, {INPUT: b}), strict=True) if n in wanted}
+
+    collector = HistogramCollector(method=calibrator.method, symmetric=calibrator.symmetric,
+                                   num_bins=calibrator.num_bins, num_quantized_bins=calibrator.num_quantized_bins,
+                                   percentile=calibrator.percentile, scenario=calibrator.scenario)
+    collector.histogram_dict = _histograms(outputs, collector)
+    calibrator.collector = collector
+    return calibrator.compute_data()
+
+
+class _Reader:
+    """ONNX Runtime's calibration data reader over ``data``, one image a call."""
+
+    def __init__(self, data: CalibrationSet) -> None:
+        self._it = iter(data.batches(1))
+
+    def get_next(self) -> dict | None:
+        b = next(self._it, None)
+        return None if b is None else {INPUT: b}
+
+
 def quantize_qdq(artifact_dir: str | Path, calib: CalibrationSet | str | Path, out: str | Path | None = None,
                  method: str = "percentile", limit: int = 300, target: AccuracyTarget | None = None,
                  max_float_layers: int | None = None) -> Path:
@@ -223,14 +331,6 @@ def quantize_qdq(artifact_dir: str | Path, calib: CalibrationSet | str | Path, o
     data = calib if isinstance(calib, CalibrationSet) else CalibrationSet(calib, src.spec, batch_size=1,
                                                                           limit=limit)
 
-    class Reader(q.CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter(data.batches(1))
-
-        def get_next(self):
-            b = next(self._it, None)
-            return None if b is None else {INPUT: b}
-
     calibrate = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile,
                  "entropy": q.CalibrationMethod.Entropy}[method]
     model = onnx.load(str(onnx_path))
@@ -240,8 +340,14 @@ def quantize_qdq(artifact_dir: str | Path, calib: CalibrationSet | str | Path, o
         pre = Path(work) / "pre.onnx"
         q.quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
         with contextlib.redirect_stdout(sys.stderr):  # ONNX Runtime prints progress; stdout is for --json
+            if hasattr(q, "save_tensors_data"):  # an ORT with a calibration cache: quantize_static reads our ranges
+                cache = Path(work) / "ranges.json"
+                q.save_tensors_data(_calibration_ranges(q, pre, data, calibrate, Path(work)), cache)
+                feed: dict[str, Any] = {"calibration_cache_path": str(cache)}
+            else:  # older ORT calibrates here itself, holding every image's outputs (see _calibration_ranges)
+                feed = {"calibration_data_reader": _Reader(data)}
             q.quantize_static(
-                str(pre), str(tmp / MODEL), Reader(),
+                str(pre), str(tmp / MODEL),
                 quant_format=q.QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=q.QuantType.QInt8,
@@ -249,8 +355,8 @@ def quantize_qdq(artifact_dir: str | Path, calib: CalibrationSet | str | Path, o
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 nodes_to_exclude=post,
                 calibrate_method=calibrate,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                               "CalibPercentile": 99.999, "CalibTensorRangeSymmetric": True},
+                extra_options=dict(EXTRA_OPTIONS),
+                **feed,
             )
         qm = onnx.load(str(tmp / MODEL))
         restore_island_inputs(qm)  # FP32 islands read float tensors, not a dequantized copy (TensorRT builds this)
