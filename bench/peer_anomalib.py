@@ -42,8 +42,8 @@ import numpy as np
 from edgead.errors import EdgeadError
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (the editable install maps bench/ here)
-PEER_SCRIPT = ROOT / "bench" / "peers" / "anomalib_peer.py"
-PEER_PYTHON = ROOT / ".peer-venv" / "anomalib" / "bin" / "python"
+PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "anomalib_peer.py"  # shipped in the wheel too
+PEER_PYTHON = ROOT / ".peer-venv" / "anomalib" / "bin" / "python"  # bench/peers/anomalib-venv.sh; --peer-python
 PEER_EXPORTS = {"anomalib default": "default", "anomalib int8_ptq": "int8_ptq"}
 
 
