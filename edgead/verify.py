@@ -72,7 +72,12 @@ class ArtifactCheck:
 
     @property
     def name(self) -> str:
-        return f"{self.engine} {self.precision}" + (f" (tuned: {self.settings})" if self.settings else "")
+        """Engine and precision; the folder too where it is not the engine's own for that precision (two int8
+        artifacts of one engine, say, would otherwise read alike)."""
+        own = registry.find(self.engine)
+        usual = None if own is None else own.folder_for(self.precision)
+        where = "" if usual is None or usual == "." or self.folder.name == usual else f" ({self.folder.name}/)"
+        return f"{self.engine} {self.precision}{where}" + (f" (tuned: {self.settings})" if self.settings else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "engine": self.engine, "precision": self.precision,

@@ -255,3 +255,18 @@ def test_gate_validation_keeps_masks_at_their_own_resolution(fitted_export, tmp_
         ev = evaluate_runner(torch_runner, data)
     assert f.reference_metrics["aupro_q1"] == pytest.approx(ev.by_size.q1, abs=1e-9)
     assert f.drop("aupro_q1") == 0.0 and Budget().failures(f) == []
+
+
+def test_rows_name_the_folder_when_it_is_not_the_engines_own(tmp_path):
+    """Two INT8 artifacts of one engine (the default folder and one built with --out) must not read alike; the
+    folder goes in round brackets, since the CLI table would take square ones for markup."""
+    import numpy as np
+
+    from edgead.fidelity import measure
+    from edgead.verify import ArtifactCheck
+
+    f = measure(np.ones(2), np.zeros((2, 4, 4)), np.ones(2), np.zeros((2, 4, 4)), reference="r", candidate="c",
+                precision="int8")
+    names = [ArtifactCheck(tmp_path / folder, engine, "int8", f).name for folder, engine in (
+        ("onnx-int8", "onnxruntime"), ("onnx-int8-plain", "onnxruntime"), ("openvino-int8", "openvino"))]
+    assert names == ["onnxruntime int8", "onnxruntime int8 (onnx-int8-plain/)", "openvino int8"]
