@@ -191,6 +191,44 @@ def _search(model: Any, target: AccuracyTarget, always: tuple[str, ...], first: 
                                max_float=max_float, still_quantised=still_quantised(_bypass(model, set(layers))))
 
 
+@contextlib.contextmanager
+def _statistics_first(own_outputs: set[str]) -> Any:
+    """While NNCF quantises: compile each statistics model it builds with its statistic outputs ahead of the
+    model's own (``own_outputs``, friendly names of the Result nodes).
+
+    NNCF appends a Result per statistic (an in-graph reduction of an activation) after the model's outputs, and the
+    CPU plugin's execution order follows the order of the results: the model's outputs pull in the whole network
+    first and every statistic branch (``Abs`` + ``ReduceMax``/``ReduceMin`` of an activation, up to 5477 x 1536 at
+    1036 px) runs after the model's last op, so all the activations they read stay alive to the end of the
+    inference. At 1036 px one inference of NNCF's statistics models took +1070 / +1350 MiB over the model (plain FP32
+    inference: +213 MiB), the INT8 compile's peak; with the statistic outputs first each branch runs right after the
+    activation it reads (+368 MiB). Same graph, same kernels: the statistics, and the artifact, are bitwise the same
+    (docs/line-resolution.md, "Compile memory at 1036 px").
+    """
+    try:
+        from nncf.openvino import engine
+    except ImportError:  # NNCF's layout changed: quantise as it does
+        yield
+        return
+    import openvino as ov
+
+    original = engine.OVNativeEngine.__init__
+
+    def init(self: Any, model: Any, *args: Any, **kwargs: Any) -> None:
+        results = list(model.get_results())
+        own = [r for r in results if r.get_friendly_name() in own_outputs]
+        if own and len(own) < len(results) and not model.get_sinks():
+            model = ov.Model([r for r in results if r.get_friendly_name() not in own_outputs] + own,
+                             model.get_parameters(), model.get_friendly_name())
+        original(self, model, *args, **kwargs)
+
+    engine.OVNativeEngine.__init__ = init
+    try:
+        yield
+    finally:
+        engine.OVNativeEngine.__init__ = original
+
+
 def quantize_openvino(model: Any, spec: DetectorSpec, calib: CalibrationSet, method: str | None = None,
                       target: AccuracyTarget | None = None, max_float_layers: int | None = None
                       ) -> tuple[Any, dict, dict]:
@@ -210,7 +248,8 @@ def quantize_openvino(model: Any, spec: DetectorSpec, calib: CalibrationSet, met
     )
     advanced = _advanced(nncf, method)
     found = None
-    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars; stdout is for --json
+    own_outputs = {r.get_friendly_name() for r in model.get_results()}
+    with contextlib.redirect_stdout(sys.stderr), _statistics_first(own_outputs):  # NNCF's progress bars: stderr
         if target is not None:
             # searched on a model whose weights keep their FakeQuantize (not folded to int8 constants), so a layer
             # put back in float reads its exact float weights; the artifact is then quantised again with the
