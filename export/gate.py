@@ -16,8 +16,13 @@ and written into its manifest's spec, the one its runner reads; the reference's 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +39,30 @@ HOLDOUT_FRACTION, HOLDOUT_MIN, HOLDOUT_MAX = 0.2, 4, 50
 
 @dataclass(frozen=True)
 class Plan:
-    """Calibration images and the accuracy target of one reduced-precision compile (either may be None)."""
+    """Calibration images and the accuracy target of one reduced-precision compile (either may be None).
+
+    The target (the FP32 reference run on the validation images) is computed when first asked for, not by
+    ``plan``: a compile without the accuracy-aware search asks for it only in ``judge``, after the build, so the
+    reference's memory (PyTorch, the checkpoint, its run at the input size) is not under NNCF's statistics
+    collection (at 1036 px: 2733 -> 2466 MiB peak for INT8; docs/line-resolution.md, "Compile memory at 1036 px").
+    """
 
     calib: CalibrationSet | None
-    target: AccuracyTarget | None
+    measure_reference: Callable[[], AccuracyTarget] | None = field(default=None, repr=False)
+
+    @cached_property
+    def target(self) -> AccuracyTarget | None:
+        return None if self.measure_reference is None else self.measure_reference()
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc ``malloc_trim``): a reference run at a large input
+    size leaves hundreds of MB in the allocator's free lists, counted in the process's RSS until trimmed."""
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
 
 
 def default_holdout(n: int) -> int:
@@ -46,7 +71,8 @@ def default_holdout(n: int) -> int:
 
 def plan(export_dir: Path, calib_dir: Path | None, val_dir: Path | None, budget: Budget, limit: int = 300,
          holdout: int | None = None, seed: int = 0) -> Plan:
-    """Choose calibration and validation images and run the FP32 reference on the latter."""
+    """Choose calibration and validation images; the FP32 reference runs on the latter when ``Plan.target`` is
+    first read."""
     from edgead.export.onnx import source_onnx
 
     _, src = source_onnx(export_dir)
@@ -64,13 +90,19 @@ def plan(export_dir: Path, calib_dir: Path | None, val_dir: Path | None, budget:
         calib.available = len(files)
         val = proxy_validation(CalibrationSet(calib_dir, spec, files=held), seed)
     else:
-        return Plan(None, None)
-    reference = reference_for(export_dir)
-    try:
-        target = AccuracyTarget.from_reference(reference, val, budget, score_noise(read_manifest(export_dir).extra))
-    finally:
-        reference.close()
-    return Plan(calib, target)
+        return Plan(None)
+
+    def measure_reference() -> AccuracyTarget:
+        reference = reference_for(export_dir)
+        try:
+            return AccuracyTarget.from_reference(reference, val, budget,
+                                                 score_noise(read_manifest(export_dir).extra))
+        finally:
+            reference.close()
+            del reference
+            release_memory()
+
+    return Plan(calib, measure_reference)
 
 
 def record(fid: Fidelity | None, target: AccuracyTarget | None, failures: list[str], accepted: bool) -> dict:
@@ -103,7 +135,7 @@ def judge(staged: Path, target: AccuracyTarget | None, accept_drop: bool) -> dic
                              "DIR (normal images, a part is held out) or --val DIR (labelled MVTec category), or "
                              "--accept-drop to write it unmeasured")
         return record(None, None, [], True)
-    runner = load(staged)
+    runner = load(staged)  # the reference is closed and its memory released (measure_reference) before this
     try:
         fid = target.measure_runner(runner)
         name = f"{runner.engine} {runner.manifest.precision}"
