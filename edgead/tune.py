@@ -106,7 +106,9 @@ def choose(measured: Sequence[Measured], noise: float = 0.03) -> Measured:
         reasons = "; ".join(f"{m.candidate.name}: {m.skipped or ', '.join(m.failures) or 'not measured'}"
                             for m in measured)
         error = FidelityError if any(m.failures for m in measured) else EdgeadError
-        raise error(f"expected at least one artifact that passes its fidelity gate, found none ({reasons})")
+        exc = error(f"expected at least one artifact that passes its fidelity gate, found none ({reasons})")
+        exc.missed = [(m.candidate.name, m.failures) for m in measured if m.failures]  # type: ignore[attr-defined]
+        raise exc
     best = min(m.ms_per_image for m in ok)  # type: ignore[type-var]
     close = [m for m in ok if m.ms_per_image <= best * (1.0 + noise)]  # type: ignore[operator]
     return min(close, key=lambda m: (-_keeps(m.candidate.precision), m.ms_per_image))

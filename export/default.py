@@ -139,7 +139,9 @@ def default_artifact(out: str | Path, calib: str | Path | None = None, data: str
                             progress=progress, flags=flags, planner=lambda *_, p=planned: p, wide_gap=WIDE_GAP)
             break
         except FidelityError as exc:
-            missed.append(f"{precision.upper()} missed its fidelity gate ({str(exc).splitlines()[0]})")
+            gated = getattr(exc, "missed", None)  # tune's measured misses alone, not every pruned candidate
+            why = "; ".join(f"{name}: {', '.join(f)}" for name, f in gated) if gated else str(exc).splitlines()[0]
+            missed.append(f"{precision.upper()} missed its fidelity gate ({why})")
             if i == len(rungs) - 1:
                 raise
     ch = decision["chosen"]

@@ -142,3 +142,20 @@ def test_the_ladder_falls_back_on_a_fidelity_miss_and_nothing_else(monkeypatch) 
     with pytest.raises(EdgeadError, match="nncf is not installed") as info:
         run()
     assert not isinstance(info.value, FidelityError) and tried == ["int8"]
+
+
+def test_a_missed_rung_names_only_the_candidates_that_were_measured(monkeypatch) -> None:
+    """The fallback line says why the gate refused what it measured; the pruned candidates' reasons (which tune's
+    error lists too) are not repeated rung after rung."""
+    import pytest
+
+    from edgead.errors import FidelityError
+    from edgead.tune import Candidate, Measured, choose
+
+    with pytest.raises(FidelityError) as exc:
+        choose([Measured(Candidate("openvino", "int8"), skipped="pruned: the batch axis fixed at 1 was never slower"),
+                Measured(Candidate("openvino", "int8", static=1), failures=("map r 0.5 < 0.99",))])
+    run, _ = _ladder_with(monkeypatch, exc.value)
+    choice = run()
+    assert "; INT8 missed its fidelity gate (openvino int8 (static 1): map r 0.5 < 0.99)" in choice.reason
+    assert "pruned" not in choice.reason
