@@ -331,12 +331,11 @@ def evaluate_frames(runner: Runner, data: str | Path, tiled: bool | None = None,
     test image scored whole by ``predict_frames`` (tiled, or full-frame when ``tiled`` is False; the runner's own
     choice when None) and its frame-size map met with its mask at the mask's own resolution.
 
-    On the full-frame path this is ``edgead eval``'s computation (``prepare``, then ``map_to_frame``); on the tiled
-    path it is what ``edgead eval`` does not do yet: each pixel scored by the tiles at the frame's resolution.
+    On either path it is ``edgead eval``'s computation for a tiled artifact (``evaluate.run_frames_on_items`` and
+    ``frame_metrics``); ``tiled=False`` forces the full-frame path for comparison.
     """
     from edgead.data import read_masks, test_items
-    from edgead.imageio import read_image
-    from edgead.metrics import auroc, pixel_metrics
+    from edgead.evaluate import frame_metrics, run_frames_on_items
 
     items = test_items(data)
     masks = read_masks(items)
@@ -346,16 +345,14 @@ def evaluate_frames(runner: Runner, data: str | Path, tiled: bool | None = None,
             runner.tiling = None
         elif tiled and plan is None:
             raise EdgeadError(f"tiled evaluation asked but {runner.describe()} has no tiling plan")
-        preds = [runner.predict_frames(read_image(it.path)) for it in items]
+        scores, maps = run_frames_on_items(runner, items)  # edgead eval's path for a tiled artifact
     finally:
         runner.tiling = plan
-    scores = np.concatenate([p.scores for p in preds])
-    maps = [p.maps[0] for p in preds]
     if keep_maps is not None:  # the frame-size maps, for a map r against another runner's
         keep_maps.extend(maps)
-    labels = np.array([it.label for it in items])
-    pix, by_size = pixel_metrics(masks, maps)
-    return {"image_auroc": auroc(labels, scores), "pixel_auroc": pix, "aupro": by_size.at(4, 0.3),
+    m, by_size = frame_metrics(items, scores, maps, masks)
+    pix = m.pixel_auroc
+    return {"image_auroc": m.image_auroc, "pixel_auroc": pix, "aupro": by_size.at(4, 0.3),
             "q1_aupro": by_size.q1, "robustness": by_size.robustness_at(0.3), "by_size": by_size.to_dict(),
             "images": len(items), "path": "tiled" if (plan is not None and tiled is not False) else "full-frame"}
 

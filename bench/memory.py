@@ -130,7 +130,8 @@ def profile_compile(rec: Recorder, out: str, engine: str, precision: str, calib:
     rec.wrap(openvino, "convert_model", "openvino convert_model")
     rec.wrap(openvino, "save_model", "openvino save_model")
     rec.wrap(validation, "proxy_validation", "validation images")
-    rec.wrap(gate, "plan", "gate: FP32 reference")
+    rec.wrap(gate, "plan", "gate: validation images")
+    rec.wrap(gate, "reference_for", "gate: FP32 reference")  # loaded and run when the gate first needs it
     rec.wrap(gate, "judge", "gate: measure candidate")
     rec.wrap(comp, "compile_artifact", "compile (all)")
     comp.compile_artifact(out, engine, precision, calib)
