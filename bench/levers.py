@@ -1,7 +1,7 @@
 """Issue 28's levers, measured: one export folder's OpenVINO artifacts run under several settings, timed in
 interleaved rounds (``timing.bench_interleaved``) and each checked against the FP32 artifact on the same images.
 
-``python -m edgead.bench.levers OUT [--batch 1,8] [--iters 30] [--rounds 6] [--json F]``
+``python -m edgead.bench.levers OUT [--batch 1,8] [--iters 30] [--rounds 6] [--baseline] [--json F]``
 
 Settings (rows), each ``(artifact, runner options, how a batch is fed)``:
 
@@ -14,12 +14,17 @@ Settings (rows), each ``(artifact, runner options, how a batch is fed)``:
 
 Each row reports min/median/max ms/image over the rounds, its per-round ratio to the row it changes, and the map
 Pearson r and max |score| difference against the FP32 artifact (parity must hold for a lever to be kept).
+
+``--baseline`` times the plain-PyTorch rows of ``bench.baseline`` (torch eager fp32; torch.compile, with bf16
+autocast where the CPU has bf16) in the same rounds, and gives every row its per-round speed-up over the faster
+of them (``vs_torch``): issue 28's "how far ahead of what a user gets without us", measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +89,8 @@ def _parity(ref: Predictions, got: Predictions) -> dict[str, float]:
 
 
 def measure(out: str | Path, batch: int, iters: int = 30, rounds: int = 6, warmup: int = 2,
-            precisions: tuple[str, ...] = OPENVINO.compiles) -> list[dict[str, Any]]:
+            precisions: tuple[str, ...] = OPENVINO.compiles, baseline: bool = False,
+            baseline_backend: str = "inductor") -> list[dict[str, Any]]:
     import edgead.runtimes as rt
     from edgead.bench.timing import bench_interleaved
     from edgead.registry import MANIFEST, artifact_folder
@@ -100,20 +106,45 @@ def measure(out: str | Path, batch: int, iters: int = 30, rounds: int = 6, warmu
     images = check_batch(11, batch, tuple(rows[0][0].spec.input_size))
     ref = rows[0][0].predict(images)  # fp32 dynamic: the reference for parity
     parity = [_parity(ref, r.predict(images)) for r, _, _ in rows]
-    timed = bench_interleaved(rows, [batch], iters, warmup, rounds)
-    for r, _, _ in rows:
+    torch_rows = _baseline(out, baseline_backend) if baseline else []
+    parity += [_parity(ref, r.predict(images)) for r, _, _ in torch_rows]
+    labels = [s.label for s in chosen] + [label for _, label, _ in torch_rows]
+    timed = bench_interleaved(rows + torch_rows, [batch], iters, warmup, rounds)
+    for r, _, _ in rows + torch_rows:
         r.close()
-    base = {s.precision: t for s, t in zip(chosen, timed, strict=True) if s.label.endswith("dynamic")}
+    base = {s.precision: t for s, t in zip(chosen, timed[:len(chosen)], strict=True) if s.label.endswith("dynamic")}
+    torch_best = min(timed[len(rows):], key=lambda t: t.median_ms_per_image, default=None)
     docs = []
-    for s, t, par in zip(chosen, timed, parity, strict=True):
-        b = base.get(s.precision)
-        ratios = [x / y for x, y in zip(b.round_ms_per_image, t.round_ms_per_image, strict=True)] if b else []
-        docs.append({"setting": s.label, "batch": batch, "executed": t.executed_precision,
+    for i, (label, t, par) in enumerate(zip(labels, timed, parity, strict=True)):
+        b = base.get(chosen[i].precision) if i < len(chosen) else None
+        docs.append({"setting": label, "batch": batch, "executed": t.executed_precision,
                      "ms_per_image": [t.min_ms_per_image, t.median_ms_per_image, t.max_ms_per_image],
                      "rounds_ms_per_image": list(t.round_ms_per_image),
-                     "speedup_vs_dynamic": [min(ratios), float(np.median(ratios)), max(ratios)] if ratios else None,
-                     **par})
+                     "speedup_vs_dynamic": _ratios(b, t), **par,
+                     **({"vs_torch": _ratios(torch_best, t), "torch_row": torch_best.label} if torch_best else {})})
     return docs
+
+
+def _ratios(base: Any, row: Any) -> list[float] | None:
+    """min/median/max of ``base``'s round time over ``row``'s, round by round (> 1: ``row`` is faster)."""
+    if base is None:
+        return None
+    r = [x / y for x, y in zip(base.round_ms_per_image, row.round_ms_per_image, strict=True)]
+    return [min(r), float(np.median(r)), max(r)]
+
+
+def _baseline(out: Path, backend: str) -> list[tuple[Any, str, str]]:
+    """The plain-PyTorch rows (``bench.baseline``) of the checkpoint behind ``out``, or a one-line error."""
+    from edgead.bench.baseline import baseline_runners
+    from edgead.bench.discovery import _reference_source
+    from edgead.bench.machine import machine_info
+    from edgead.errors import EdgeadError
+
+    rows, reasons = baseline_runners(_reference_source(out), machine_info()["flags"], False, backend)
+    if reasons:
+        raise EdgeadError(f"--baseline: expected the checkpoint behind {out} with torch installed, found: "
+                          f"{'; '.join(reasons)}")
+    return rows
 
 
 def main() -> None:
@@ -126,15 +157,25 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--baseline", action="store_true", help="time torch eager and torch.compile (+ bf16 autocast "
+                    "where the CPU has bf16) in the same rounds and give each row its speed-up over the faster")
+    ap.add_argument("--baseline-backend", default="inductor")
     a = ap.parse_args()
     docs = []
+
+    def ratio(r: list[float] | None) -> str:
+        return "-" if r is None else f"{r[1]:.2f}x ({r[0]:.2f}-{r[2]:.2f})"
+
     for b in (int(x) for x in a.batch.split(",")):
-        for d in measure(a.out, b, a.iters, a.rounds):
+        print(f"batch {b}: load average {os.getloadavg()[0]:.2f} before", flush=True)
+        for d in measure(a.out, b, a.iters, a.rounds, baseline=a.baseline, baseline_backend=a.baseline_backend):
             docs.append(d)
-            ms, sp = d["ms_per_image"], d["speedup_vs_dynamic"]
+            ms = d["ms_per_image"]
+            vs_torch = f"  vs {d['torch_row']} {ratio(d['vs_torch'])}" if "vs_torch" in d else ""
             print(f"batch {b} {d['setting']:32s} [{d['executed']}] ms/img min/med/max {ms[0]:.1f}/{ms[1]:.1f}/"
-                  f"{ms[2]:.1f}  vs dynamic {'-' if sp is None else f'{sp[1]:.2f}x ({sp[0]:.2f}-{sp[2]:.2f})'}  "
+                  f"{ms[2]:.1f}  vs dynamic {ratio(d['speedup_vs_dynamic'])}{vs_torch}  "
                   f"map r {d['map_r']:.5f} max|d score| {d['max_abs_scores']:.2e}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} after")
     print(render_machine_line(machine_info()))
     if a.json:
         a.json.write_text(json.dumps({"machine": machine_info(), "rows": docs}, indent=2) + "\n")

@@ -32,3 +32,21 @@ def test_measure_times_each_setting_and_checks_parity(tiny_export, tmp_path) -> 
         assert 0 < lo <= med <= hi and len(r["rounds_ms_per_image"]) == 2
         assert r["map_r"] > 0.99999 and r["max_abs_scores"] < 1e-4  # FP32 in both settings: the same numbers
     assert rows[0]["speedup_vs_dynamic"] == [1.0, 1.0, 1.0]
+
+
+def test_baseline_rows_run_in_the_same_rounds(tiny_export, tmp_path) -> None:
+    pytest.importorskip("openvino")
+    from edgead.export.openvino import compile_openvino
+
+    out = tmp_path / "export"
+    shutil.copytree(tiny_export("fbft") / "export", out)
+    compile_openvino(out, "fp32")
+    rows = measure(out, 1, iters=2, rounds=2, warmup=1, baseline=True, baseline_backend="eager")
+    torch_rows = [r for r in rows if r["setting"].startswith("torch")]
+    assert [r["setting"] for r in torch_rows][0] == "torch eager fp32" and len(torch_rows) == 2
+    for r in rows:
+        assert len(r["rounds_ms_per_image"]) == 2 and r["torch_row"] in {t["setting"] for t in torch_rows}
+        lo, med, hi = r["vs_torch"]
+        assert 0 < lo <= med <= hi
+    for r in torch_rows:
+        assert r["map_r"] > 0.9999 and r["max_abs_scores"] < 1e-3  # PyTorch against the FP32 artifact
