@@ -92,4 +92,7 @@ def render_machine_line(machine: dict[str, Any]) -> str:
     """One line naming the CPU, its cores and the flags that decide f32/bf16/int8 speed: printed with every
     figure, since a ratio means little without the machine it was measured on."""
     flags = ", ".join(f for f, on in machine["flags"].items() if on) or "none of " + ", ".join(machine["flags"])
-    return f"measured on {machine['cpu_model']}, {machine['cores']} cores; flags: {flags}"
+    cap = machine.get("isa_cap")
+    capped = (f" (capped at {cap['ONEDNN_MAX_CPU_ISA']} by ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY="
+              f"{cap.get('ATEN_CPU_CAPABILITY') or 'unset'}: an emulation on this CPU)") if cap else ""
+    return f"measured on {machine['cpu_model']}, {machine['cores']} cores; flags: {flags}{capped}"

@@ -60,3 +60,32 @@ def test_the_scan_finds_a_host_reader(tmp_path):
     """The scan itself can fail: a file that opens /proc/cpuinfo is reported."""
     (tmp_path / "probe.py").write_text('flags = open("/proc/cpuinfo").read()\n')
     assert _readers(tmp_path, set(), root=tmp_path) == ['probe.py:1: flags = open("/proc/cpuinfo").read()']
+
+
+def test_an_isa_cap_leaves_only_the_flags_below_it(monkeypatch):
+    from edgead.bench import machine
+    from edgead.bench.report import render_machine_line
+
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: ("capped CPU", {"avx2", "fma", "avx512f", "avx512_vnni",
+                                                                      "avx512_bf16", "amx_int8", "amx_bf16"}))
+    for var, value in machine.isa_cap_env("avx2").items():
+        monkeypatch.setenv(var, value)
+    m = machine.machine_info()
+    assert [f for f, on in m["flags"].items() if on] == ["avx2", "fma"]
+    assert m["isa_cap"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    assert render_machine_line(m).endswith("flags: avx2, fma (capped at AVX2 by ONEDNN_MAX_CPU_ISA, "
+                                           "ATEN_CPU_CAPABILITY=avx2: an emulation on this CPU)")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    assert [f for f, on in machine.machine_info()["flags"].items() if on] == ["avx2", "fma", "avx512f", "avx512_vnni"]
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert machine.machine_info()["isa_cap"] is None and machine.machine_info()["flags"]["amx_int8"]
+
+
+def test_an_unknown_isa_cap_is_refused_in_one_line():
+    import pytest
+
+    from edgead.bench.machine import isa_cap_env
+    from edgead.errors import InputError
+
+    with pytest.raises(InputError, match="expected an ISA cap among SSE41, AVX, AVX2, .* found 'avx3'"):
+        isa_cap_env("avx3")
