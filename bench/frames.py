@@ -58,45 +58,82 @@ class FrameTiming:
     max_ms: float
     peak_rss_mb: float
     artifact: str
+    rounds: int = 1
+    round_ms: tuple[float, ...] = ()  # median ms per frame of each interleaved round
 
 
-def bench_frames(runner: Runner, frame: tuple[int, int], iters: int = 5, warmup: int = 1,
-                 seed: int = 0) -> list[FrameTiming]:
-    """Time ``runner.predict_frames`` on one random frame of ``frame`` = (H, W): tiled (when the runner has a plan)
-    and full-frame. The runner's own choice (``runner.tiling``) is restored afterwards."""
-    if iters < 1 or warmup < 0:
-        raise EdgeadError(f"expected iters >= 1 and warmup >= 0, found iters={iters}, warmup={warmup}")
-    h, w = int(frame[0]), int(frame[1])
-    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+def _paths(runner: Runner, h: int, w: int) -> list[tuple[str, Any, int]]:
+    """(path name, tiling plan or None, tiles) of one runner on an HxW frame: tiled when it has a plan, and
+    full-frame."""
     plan = runner.tiling
     paths: list[tuple[str, Any, int]] = [("full-frame", None, 1)]
     if plan is not None:
         from edgead.runtimes.tiling import tile_grid
 
         paths.insert(0, ("tiled", plan, len(tile_grid((h, w), plan))))
-    out = []
+    return paths
+
+
+def _time_interleaved(runners: Sequence[Runner], frame: tuple[int, int], iters: int, warmup: int, rounds: int,
+                      seed: int, progress: Any = None) -> list[FrameTiming]:
+    """Every path of every runner timed on one random frame, in ``rounds`` interleaved rounds (A B C A B C ...):
+    ``iters`` calls split over the rounds, so a slow minute of a shared machine hits every row alike. Each
+    runner's own tiling choice is restored afterwards."""
+    if iters < 1 or warmup < 0 or rounds < 1:
+        raise EdgeadError(f"expected iters >= 1, warmup >= 0 and rounds >= 1, found iters={iters}, "
+                          f"warmup={warmup}, rounds={rounds}")
+    h, w = int(frame[0]), int(frame[1])
+    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rows = [(runner, runner.tiling, *path) for runner in runners for path in _paths(runner, h, w)]
+    times: list[list[list[float]]] = [[] for _ in rows]
+    peak = [0.0] * len(rows)
+    per_round = -(-iters // rounds)
     try:
-        for name, how, tiles in paths:
+        for runner, _, _, how, _ in rows:
             runner.tiling = how
-            with RssSampler() as mem:
-                p, times = timed_calls(partial(runner.predict_frames, image), iters, warmup)
-            if p.maps.shape != (1, h, w):
+            p = None
+            for _ in range(max(1, warmup)):  # at least one call: the map's size is checked before timing
+                p = runner.predict_frames(image)
+            if p is not None and p.maps.shape != (1, h, w):
                 raise EdgeadError(f"{runner.describe()} returned a map of {p.maps.shape[1:]} for a {h}x{w} frame")
-            ms = np.asarray(times) * 1e3
-            out.append(FrameTiming(
-                runner.engine, runner.manifest.precision, runner.executed_precision(), name, (h, w),
-                tuple(runner.spec.input_size), tiles, None if how is None else how.overlap, iters,
-                float(np.median(ms)), float(np.percentile(ms, 90)), float(ms.min()), float(ms.max()), mem.peak_mb,
-                str(runner.folder)))
+        for k in range(rounds):
+            for i, (runner, _, name, how, _) in enumerate(rows):
+                if progress is not None:
+                    progress(f"round {k + 1}/{rounds}: {runner.engine} {runner.manifest.precision} {name}")
+                runner.tiling = how
+                with RssSampler() as mem:
+                    _, t = timed_calls(partial(runner.predict_frames, image), per_round)
+                times[i].append(t)
+                peak[i] = max(peak[i], mem.peak_mb)
     finally:
-        runner.tiling = plan
+        for runner, own, *_ in reversed(rows):
+            runner.tiling = own
+    out = []
+    for i, (runner, _, name, how, tiles) in enumerate(rows):
+        ms = np.asarray([s for chunk in times[i] for s in chunk]) * 1e3
+        out.append(FrameTiming(
+            runner.engine, runner.manifest.precision, runner.executed_precision(), name, (h, w),
+            tuple(runner.spec.input_size), tiles, None if how is None else how.overlap, int(ms.size),
+            float(np.median(ms)), float(np.percentile(ms, 90)), float(ms.min()), float(ms.max()), peak[i],
+            str(runner.folder), rounds, tuple(float(np.median(chunk)) * 1e3 for chunk in times[i])))
     return out
+
+
+def bench_frames(runner: Runner, frame: tuple[int, int], iters: int = 5, warmup: int = 1,
+                 seed: int = 0, rounds: int = 1) -> list[FrameTiming]:
+    """Time ``runner.predict_frames`` on one random frame of ``frame`` = (H, W): tiled (when the runner has a plan)
+    and full-frame, interleaved over ``rounds``. The runner's own choice (``runner.tiling``) is restored
+    afterwards."""
+    return _time_interleaved([runner], frame, iters, warmup, rounds, seed)
 
 
 def bench_frames_target(target: str | Path, frame: tuple[int, int], engines: Sequence[str] | None = None,
                         precisions: Sequence[str] | None = None, iters: int = 5, warmup: int = 1,
-                        progress: Any = None) -> tuple[list[FrameTiming], list[str]]:
-    """``bench_frames`` over the engines and precisions of a checkpoint or export folder; (rows, skipped reasons)."""
+                        progress: Any = None, rounds: int = 3) -> tuple[list[FrameTiming], list[str]]:
+    """``bench_frames`` over the engines and precisions of a checkpoint or export folder, every runner loaded first
+    and all rows timed in the same interleaved rounds; (rows, skipped reasons)."""
+    from contextlib import ExitStack
+
     target = Path(target)
     if not target.exists():
         raise EdgeadError(f"expected a checkpoint or export folder, found nothing at {target}")
@@ -104,20 +141,22 @@ def bench_frames_target(target: str | Path, frame: tuple[int, int], engines: Seq
     rows = ([registry.get(e) for e in engines] if engines else
             [registry.reference()] if is_checkpoint else
             sorted(registry.ENGINES.values(), key=lambda e: not e.checkpoint))
-    timings: list[FrameTiming] = []
     skipped: list[str] = []
-    for row in rows:
-        for prec in precisions or row.precisions:
-            if prec not in row.precisions or (is_checkpoint and not row.checkpoint):
-                continue
-            runner, _path, reason = find_runner(target, row.name, prec)
-            if runner is None:
-                skipped.append(f"{row.name} {prec}: {reason}")
-                continue
-            if progress is not None:
-                progress(f"{row.name} {prec}: {frame[0]}x{frame[1]} frames, {iters} iterations")
-            with runner:
-                timings += bench_frames(runner, frame, iters, warmup)
+    with ExitStack() as stack:
+        runners = []
+        for row in rows:
+            for prec in precisions or row.precisions:
+                if prec not in row.precisions or (is_checkpoint and not row.checkpoint):
+                    continue
+                runner, _path, reason = find_runner(target, row.name, prec)
+                if runner is None:
+                    skipped.append(f"{row.name} {prec}: {reason}")
+                    continue
+                runners.append(stack.enter_context(runner))
+        if progress is not None:
+            progress(f"{len(runners)} runner(s): {frame[0]}x{frame[1]} frames, {iters} calls each over {rounds} "
+                     f"interleaved rounds")
+        timings = _time_interleaved(runners, frame, iters, warmup, rounds, 0, progress) if runners else []
     return timings, skipped
 
 
@@ -132,14 +171,19 @@ def render_frames(timings: Sequence[FrameTiming], title: str) -> Any:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("engine", "precision", "path", "frame", "input", "tiles", "p50 ms", "p90 ms", "min-max ms", "RSS MB"):
+    for col in ("engine", "precision", "path", "frame", "input", "tiles", "p50 ms", "p90 ms", "min-max ms",
+                "rounds min/med/max ms", "RSS MB"):
         table.add_column(col, justify="right" if col not in ("engine", "precision", "path") else "left")
     for t in timings:
         path = t.path if t.overlap is None else f"{t.path} (overlap {t.overlap})"
         table.add_row(t.engine, f"{t.precision} ({t.executed_precision})", path, f"{t.frame[0]}x{t.frame[1]}",
                       f"{t.input_size[0]}x{t.input_size[1]}", str(t.tiles), f"{t.p50_ms:.1f}", f"{t.p90_ms:.1f}",
-                      f"{t.min_ms:.1f}-{t.max_ms:.1f}", f"{t.peak_rss_mb:.0f}")
+                      f"{t.min_ms:.1f}-{t.max_ms:.1f}", _rounds(t.round_ms), f"{t.peak_rss_mb:.0f}")
     return table
+
+
+def _rounds(ms: Sequence[float]) -> str:
+    return f"{min(ms):.1f}/{float(np.median(ms)):.1f}/{max(ms):.1f}" if ms else "-"
 
 
 # -- interleaved rows -----------------------------------------------------------------------------------------

@@ -25,6 +25,26 @@ def test_bench_frames_times_tiled_and_full_frame_and_restores_the_choice(tiled_e
     assert all(r.iters == 2 and 0 < r.min_ms <= r.p50_ms <= r.max_ms for r in rows)
 
 
+def test_every_runner_of_a_target_is_timed_in_the_same_rounds(tiled_export, monkeypatch):
+    """``edgead bench --frame``: all runners loaded first, then round after round every row once (A B A B), not
+    one runner's calls after another's."""
+    from edgead.runtimes.base import Runner
+
+    _, export = tiled_export
+    order: list[tuple[str, bool]] = []
+    real = Runner.predict_frames
+
+    def record(self, frames):  # noqa: ANN001, ANN202
+        order.append((self.manifest.precision, self.tiling is not None))
+        return real(self, frames)
+
+    monkeypatch.setattr(Runner, "predict_frames", record)
+    rows, _ = bench_frames_target(export, (120, 90), ["onnxruntime"], ["fp32"], iters=4, warmup=0, rounds=2)
+    assert [(r.path, r.rounds, len(r.round_ms), r.iters) for r in rows] == [("tiled", 2, 2, 4), ("full-frame", 2, 2, 4)]
+    timed = order[2:]  # one call per row first: the map's size is checked before timing
+    assert timed == [("fp32", True)] * 2 + [("fp32", False)] * 2 + [("fp32", True)] * 2 + [("fp32", False)] * 2
+
+
 def test_untiled_artifact_has_only_the_full_frame_row(tiny_export):
     rows, skipped = bench_frames_target(tiny_export("fbft") / "export", (120, 90), ["onnxruntime"], ["fp32", "int8"],
                                         iters=1, warmup=0)

@@ -110,7 +110,7 @@ def predict(
 
 
 def _bench_frames(target: str, engine: str, precisions: tuple[str, ...], frame: str, iters: int,
-                  json_out: bool) -> None:
+                  json_out: bool, rounds: int = 3) -> None:
     from edgead.bench.frames import bench_frames_target, frames_document, render_frames
     from edgead.cli.train import parse_size
 
@@ -118,7 +118,8 @@ def _bench_frames(target: str, engine: str, precisions: tuple[str, ...], frame: 
     hw = (size, size) if isinstance(size, int) else size
     engines = None if engine == "all" else [e for e in engine.split(",") if e]
     timings, skipped = bench_frames_target(Path(target), hw, engines, precisions or None, iters,
-                                           progress=None if json_out else lambda m: console.print(f"[dim]{m}[/dim]"))
+                                           progress=None if json_out else lambda m: console.print(f"[dim]{m}[/dim]"),
+                                           rounds=rounds)
     if json_out:
         emit_json(frames_document(timings, skipped, target))
         return
@@ -167,7 +168,9 @@ def bench(
         check_batch(b)
     precisions = tuple(p for p in precision.split(",") if p)
     if frame is not None:
-        _bench_frames(target, engine, precisions, frame, iters, json_out)
+        if rounds < 1:
+            raise InputError(f"--rounds must be at least 1, found {rounds}")
+        _bench_frames(target, engine, precisions, frame, iters, json_out, rounds)
         return
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, found '{device}'")
