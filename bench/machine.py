@@ -2,12 +2,13 @@
 and the versions of the packages that take part.
 
 **An instruction-set cap.** oneDNN (inside OpenVINO's CPU plugin and PyTorch) dispatches no higher than
-``ONEDNN_MAX_CPU_ISA``; OpenVINO's own kernels ask oneDNN's dispatcher, and PyTorch's own kernels and
-``torch.compile``'s generated code stop at ``ATEN_CPU_CAPABILITY``. With those set (``ISA_CAP_ENV`` gives all three
-for a cap, OpenVINO's ``OV_CPU_MAX_ISA`` included for builds that read it), an AVX-512 machine runs the AVX2 code
-paths, and ``machine_info`` reports the flags the cap leaves (so tune's plan, the baseline's bf16 autocast and every
-machine line follow it) with ``isa_cap`` naming it. It is an emulation: clocks, caches and kernels that read CPUID
-themselves are the host's, and every figure measured that way says so.
+``ONEDNN_MAX_CPU_ISA``; OpenVINO's own kernels ask oneDNN's dispatcher, PyTorch's own kernels and
+``torch.compile``'s generated code stop at ``ATEN_CPU_CAPABILITY``, MKL's products at ``MKL_ENABLE_INSTRUCTIONS``.
+With those set (``isa_cap_env`` gives them all for a cap, OpenVINO's ``OV_CPU_MAX_ISA`` included for builds that
+read it), an AVX-512 machine runs the AVX2 code paths (checked on OpenVINO's counters: ``brgemm_avx2`` and
+``jit_avx2`` kernels, no ``avx512``), and ``machine_info`` reports the flags the cap leaves (so tune's plan, the
+baseline's bf16 autocast and every machine line follow it) with ``isa_cap`` naming it. It is an emulation: clocks,
+caches and kernels that read CPUID themselves are the host's, and every figure measured that way says so.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ ISA_CAPS: dict[str, frozenset[str]] = {
     "AVX512_CORE_FP16": _AVX512 | {"avx512_vnni", "avx512_bf16", "avx_vnni"},
     "AVX10_1_512": _AVX512 | {"avx512_vnni", "avx512_bf16", "avx_vnni"},
 }
-#: PyTorch's ATEN_CPU_CAPABILITY for a cap (its kernels and torch.compile's code have avx2 and avx512 builds)
+#: PyTorch's ATEN_CPU_CAPABILITY for a cap (its kernels and torch.compile's code have avx2 and avx512 builds) and
+#: MKL's MKL_ENABLE_INSTRUCTIONS (PyTorch's CPU matrix products run in MKL)
 _ATEN = {"SSE41": "default", "AVX": "default", "AVX2": "avx2", "AVX2_VNNI": "avx2", "AVX2_VNNI_2": "avx2"}
-_CAP_VARS = ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "ATEN_CPU_CAPABILITY")
+_MKL = {"SSE41": "SSE4_2", "AVX": "AVX", "AVX2": "AVX2", "AVX2_VNNI": "AVX2", "AVX2_VNNI_2": "AVX2"}
+_CAP_VARS = ("ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 
 
 def isa_cap_env(cap: str) -> dict[str, str]:
@@ -42,7 +45,8 @@ def isa_cap_env(cap: str) -> dict[str, str]:
     key = cap.upper()
     if key not in ISA_CAPS:
         raise InputError(f"expected an ISA cap among {', '.join(ISA_CAPS)}, found {cap!r}")
-    return {"ONEDNN_MAX_CPU_ISA": key, "OV_CPU_MAX_ISA": key, "ATEN_CPU_CAPABILITY": _ATEN.get(key, "avx512")}
+    return {"ONEDNN_MAX_CPU_ISA": key, "OV_CPU_MAX_ISA": key, "ATEN_CPU_CAPABILITY": _ATEN.get(key, "avx512"),
+            "MKL_ENABLE_INSTRUCTIONS": _MKL.get(key, "AVX512")}
 
 
 def isa_cap() -> dict[str, str] | None:

@@ -72,7 +72,8 @@ def test_an_isa_cap_leaves_only_the_flags_below_it(monkeypatch):
         monkeypatch.setenv(var, value)
     m = machine.machine_info()
     assert [f for f, on in m["flags"].items() if on] == ["avx2", "fma"]
-    assert m["isa_cap"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    assert m["isa_cap"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                           "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
     assert render_machine_line(m).endswith("flags: avx2, fma (capped at AVX2 by ONEDNN_MAX_CPU_ISA, "
                                            "ATEN_CPU_CAPABILITY=avx2: an emulation on this CPU)")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
