@@ -1,7 +1,7 @@
 """Issue 28's levers, measured: one export folder's OpenVINO artifacts run under several settings, timed in
 interleaved rounds (``timing.bench_interleaved``) and each checked against the FP32 artifact on the same images.
 
-``python -m edgead.bench.levers OUT [--batch 1,8] [--iters 30] [--rounds 6] [--baseline] [--json F]``
+``python -m edgead.bench.levers OUT [--batch 1,8] [--iters 30] [--rounds 6] [--baseline] [--default] [--json F]``
 
 Settings (rows), each ``(artifact, runner options, how a batch is fed)``:
 
@@ -18,6 +18,7 @@ Pearson r and max |score| difference against the FP32 artifact (parity must hold
 ``--baseline`` times the plain-PyTorch rows of ``bench.baseline`` (torch eager fp32; torch.compile, with bf16
 autocast where the CPU has bf16) in the same rounds, and gives every row its per-round speed-up over the faster
 of them (``vs_torch``): issue 28's "how far ahead of what a user gets without us", measured in one run.
+``--default`` adds the row a newcomer gets: what ``edgead.runtimes.load(OUT)`` runs after ``edgead compile OUT``.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _parity(ref: Predictions, got: Predictions) -> dict[str, float]:
 
 def measure(out: str | Path, batch: int, iters: int = 30, rounds: int = 6, warmup: int = 2,
             precisions: tuple[str, ...] = OPENVINO.compiles, baseline: bool = False,
-            baseline_backend: str = "inductor") -> list[dict[str, Any]]:
+            baseline_backend: str = "inductor", default: bool = False) -> list[dict[str, Any]]:
     import edgead.runtimes as rt
     from edgead.bench.timing import bench_interleaved
     from edgead.registry import MANIFEST, artifact_folder
@@ -106,14 +107,19 @@ def measure(out: str | Path, batch: int, iters: int = 30, rounds: int = 6, warmu
     images = check_batch(11, batch, tuple(rows[0][0].spec.input_size))
     ref = rows[0][0].predict(images)  # fp32 dynamic: the reference for parity
     parity = [_parity(ref, r.predict(images)) for r, _, _ in rows]
+    default_rows = []
+    if default:  # what ``edgead.runtimes.load(OUT)`` runs: tune's / the default compile's recorded choice
+        runner = rt.load(out)
+        default_rows.append((runner, f"default: {runner.describe()}", ""))
     torch_rows = _baseline(out, baseline_backend) if baseline else []
-    parity += [_parity(ref, r.predict(images)) for r, _, _ in torch_rows]
-    labels = [s.label for s in chosen] + [label for _, label, _ in torch_rows]
-    timed = bench_interleaved(rows + torch_rows, [batch], iters, warmup, rounds)
-    for r, _, _ in rows + torch_rows:
+    extra = default_rows + torch_rows
+    parity += [_parity(ref, r.predict(images)) for r, _, _ in extra]
+    labels = [s.label for s in chosen] + [label for _, label, _ in extra]
+    timed = bench_interleaved(rows + extra, [batch], iters, warmup, rounds)
+    for r, _, _ in rows + extra:
         r.close()
     base = {s.precision: t for s, t in zip(chosen, timed[:len(chosen)], strict=True) if s.label.endswith("dynamic")}
-    torch_best = min(timed[len(rows):], key=lambda t: t.median_ms_per_image, default=None)
+    torch_best = min(timed[len(rows) + len(default_rows):], key=lambda t: t.median_ms_per_image, default=None)
     docs = []
     for i, (label, t, par) in enumerate(zip(labels, timed, parity, strict=True)):
         b = base.get(chosen[i].precision) if i < len(chosen) else None
@@ -160,6 +166,8 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true", help="time torch eager and torch.compile (+ bf16 autocast "
                     "where the CPU has bf16) in the same rounds and give each row its speed-up over the faster")
     ap.add_argument("--baseline-backend", default="inductor")
+    ap.add_argument("--default", action="store_true", help="also time what edgead.runtimes.load(OUT) runs (the "
+                    "artifact and settings tune or the default compile recorded)")
     a = ap.parse_args()
     docs = []
 
@@ -168,7 +176,8 @@ def main() -> None:
 
     for b in (int(x) for x in a.batch.split(",")):
         print(f"batch {b}: load average {os.getloadavg()[0]:.2f} before", flush=True)
-        for d in measure(a.out, b, a.iters, a.rounds, baseline=a.baseline, baseline_backend=a.baseline_backend):
+        for d in measure(a.out, b, a.iters, a.rounds, baseline=a.baseline, baseline_backend=a.baseline_backend,
+                         default=a.default):
             docs.append(d)
             ms = d["ms_per_image"]
             vs_torch = f"  vs {d['torch_row']} {ratio(d['vs_torch'])}" if "vs_torch" in d else ""

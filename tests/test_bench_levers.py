@@ -41,7 +41,8 @@ def test_baseline_rows_run_in_the_same_rounds(tiny_export, tmp_path) -> None:
     out = tmp_path / "export"
     shutil.copytree(tiny_export("fbft") / "export", out)
     compile_openvino(out, "fp32")
-    rows = measure(out, 1, iters=2, rounds=2, warmup=1, baseline=True, baseline_backend="eager")
+    rows = measure(out, 1, iters=2, rounds=2, warmup=1, baseline=True, baseline_backend="eager", default=True)
+    assert [r["setting"] for r in rows][2].startswith("default: ")  # the export itself: no tune record
     torch_rows = [r for r in rows if r["setting"].startswith("torch")]
     assert [r["setting"] for r in torch_rows][0] == "torch eager fp32" and len(torch_rows) == 2
     for r in rows:
