@@ -181,9 +181,9 @@ def _prune(m: onnx.ModelProto) -> None:
         g.initializer.remove(t)
 
 
-def _run(model: onnx.ModelProto, images: np.ndarray, batch: int = 8, optimize: bool = True
-         ) -> tuple[np.ndarray, np.ndarray]:
-    """Outputs of an in-memory model; ``optimize=False`` runs Q/DQ as written (half the session set-up time)."""
+def _session(model: onnx.ModelProto, optimize: bool = True) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """An in-memory model as a function of one batch; ``optimize=False`` runs Q/DQ as written (half the session
+    set-up time)."""
     ort = require("onnxruntime", "onnxruntime")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -192,12 +192,20 @@ def _run(model: onnx.ModelProto, images: np.ndarray, batch: int = 8, optimize: b
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     outs = [o.name for o in sess.get_outputs()]
-    scores, maps = [], []
-    for i in range(0, len(images), batch):
-        s, mp = sess.run(outs, {name: images[i : i + batch]})
-        scores.append(np.asarray(s, np.float32).reshape(-1))
-        maps.append(np.asarray(mp, np.float32))
-    return np.concatenate(scores), np.concatenate(maps)
+
+    def infer(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s, mp = sess.run(outs, {name: images})
+        return np.asarray(s, np.float32).reshape(-1), np.asarray(mp, np.float32)
+
+    return infer
+
+
+def _run(model: onnx.ModelProto, images: np.ndarray, batch: int = 8, optimize: bool = True
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs of an in-memory model on ``images``, ``batch`` at a time (see ``_session``)."""
+    infer = _session(model, optimize)
+    parts = [infer(images[i : i + batch]) for i in range(0, len(images), batch)]
+    return np.concatenate([s for s, _ in parts]), np.concatenate([m for _, m in parts])
 
 
 def search_float_layers(qmodel: onnx.ModelProto, float_weights: dict[str, np.ndarray], target: AccuracyTarget,
@@ -205,8 +213,9 @@ def search_float_layers(qmodel: onnx.ModelProto, float_weights: dict[str, np.nda
     """Fewest layers of ``qmodel`` to keep in float for ``target``'s budget (``edgead.calib.search``)."""
 
     def measure(layers: list[str], quick: bool = False) -> Fidelity:
-        s, m = _run(float_island(qmodel, layers, float_weights), target.val.images, optimize=not quick)
-        return target.measure(s, m, f"Q/DQ with {len(layers)} float layers", "int8")
+        # images 8 at a time, or a tiled set's frames cut, run and stitched (``ValidationSet.run``)
+        infer = _session(float_island(qmodel, layers, float_weights), optimize=not quick)
+        return target.measure_infer(infer, f"Q/DQ with {len(layers)} float layers", "int8")
 
     layers = quantized_layers(qmodel)
     return fewest_float_layers(layers, measure, target.budget, "Q/DQ INT8", progress, max_float,

@@ -170,13 +170,13 @@ def _measure_fn(model: Any, target: AccuracyTarget, biases: dict[str, tuple[int,
     def measure(layers: list[str], quick: bool = False) -> Any:
         compiled = core.compile_model(_bypass(model, set(layers), biases) if layers else model, "CPU",
                                       {"INFERENCE_PRECISION_HINT": "f32"})
-        scores, maps = [], []
-        for i in range(0, len(target.val), 8):
-            out = compiled(target.val.images[i : i + 8])
-            scores.append(np.asarray(out[compiled.output(OUTPUTS[0])]).reshape(-1))
-            maps.append(np.asarray(out[compiled.output(OUTPUTS[1])]))
-        return target.measure(np.concatenate(scores), np.concatenate(maps), f"OpenVINO INT8, {len(layers)} float",
-                              "int8")
+        def infer(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            out = compiled(images)
+            scores, maps = out[compiled.output(OUTPUTS[0])], out[compiled.output(OUTPUTS[1])]
+            return np.asarray(scores).reshape(-1), np.asarray(maps)
+
+        # images 8 at a time, or a tiled set's frames cut, run and stitched (``ValidationSet.run``)
+        return target.measure_infer(infer, f"OpenVINO INT8, {len(layers)} float", "int8")
 
     return measure
 

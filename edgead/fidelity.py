@@ -15,7 +15,10 @@ of defect areas, Q1, at 30 % FPR; 0.01 = 1 point).
 
 Pixel metrics are computed at each ground truth's own resolution: pass the masks as read
 (``edgead.data.read_masks``) with the detector's spec, and the model-size maps are brought onto each mask's frame
-(``edgead.evaluate.frame_maps``) before ``edgead.metrics.pixel_metrics`` sees them; a mask is never resized.
+(``edgead.evaluate.frame_maps``) before ``edgead.metrics.pixel_metrics`` sees them; a mask is never resized. A
+tiled artifact's outputs are frame maps already (``Runner.predict_frames``, one ``(H_i, W_i)`` map per image, sizes
+may differ): pass them as lists, with the masks and no spec, and every figure is taken frame by frame without
+stacking them (``FrameMaps``).
 
 Outputs that cannot be right fail every check with their own reason, whatever the tolerances: NaN/Inf in a
 score or a map, or a flat map, on either side (``output_problems``, structured ``Problem``s); a map r that is
@@ -109,14 +112,26 @@ class Problem:
         return f"{self.side} {self.output} {what} in {self.images} of {self.of} images"
 
 
+#: one map per image at its frame's own size (a tiled artifact's stitched maps): a list, never stacked
+FrameMaps = list
+
+
+def _is_frames(maps: object) -> bool:
+    return isinstance(maps, (list, tuple))
+
+
 def nonfinite_images(values: np.ndarray) -> int:
-    """Images (first axis) with at least one NaN or infinity."""
+    """Images (first axis, or items of a list of frame maps) with at least one NaN or infinity."""
+    if _is_frames(values):
+        return sum(int(not np.isfinite(m).all()) for m in values)
     v = np.asarray(values)
     return int((~np.isfinite(v.reshape(v.shape[0], -1))).any(1).sum()) if v.ndim and v.shape[0] else 0
 
 
 def flat_maps(maps: np.ndarray) -> int:
     """Images whose map is one value up to float32 rounding (NaN maps are counted by ``nonfinite_images``)."""
+    if _is_frames(maps):
+        return sum(flat_maps(np.asarray(m)[None]) for m in maps)
     m = np.asarray(maps, np.float64)
     if m.ndim == 0 or m.shape[0] == 0 or m[0].size < 2:
         return 0
@@ -157,6 +172,42 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     den = np.sqrt((a * a).sum() * (b * b).sum())
     return float(np.clip((a * b).sum() / den, -1.0, 1.0)) if den > 0 else float("nan")
+
+
+def _frame_differences(ref_maps: FrameMaps, maps: FrameMaps) -> tuple[float, float, float, float]:
+    """(max |diff|, mean |diff| over all pixels, worst scaled error, Pearson r over all pixels) of two lists of
+    frame maps, one frame at a time in float64: the figures ``measure`` takes of stacked maps, without a float64
+    copy of every frame at once (a 2448x2048 map is 40 MB in float64). r is two-pass (means, then centred sums),
+    NaN where ``pearson`` would give NaN."""
+    worst: list[float] = []
+    scaled: list[float] = []
+    total, pixels = 0.0, 0
+    finite, lo_a, hi_a, lo_b, hi_b, sum_a, sum_b = True, np.inf, -np.inf, np.inf, -np.inf, 0.0, 0.0
+    for a, b in zip(ref_maps, maps, strict=True):
+        a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        with np.errstate(invalid="ignore"):
+            d = np.abs(a64 - b64)
+        worst.append(float(d.max()))  # NaN where the frame holds one, as the stacked figure
+        total += float(d.sum())
+        pixels += d.size
+        scaled.append(scaled_error(a64, b64))
+        del d
+        finite = finite and bool(np.isfinite(a64).all() and np.isfinite(b64).all())
+        if finite:
+            lo_a, hi_a, lo_b, hi_b = min(lo_a, a64.min()), max(hi_a, a64.max()), min(lo_b, b64.min()), max(hi_b,
+                                                                                                        b64.max())
+            sum_a, sum_b = sum_a + float(a64.sum()), sum_b + float(b64.sum())
+    scaled_max = float(np.max(scaled)) if scaled else 0.0  # np.max: a NaN anywhere makes it NaN
+    r = float("nan")
+    if pixels >= 2 and finite and hi_a > lo_a and hi_b > lo_b:
+        mean_a, mean_b = sum_a / pixels, sum_b / pixels
+        sab = saa = sbb = 0.0
+        for a, b in zip(ref_maps, maps, strict=True):
+            ca, cb = np.asarray(a, np.float64) - mean_a, np.asarray(b, np.float64) - mean_b
+            sab, saa, sbb = sab + float((ca * cb).sum()), saa + float((ca * ca).sum()), sbb + float((cb * cb).sum())
+        den = np.sqrt(saa * sbb)
+        r = float(np.clip(sab / den, -1.0, 1.0)) if den > 0 else float("nan")
+    return float(np.max(worst)) if worst else 0.0, total / max(1, pixels), scaled_max, r
 
 
 def _short(value: float, target: float) -> str:
@@ -352,21 +403,36 @@ def measure(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, ma
     ``labels`` (0 good / 1 defect, both present) adds metrics and the image-AUROC drop interval (score
     differences within ``noise``, relative above magnitude 1, are ties); ``masks`` adds pixel metrics: with
     ``spec``, one mask per image at its own resolution (maps are brought onto each mask's frame), without it a
-    stack on the maps' own grid. Pass ``reference_metrics`` to reuse the reference's metrics across several
-    artifacts. ``candidate_threshold`` is the threshold the artifact applies when it is not the reference's
-    ``threshold``. Metrics are left out (None) when either side's outputs hold NaN/Inf, and pixel metrics when a
-    map is flat: the problem itself fails the verdict.
+    stack on the maps' own grid. Frame maps (a tiled artifact's stitched maps, ``Runner.predict_frames``) come
+    as lists of ``(H_i, W_i)`` arrays, one per image, with masks of the same sizes and no ``spec``; they are
+    measured frame by frame (``_frame_differences``), never stacked. Pass ``reference_metrics`` to reuse the
+    reference's metrics across several artifacts. ``candidate_threshold`` is the threshold the artifact applies
+    when it is not the reference's ``threshold``. Metrics are left out (None) when either side's outputs hold
+    NaN/Inf, and pixel metrics when a map is flat: the problem itself fails the verdict.
     """
     ref_scores = np.asarray(ref_scores, np.float64).ravel()
     scores = np.asarray(scores, np.float64).ravel()
-    if ref_scores.shape != scores.shape or np.shape(ref_maps) != np.shape(maps):
+    frames = _is_frames(ref_maps) or _is_frames(maps)
+    shapes = ([np.shape(m) for m in ref_maps], [np.shape(m) for m in maps]) if frames else \
+        (np.shape(ref_maps), np.shape(maps))
+    if ref_scores.shape != scores.shape or shapes[0] != shapes[1] or (frames and len(shapes[0]) != scores.size):
+        what = (f"{len(shapes[0])} vs {len(shapes[1])} frame maps" if frames and len(shapes[0]) != len(shapes[1])
+                else f"maps {shapes[0]} vs {shapes[1]}" if not frames else "frame maps of other sizes")
         raise InputError(f"expected outputs of the same images, found scores {ref_scores.shape} vs "
-                         f"{scores.shape}, maps {np.shape(ref_maps)} vs {np.shape(maps)}")
+                         f"{scores.shape}, {what}")
+    if frames and spec is not None:
+        raise InputError("frame maps are at their masks' size already: measure them without a spec")
     problems = (*output_problems(ref_scores, ref_maps, "reference"), *output_problems(scores, maps, "candidate"))
     finite = not any(p.kind == "nonfinite" for p in problems)
     with np.errstate(invalid="ignore"):
-        dm = np.abs(np.asarray(ref_maps, np.float64) - maps)
         ds = np.abs(ref_scores - scores)
+    if frames:
+        dm_max, dm_mean, dm_scaled, r = _frame_differences(list(ref_maps), list(maps))
+    else:
+        with np.errstate(invalid="ignore"):
+            dm = np.abs(np.asarray(ref_maps, np.float64) - maps)
+        dm_max, dm_mean, dm_scaled, r = float(dm.max()), float(dm.mean()), scaled_error(ref_maps, maps), \
+            pearson(ref_maps, maps)
     known = threshold is not None and np.isfinite(threshold)
     own_thr = threshold if candidate_threshold is None else candidate_threshold
     rel = flips_up = flips_down = None
@@ -382,7 +448,6 @@ def measure(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, ma
             own_flips = int(((scores > own) != (ref_scores > threshold)).sum())
     met: dict[str, float | None] = {}
     ref_met: dict[str, float | None] = {}
-    r = pearson(ref_maps, maps)
     interval = None
     if labels is not None and finite:
         labels = np.asarray(labels).ravel()
@@ -393,9 +458,9 @@ def measure(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, ma
         met = _metrics(labels, scores, masks, maps, spec)
         ref_met["map_r"], met["map_r"] = 1.0, r
         interval = auroc_drop(labels, ref_scores, scores, noise)
-    return Fidelity(reference, candidate, precision, int(scores.size), float(dm.max()), float(dm.mean()),
+    return Fidelity(reference, candidate, precision, int(scores.size), dm_max, dm_mean,
                     float(ds.max()), float(ds.mean()), r, threshold, rel, flips_up, flips_down, met, ref_met,
-                    scaled_error(ref_maps, maps), scaled_error(ref_scores, scores), problems, interval, own,
+                    dm_scaled, scaled_error(ref_scores, scores), problems, interval, own,
                     own_flips, None if candidate_threshold == threshold else candidate_threshold)
 
 

@@ -21,6 +21,13 @@ batch is used. Without a budget, each artifact is held to its own precision's ta
 compare the reference's labels (its threshold) with the artifact's labels under the threshold the artifact
 applies (its own, for a reduced-precision artifact the compile gate recalibrated). Each artifact is measured with
 ``edgead.fidelity.measure`` and judged by an ``edgead.fidelity.Budget``.
+
+A tiled export (a tiling plan in its spec, docs/tiling.md) is judged on the path the line runs: every image of
+``--data`` read whole and scored by ``Runner.predict_frames`` on both sides (the reference cut with the export's
+plan, whatever its checkpoint's spec says), its stitched frame-size map met with its mask at the same size, one
+frame at a time (frames of several sizes are fine); without ``--data`` the synthetic parity batch is frames of about
+two and a half tiles per axis (``parity_frame_size``), tiled and stitched the same way. Untiled exports keep the
+full-frame comparison (both sides ``prepare``d to the input, maps brought onto each mask).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 from edgead import precisions, registry
 from edgead.data import GOOD, TestItem, read_masks, test_items
 from edgead.errors import ArtifactError, InputError
-from edgead.evaluate import run_on_items
+from edgead.evaluate import run_frames_on_items, run_on_items
 from edgead.fidelity import (
     Budget,
     Fidelity,
@@ -49,6 +56,7 @@ from edgead.imageio import list_images
 from edgead.runtimes.compare import check_batch
 from edgead.runtimes.loader import load, tuned_choice
 from edgead.runtimes.manifest import find_artifacts, read_manifest
+from edgead.spec import TilePlan
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,30 @@ def _data_items(data: Path) -> tuple[list[TestItem], str]:
                   f"shift, label flips and the NaN/flat checks"
 
 
+def export_plan(out: Path, folders: list[Path]) -> TilePlan | None:
+    """The tiling plan an export's artifacts run with: its root manifest's spec's, else its first artifact's."""
+    root = out / registry.MANIFEST
+    return read_manifest(out if root.is_file() else folders[0]).spec.tiling
+
+
+def parity_frame_size(plan: TilePlan) -> tuple[int, int]:
+    """Frames of the synthetic parity batch for a tiled export: three tiles per axis, the last one aligned to the
+    edge (two strides plus half a tile), so seams and the edge-aligned tile are all compared."""
+    (th, tw), ov = plan.tile, plan.overlap
+    return th + 2 * (th - ov) - (th - ov) // 2, tw + 2 * (tw - ov) - (tw - ov) // 2
+
+
+def _run_tiled(runner: Any, items: list[TestItem] | None, frames: np.ndarray | None, plan: TilePlan
+               ) -> tuple[np.ndarray, list[np.ndarray] | np.ndarray]:
+    """Scores and frame-size maps of ``runner`` on the line's path: each item read whole (one at a time) or the
+    parity ``frames``, cut by ``plan`` and stitched (``Runner.predict_frames``)."""
+    runner.tiling = plan
+    if items is not None:
+        return run_frames_on_items(runner, items)
+    p = runner.predict_frames(frames)
+    return p.scores, p.maps
+
+
 def _runs(out: Path, folders: list[Path]) -> list[tuple[Path, str, dict[str, Any], str]]:
     """(folder, engine, runner options, settings) to check: each folder with the engine its own manifest names
     (never ``load``'s redirect to a tuned choice), plus the tuned choice once more with its settings if any."""
@@ -152,14 +184,18 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
     folders = find_artifacts(out)
     if not folders:
         raise ArtifactError(f"expected an export folder with manifest.json, found none in {out}")
+    plan = export_plan(out, folders)
     ref = _reference(out, Path(ckpt) if ckpt else None)
     ref_name, ref_is, spec, threshold = ref.kind, ref.label, ref.runner.spec, ref.runner.spec.threshold
     noise = score_noise(read_manifest(out).extra) if (out / registry.MANIFEST).is_file() else score_noise(None)
-    labels = masks = images = None
+    labels = masks = images = items = None
     try:
         if data is not None:
             items, accuracy = _data_items(Path(data))
-            ref_scores, ref_maps = run_on_items(ref.runner, items, batch)
+            if plan is not None:
+                ref_scores, ref_maps = _run_tiled(ref.runner, items, None, plan)
+            else:
+                ref_scores, ref_maps = run_on_items(ref.runner, items, batch)
             if not accuracy:
                 labels = np.array([it.label for it in items])
                 if labels.min() == labels.max():
@@ -168,6 +204,10 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
                 else:
                     masks = read_masks(items)  # each at its own resolution: maps are brought onto it, never shrunk
                     accuracy = f"measured on {len(items)} labelled images ({int(labels.sum())} with defects)"
+        elif plan is not None:
+            images = check_batch(1, batch, parity_frame_size(plan))
+            ref_scores, ref_maps = _run_tiled(ref.runner, None, images, plan)
+            accuracy = "not measured: a synthetic parity batch of frames, tiled (pass --data)"
         else:
             images = check_batch(1, batch, spec.input_size)
             p = ref.runner.predict(images)
@@ -179,15 +219,21 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
     for folder, engine, options, settings in _runs(out, folders):
         runner = load(folder, engine, **options)
         try:
-            if data is not None:
+            if plan is not None:
+                if runner.tiling != plan:
+                    raise ArtifactError(f"{folder} carries tiling plan {runner.tiling}, its export {plan}: the "
+                                        f"artifacts of one export run one plan; compile it again")
+                scores, maps = _run_tiled(runner, items, images, plan)
+            elif data is not None:
                 scores, maps = run_on_items(runner, items, batch)
             else:
                 p = runner.predict(images)
                 scores, maps = p.scores, p.maps
             fid = measure(ref_scores, ref_maps, scores, maps, reference=ref_name, candidate=runner.describe(),
                           precision=runner.manifest.precision, threshold=threshold, labels=labels, masks=masks,
-                          spec=spec, reference_metrics=ref_metrics, noise=noise,
+                          spec=None if plan is not None else spec, reference_metrics=ref_metrics, noise=noise,
                           candidate_threshold=runner.spec.threshold)
+            del scores, maps
         finally:
             runner.close()
         ref_metrics = fid.reference_metrics or None
