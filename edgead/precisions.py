@@ -7,7 +7,8 @@ run it (OpenVINO's ``INFERENCE_PRECISION_HINT``; the ONNX graph ONNX Runtime and
 take), whether it is full or reduced precision and so which fidelity targets apply (full: the FP32 ``atol``;
 reduced: map r and the accuracy drop), its default minimum map r, whether it is quantised (needs calibration
 images), whether ``edgead compile`` gates it, the CPU flags any one of which makes it run natively fast, and how
-much of the model it keeps (ties in ``edgead tune`` go to the higher).
+much of the model it keeps (ties in ``edgead tune`` go to the higher), and, for a quantised precision, the reduced
+float precisions the part left in float may run in (``rest``: an INT8 OpenVINO IR with its float rest in BF16).
 
 Engines are rows of ``edgead.registry``; which precisions an engine runs and builds is written on its row.
 ``tests/test_registry.py`` checks that no other module decides on a precision or engine name literal. Imports
@@ -44,6 +45,8 @@ class Precision:
     # "mixed" = FP16 casts with FP32 islands (``export.fp16``), "qdq" = QuantizeLinear/DequantizeLinear pairs
     cpu_flags: tuple[str, ...] | None = ()  # any one makes a CPU run it natively; () = every CPU; None = none
     slow_cpu: str = ""  # why it is no faster than FP32 on a CPU without ``cpu_flags``
+    rest: tuple[str, ...] = ()  # reduced float precisions the part a quantised model keeps in float may run in
+    # (an engine row's ``rest_hint``: OpenVINO's hint on an INT8 IR), tried by ``edgead tune`` where native
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -131,4 +134,5 @@ INT8 = register(Precision(
     quantized=True, gated=True, openvino_hint="f32",  # the quantised products run in int8, the rest in f32
     onnx_graph="qdq", cpu_flags=("avx512_vnni", "avx_vnni", "amx_int8"),
     slow_cpu="no VNNI/AMX: INT8 runs slower than FP32 on this CPU",
+    rest=("bf16",),  # the same IR with what NNCF left in float run in bf16: 1.17x plain int8 (issue 28)
 ))

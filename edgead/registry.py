@@ -5,8 +5,10 @@ the Python package it needs and the pip extra that installs it, the compiler tha
 precisions it runs and builds, the sub-folder of an export folder that holds each artifact and its model file, and
 the command that builds a missing one; and its capabilities, which callers read instead of comparing names: the
 device it runs on, its runner's modes (OpenVINO's latency/throughput), whether its runner fixes the batch axis at
-build time, which engine runs checkpoints (the reference) and which one's artifact is the export folder itself,
-and which of several CPU engines is preferred where both are installed. Precisions are rows of
+build time, whether its runner can run a quantised artifact's float part in a reduced precision (OpenVINO's
+precision hint: an INT8 IR with its float rest in BF16, no rebuild), which engine runs checkpoints (the reference)
+and which one's artifact is the export folder itself, and which of several CPU engines is preferred where both are
+installed. Precisions are rows of
 ``edgead.precisions``. Beside the rows: the graph's tensor names and the files that mark a checkpoint and an
 artifact folder. The loader, ``edgead compile``, the benchmark, the builders and the CLI read these rows; the C
 core's engine list is tested against them (``tests/test_registry.py``).
@@ -63,6 +65,9 @@ class Engine:
     static_batch: bool = False  # its runner takes ``static_batch=N`` (batch axis fixed when the session is built)
     cpu_preference: int = 0  # where several CPU engines are installed, the higher is tried (``edgead compile``)
     profiler: bool = False  # its runner takes ``profiling=True`` and reports node times (``Runner.profile_runs``)
+    #: the precision-table column its runner's ``precision_hint=`` takes, which runs the float part of a quantised
+    #: artifact (``Precision.rest``) in a reduced precision with no rebuild ("" = no such setting)
+    rest_hint: str = ""
 
     @property
     def label(self) -> str:
@@ -78,12 +83,29 @@ class Engine:
         """An engine ``edgead tune`` chooses among on a CPU: runs artifacts (not checkpoints) on the CPU."""
         return self.device == "CPU" and not self.checkpoint
 
-    def runner_options(self, mode: str | None = None, static_batch: int | None = None) -> dict[str, Any]:
-        """The options its runner takes for ``mode`` and a fixed batch (each only where the runner has it)."""
+    def runner_options(self, mode: str | None = None, static_batch: int | None = None,
+                       rest: str | None = None) -> dict[str, Any]:
+        """The options its runner takes for ``mode``, a fixed batch and a quantised artifact's float part run in the
+        precision ``rest`` (each only where the runner has it)."""
         opts: dict[str, Any] = {"mode": mode} if mode and len(self.modes) > 1 else {}
         if static_batch and self.static_batch:
             opts["static_batch"] = static_batch
+        if hint := self.rest_precision_hint(rest):
+            opts["precision_hint"] = hint
         return opts
+
+    def rest_precision_hint(self, rest: str | None) -> str:
+        """Its runner's ``precision_hint`` for running a quantised artifact's float part in ``rest`` ("" = none)."""
+        if not rest or not self.rest_hint:
+            return ""
+        return str(getattr(precisions.get(rest), self.rest_hint))
+
+    def rests(self, precision: str) -> list[precisions.Precision]:
+        """The reduced float precisions its runner can run the float part of a ``precision`` artifact in."""
+        p = precisions.find(precision)
+        if p is None or not p.quantized or not self.rest_hint:
+            return []
+        return [precisions.get(name) for name in p.rest if name in self.precisions and self.rest_precision_hint(name)]
 
     @property
     def runs_artifacts(self) -> tuple[str, ...]:
@@ -240,7 +262,7 @@ OPENVINO = register(Engine(
     precisions=("fp32", "bf16", "int8"), runs=("openvino", "onnxruntime"),
     compiler="edgead.export.compile:build_openvino", compiles=("fp32", "bf16", "int8"),
     title="OpenVINO", model_file="model.xml", modes=("latency", "throughput"), static_batch=True,
-    profiler=True,
+    profiler=True, rest_hint="openvino_hint",
     cpu_preference=2,  # on x86 CPUs it ran at 0.75-1.0x ONNX Runtime's time at every precision (docs/bench.md)
 ))
 TENSORRT = register(Engine(

@@ -5,18 +5,28 @@
    (``edgead.precisions``) names for it (BF16: AVX512_BF16/AMX, elsewhere OpenVINO silently runs f32; INT8:
    VNNI/AMX, elsewhere slower than FP32), INT8 only with calibration images; each of the engine's runner modes
    (OpenVINO: latency and, for batches above one, throughput); each with the batch axis dynamic and, where the
-   runner can, fixed at the requested batch size (static shapes let the engine plan every tensor once).
-   Candidates left out are listed with the reason.
-2. **Build** missing artifacts with ``edgead compile`` (reduced precisions pass its compile-time fidelity gate).
+   runner can, fixed at the requested batch size (static shapes let the engine plan every tensor once); and, for
+   a quantised precision on an engine that can run its float part in a reduced precision (``Engine.rest_hint``,
+   ``Precision.rest``: OpenVINO's ``INFERENCE_PRECISION_HINT`` on an INT8 IR), each of those settings again with
+   that part in BF16 where the CPU runs BF16 natively ("openvino int8 + bf16 rest": the int8 products stay int8,
+   what NNCF left in float runs in bf16; the same artifact, no second build). Candidates left out are listed with
+   the reason.
+2. **Build** missing artifacts with ``edgead compile`` (reduced precisions pass its compile-time fidelity gate),
+   each artifact folder once.
 3. **Gate** every candidate again here against the export's FP32 reference (``fidelity.reference_for``) on
    held-out images (``--data``, else the
    calibration images, else a deterministic synthetic batch) with the project's targets (``edgead.fidelity``):
-   FP32 within 1e-4, reduced precision map r >= 0.99 (and the AUROC drop on labelled data).
+   FP32 within 1e-4, reduced precision map r >= 0.99 (and the AUROC drop on labelled data). A float-rest variant
+   is also held to the compile-time gate its artifact passed with the float part in f32 (``export.gate``: the
+   same validation images, image AUROC drop interval, Q1 AUPRO drop), judged again with its runner settings; a
+   miss refuses it (a failure in the record, not an error), and its figures go into its row
+   (``compile_fidelity``).
 4. **Bench** the candidates that pass, interleaved over ``rounds`` rounds (``bench.timing.bench_runner``), at the
    requested batch size, and **choose** the fastest median ms/image; a candidate within ``noise`` of the fastest
-   that keeps a higher precision wins the tie.
+   that keeps a higher precision wins the tie (the float part in f32 over a reduced float rest, too).
 5. **Record** the decision, the machine (CPU model and flags) and every candidate's figures in the export's manifest
-   (``extra.tune``). ``edgead.runtimes.load(OUT)`` then loads the chosen artifact with the chosen settings; on a
+   (``extra.tune``; the chosen float rest as ``rest`` and its ``precision_hint``). ``edgead.runtimes.load(OUT)``
+   then loads the chosen artifact with the chosen settings (a decision without ``rest``: full precision); on a
    machine whose CPU differs it still does, and warns that the choice was made elsewhere (rerun ``edgead tune``).
 """
 
@@ -41,16 +51,18 @@ class Candidate:
     precision: str
     mode: str = "latency"  # the engine's runner mode (OpenVINO: latency or throughput; ``Engine.modes``)
     static: int | None = None  # batch axis fixed at this size when the session is built (else dynamic)
+    rest: str | None = None  # a quantised artifact's float part run in this precision (``Precision.rest``), else f32
 
     @property
     def name(self) -> str:
         eng = registry.find(self.engine)
         default = eng.modes[0] if eng is not None else self.mode  # the engine's default mode goes unsaid
         tags = ([self.mode] if self.mode != default else []) + ([f"static {self.static}"] if self.static else [])
-        return f"{self.engine} {self.precision}" + (f" ({', '.join(tags)})" if tags else "")
+        rest = f" + {self.rest} rest" if self.rest else ""
+        return f"{self.engine} {self.precision}{rest}" + (f" ({', '.join(tags)})" if tags else "")
 
     def runner_options(self) -> dict[str, Any]:
-        return registry.get(self.engine).runner_options(self.mode, self.static)
+        return registry.get(self.engine).runner_options(self.mode, self.static, self.rest)
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,9 @@ class Measured:
     runs_ms: tuple[float, ...] = ()
     executed: str = ""
     skipped: str = ""  # why it was not a candidate here / could not be built
+    #: a float-rest variant's compile-time gate record (``export.gate.measured``): its artifact's validation judged
+    #: again with the variant's runner settings
+    compile_fidelity: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -92,12 +107,19 @@ def plan(flags: dict[str, bool], available: Sequence[str], has_calib: bool, batc
             elif p.quantized and not has_calib:
                 out.append(Measured(c[0], skipped="no calibration images (--calib DIR)"))
             else:  # each setting with the batch axis dynamic, and (where the runner can) fixed at the line's batch
-                keep += [v for x in c for v in ((x, replace(x, static=batch)) if eng.static_batch else (x,))]
+                settings = [v for x in c for v in ((x, replace(x, static=batch)) if eng.static_batch else (x,))]
+                keep += settings
+                for r in eng.rests(precision):  # the same artifact, its float part in a reduced precision
+                    if r.native_on(flags):
+                        keep += [replace(x, rest=r.name) for x in settings]
+                    else:
+                        out.append(Measured(replace(c[0], rest=r.name), skipped=r.slow_cpu))
     return keep, out
 
 
 def choose(measured: Sequence[Measured], noise: float = 0.03) -> Measured:
-    """The fastest candidate that passed its gate; within ``noise`` (relative) of it, the highest precision.
+    """The fastest candidate that passed its gate; within ``noise`` (relative) of it, the highest precision (and,
+    between the same precision's settings, a float part kept in full precision over one in a reduced ``rest``).
 
     With none: a ``FidelityError`` when some candidate was measured and missed its gate, else an ``EdgeadError``
     (nothing could be built or run)."""
@@ -111,7 +133,8 @@ def choose(measured: Sequence[Measured], noise: float = 0.03) -> Measured:
         raise exc
     best = min(m.ms_per_image for m in ok)  # type: ignore[type-var]
     close = [m for m in ok if m.ms_per_image <= best * (1.0 + noise)]  # type: ignore[operator]
-    return min(close, key=lambda m: (-_keeps(m.candidate.precision), m.ms_per_image))
+    return min(close, key=lambda m: (-_keeps(m.candidate.precision),
+                                     -_keeps(m.candidate.rest or precisions.full().name), m.ms_per_image))
 
 
 def _keeps(precision: str) -> int:
@@ -170,6 +193,24 @@ def _gate(runner: Any, reference: Any, images: np.ndarray, precision: str, noise
     return not failures, failures, f.to_dict()
 
 
+def _compile_gate(out: Path, folder: Path, runner: Any, reference: Any, precision: str, calib: Path | None,
+                  targets: dict[tuple, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """A float-rest variant held to the compile-time gate its artifact passed (``export.gate``: the same validation
+    images, image AUROC drop interval, Q1 AUPRO drop and map r, ``Budget.for_precision``), run with the variant's
+    runner; ``targets`` caches the reference's outputs. Returns (failures, the gate record)."""
+    from edgead.export import gate
+    from edgead.fidelity import Budget
+
+    calib_dir, val_dir = gate.validated_on(folder, calib)
+    key = (precision, calib_dir, val_dir)
+    if key not in targets:
+        targets[key] = gate.target_for(out, reference, calib_dir, val_dir, Budget.for_precision(precision))
+    if targets[key] is None:
+        return ("compile-time gate: no validation data (--calib DIR)",), {}
+    rec = gate.measured(runner, targets[key])
+    return tuple(f"compile-time gate: {f}" for f in rec["failures"]), rec
+
+
 def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data: str | Path | None = None,
          iters: int = 20, rounds: int = 3, noise: float = 0.03, progress: Callable[[str], None] | None = None,
          flags: dict[str, bool] | None = None, planner: Callable[..., tuple[list[Candidate], list[Measured]]] = plan,
@@ -201,10 +242,14 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     images = _held_out(out, reference.spec, data_dir, calib_dir)
     ties = score_noise(read_manifest(out, verify=False).extra)  # the reference's own noise: differences are ties
     timed: list[tuple[Measured, Any]] = []
+    built: dict[Path, tuple[str, bool]] = {}  # one build per artifact folder: a float-rest variant shares its artifact
+    targets: dict[tuple, Any] = {}  # the compile-time gate's targets, measured once for every variant that needs one
     for c in candidates:
         say(f"{c.name}: build and gate")
-        reason, refused = _build(out, c, calib_dir)
         folder = _folder(out, c)
+        if folder not in built:
+            built[folder] = _build(out, c, calib_dir)
+        reason, refused = built[folder]
         rel = "." if folder == out else folder.name
         if refused:  # the compile-time gate measured it and refused it: a fidelity miss like the one below
             results.append(Measured(c, rel, failures=(reason,)))
@@ -214,7 +259,13 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
             continue
         runner = rt.load(folder, c.engine, **c.runner_options())
         passed, failures, fid = _gate(runner, reference, images, c.precision, ties)
-        m = Measured(c, rel, passed, failures, fid, executed=runner.executed_precision())
+        compile_fid: dict[str, Any] = {}
+        if passed and c.rest:  # the artifact passed its compile-time gate with its float part in full precision
+            say(f"{c.name}: the compile-time fidelity gate with the float rest in {c.rest}")
+            failures, compile_fid = _compile_gate(out, folder, runner, ref, c.precision, calib_dir, targets)
+            passed = not failures
+        m = Measured(c, rel, passed, failures, fid, executed=runner.executed_precision(),
+                     compile_fidelity=compile_fid)
         if passed:
             timed.append((m, runner))
         else:
@@ -240,7 +291,9 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     decision = {
         "chosen": {"engine": chosen.candidate.engine, "precision": chosen.candidate.precision,
                    "mode": chosen.candidate.mode, "static_batch": chosen.candidate.static, "folder": chosen.folder,
-                   "ms_per_image": chosen.ms_per_image},
+                   "ms_per_image": chosen.ms_per_image, "rest": chosen.candidate.rest,
+                   "precision_hint": registry.get(chosen.candidate.engine).rest_precision_hint(chosen.candidate.rest)
+                   or None},
         "batch": batch, "rounds": rounds, "iters": iters, "noise": noise,
         "machine": {"cpu_model": machine["cpu_model"], "cores": machine["cores"], "flags": cpu_flags},
         "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -12,13 +12,19 @@ Most of those cannot win on a given CPU, and this module prunes them from its fl
   products' peak is 2-4x f32's there. FP32 stays the fallback: it is built when every reduced candidate misses
   its fidelity gate.
 
-What is left (OpenVINO INT8 and BF16 at the line's batch, each in latency and, above batch 1, throughput mode) is
-tried as a ladder, fastest precision first: INT8, where the CPU runs it natively (its products' peak is about
-twice BF16's on VNNI and on AMX: 268 against 136 GFLOP/s on the AVX-512 VNNI/BF16 development machine), then BF16,
-then FP32, the next rung built only when the one before misses its fidelity gate. A rung's candidates are built
+What is left (OpenVINO INT8 and BF16 at the line's batch, each in latency and, above batch 1, throughput mode; and,
+where the CPU runs BF16 natively, each INT8 setting again with the part NNCF left in float run in BF16, "int8 +
+bf16 rest": the same INT8 IR with OpenVINO's precision hint at bf16, so no second build) is tried as a ladder,
+fastest precision first: INT8, where the CPU runs it natively (its products' peak is about twice BF16's on VNNI and
+on AMX: 268 against 136 GFLOP/s on the AVX-512 VNNI/BF16 development machine), then BF16, then FP32, the next rung
+built only when the one before misses its fidelity gate. A rung's candidates are built
 through the compile-time gate, gated again, timed interleaved, and one more than ``WIDE_GAP`` slower than the
-fastest after the first round is not timed again. The decision is recorded exactly
-as ``edgead tune`` records it, so ``edgead.runtimes.load(OUT)`` runs the choice.
+fastest after the first round is not timed again. The INT8 rung's bf16-rest variants are timed interleaved with
+plain INT8; each is held to plain INT8's compile-time fidelity gate again, run with its hint (its one extra cost:
+the reference and the variant on the gate's validation images), and a tie within tune's noise goes to plain INT8.
+The decision is recorded exactly as ``edgead tune`` records it, so ``edgead.runtimes.load(OUT)`` runs the choice
+(the hint included), and the one line names the setting ("openvino int8, float rest in bf16 (latency mode, ...").
+Where BF16 is not native, the INT8 rung is plain INT8 alone.
 
 Without images (``--calib``) neither INT8 (calibration) nor BF16 (its compile-time fidelity gate needs held-out
 images) can be built: the default is then FP32 at the line's batch, and ``default_artifact``'s one line says which
@@ -146,16 +152,18 @@ def default_artifact(out: str | Path, calib: str | Path | None = None, data: str
                 raise
     ch = decision["chosen"]
     fallback = "".join(f"; {m}" for m in missed)
-    rest = [p.upper() for p in order[order.index(ch["precision"]) + 1:]]
-    if rest:
-        fallback += (f"; {'/'.join(rest)} not built: this CPU runs {ch['precision'].upper()} natively at a higher "
+    slower = [p.upper() for p in order[order.index(ch["precision"]) + 1:]]
+    if slower:
+        fallback += (f"; {'/'.join(slower)} not built: this CPU runs {ch['precision'].upper()} natively at a higher "
                      f"peak, and it passed its gate")
     native = [p.name.upper() for p in precisions.native(flags)]
     if calib is None and native:
         fallback += (f"; {'/'.join(native)} would likely be faster on this CPU but needs images (calibration, and "
                      f"held out for the fidelity gate): --calib DIR")
     setting = f"{ch['mode']} mode" + (f", batch fixed at {ch['static_batch']}" if ch["static_batch"] else "")
-    reason = (f"{ch['engine']} {ch['precision']} ({setting}), {ch['ms_per_image']:.1f} ms/image at batch {batch}: "
+    float_rest = f", float rest in {ch['rest']}" if ch.get("rest") else ""
+    reason = (f"{ch['engine']} {ch['precision']}{float_rest} ({setting}), {ch['ms_per_image']:.1f} ms/image at "
+              f"batch {batch}: "
               f"the fastest faithful artifact tune finds for this CPU{fallback}")
     return DefaultChoice(ch["engine"], ch["precision"], registry.artifact_folder(out, ch["engine"], ch["precision"]),
                          reason, decision)

@@ -5,7 +5,9 @@ folder, run on validation data (``calib.validation``: a labelled ``--val`` folde
 plus synthetic defects) and measured against the export's FP32 reference (``edgead.fidelity``: the one rule,
 ``reference_for``; one ``measure``, one ``Budget``, pixel metrics and the small-defect Q1 AUPRO at each mask's own
 resolution). An artifact that misses its ``Budget`` is refused — nothing is written — unless the caller accepts the
-drop; either way the measured figures go into the artifact's manifest as ``extra.fidelity``.
+drop; either way the measured figures go into the artifact's manifest as ``extra.fidelity``. An artifact built
+before is judged again the same way, on the same images, with other runner settings (``target_for`` and
+``measured``: ``edgead tune``'s INT8 IR with its float rest in BF16), with no rebuild.
 
 The verdict on the line is score vs threshold, so the threshold a reduced-precision artifact applies is
 recomputed by the fit rule from its own scores on the held-out normals (``edgead.fidelity.recomputed_threshold``)
@@ -27,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from edgead.calib.dataset import CalibrationSet, calibration_files, split_calibration
-from edgead.calib.validation import AccuracyTarget, labelled_validation, proxy_validation
+from edgead.calib.validation import AccuracyTarget, ValidationSet, labelled_validation, proxy_validation
 from edgead.errors import FidelityError, InputError
-from edgead.fidelity import Budget, Fidelity, reference_for, score_noise
+from edgead.fidelity import Budget, Fidelity, Reference, reference_for, score_noise
+from edgead.runtimes.base import Runner
 from edgead.runtimes.loader import load
 from edgead.runtimes.manifest import MANIFEST, read_manifest, write_manifest
 
@@ -73,23 +76,8 @@ def plan(export_dir: Path, calib_dir: Path | None, val_dir: Path | None, budget:
          holdout: int | None = None, seed: int = 0) -> Plan:
     """Choose calibration and validation images; the FP32 reference runs on the latter when ``Plan.target`` is
     first read."""
-    from edgead.export.onnx import source_onnx
-
-    _, src = source_onnx(export_dir)
-    spec = src.spec
-    calib = None
-    if val_dir is not None:
-        val = labelled_validation(val_dir, spec)
-        if calib_dir is not None:
-            calib = CalibrationSet(calib_dir, spec, batch_size=1, limit=limit, seed=seed)
-    elif calib_dir is not None:
-        files = calibration_files(calib_dir)
-        k = default_holdout(len(files)) if holdout is None else holdout
-        chosen, held = split_calibration(files, limit, k, seed)
-        calib = CalibrationSet(calib_dir, spec, batch_size=1, files=chosen)
-        calib.available = len(files)
-        val = proxy_validation(CalibrationSet(calib_dir, spec, files=held), seed)
-    else:
+    calib, val = _split(export_dir, calib_dir, val_dir, limit, holdout, seed, with_calib=True)
+    if val is None:
         return Plan(None)
 
     def measure_reference() -> AccuracyTarget:
@@ -103,6 +91,53 @@ def plan(export_dir: Path, calib_dir: Path | None, val_dir: Path | None, budget:
             release_memory()
 
     return Plan(calib, measure_reference)
+
+
+def _split(export_dir: Path, calib_dir: Path | None, val_dir: Path | None, limit: int, holdout: int | None,
+           seed: int, with_calib: bool) -> tuple[CalibrationSet | None, ValidationSet | None]:
+    """The calibration set (only ``with_calib``) and the validation set ``plan`` chooses (None, None without data)."""
+    from edgead.export.onnx import source_onnx
+
+    _, src = source_onnx(export_dir)
+    spec = src.spec
+    calib = None
+    if val_dir is not None:
+        val = labelled_validation(val_dir, spec)
+        if calib_dir is not None and with_calib:
+            calib = CalibrationSet(calib_dir, spec, batch_size=1, limit=limit, seed=seed)
+    elif calib_dir is not None:
+        files = calibration_files(calib_dir)
+        k = default_holdout(len(files)) if holdout is None else holdout
+        chosen, held = split_calibration(files, limit, k, seed)
+        if with_calib:
+            calib = CalibrationSet(calib_dir, spec, batch_size=1, files=chosen)
+            calib.available = len(files)
+        val = proxy_validation(CalibrationSet(calib_dir, spec, files=held), seed)
+    else:
+        return None, None
+    return calib, val
+
+
+def target_for(export_dir: Path, reference: Reference, calib_dir: Path | None, val_dir: Path | None,
+               budget: Budget, limit: int = 300, holdout: int | None = None, seed: int = 0) -> AccuracyTarget | None:
+    """``plan``'s target (the same validation images: the same split of the same folders) measured with an open
+    ``reference`` (``reference_for(export_dir)``), or None without data: an artifact built and gated before is
+    judged again (``measured``) with other runner settings, with no rebuild and no second reference."""
+    _, val = _split(export_dir, calib_dir, val_dir, limit, holdout, seed, with_calib=False)
+    if val is None:
+        return None
+    return AccuracyTarget.from_reference(reference, val, budget, score_noise(read_manifest(export_dir).extra))
+
+
+def validated_on(folder: Path, calib_dir: Path | None) -> tuple[Path | None, Path | None]:
+    """(calib_dir, val_dir) that reproduce the validation the gate judged the artifact in ``folder`` on: its record's
+    labelled folder where it was judged on one that is still there, else the calibration hold-out of
+    ``calib_dir``."""
+    source = ((read_manifest(folder, verify=False).extra.get("fidelity") or {}).get("validation") or {})
+    labelled = source.get("kind") == "labelled" and source.get("folder")
+    if labelled and Path(str(labelled)).is_dir():
+        return None, Path(str(labelled))
+    return calib_dir, None
 
 
 def record(fid: Fidelity | None, target: AccuracyTarget | None, failures: list[str], accepted: bool) -> dict:
@@ -127,6 +162,15 @@ def record(fid: Fidelity | None, target: AccuracyTarget | None, failures: list[s
             "metrics": fid.metrics, "reference_metrics": fid.reference_metrics}
 
 
+def measured(runner: Runner, target: AccuracyTarget, accept_drop: bool = False) -> dict:
+    """The gate record (``record``) of ``runner`` measured against ``target``; its ``failures`` name what it missed.
+
+    ``judge`` holds a staged build to it; ``edgead tune`` holds an artifact built (and judged) before, run with
+    other runner settings (OpenVINO's float rest of an INT8 IR in BF16), to it with no rebuild."""
+    fid = target.measure_runner(runner)
+    return record(fid, target, target.budget.failures(fid), accept_drop)
+
+
 def judge(staged: Path, target: AccuracyTarget | None, accept_drop: bool) -> dict:
     """Measure the staged artifact; raise ``FidelityError`` on a miss unless ``accept_drop``. Returns the record."""
     if target is None:
@@ -137,19 +181,19 @@ def judge(staged: Path, target: AccuracyTarget | None, accept_drop: bool) -> dic
         return record(None, None, [], True)
     runner = load(staged)  # the reference is closed and its memory released (measure_reference) before this
     try:
-        fid = target.measure_runner(runner)
+        rec = measured(runner, target, accept_drop)
         name = f"{runner.engine} {runner.manifest.precision}"
     finally:
         runner.close()
-    failures = target.budget.failures(fid)
+    failures = rec["failures"]
     if failures and not accept_drop:
-        fix = ("its outputs cannot be right, whatever stays in float: check the engine and the build" if fid.problems
+        fix = ("its outputs cannot be right, whatever stays in float: check the engine and the build" if rec["problems"]
                else "Pass --max-drop to keep sensitive layers in float until it holds, or --accept-drop to write "
                     "it anyway")
         raise FidelityError(f"refused {name}: {'; '.join(failures)} against the {target.reference} on "
                             f"{target.val.source['images']} validation images ({target.val.source['kind']}); "
                             f"nothing written. {fix[0].upper()}{fix[1:]}")
-    return record(fid, target, failures, accept_drop)
+    return rec
 
 
 def commit(staged: Path, dest: Path, rec: dict[str, Any]) -> None:

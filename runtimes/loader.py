@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from edgead import registry
+from edgead import precisions, registry
 from edgead.errors import ArtifactError
 from edgead.registry import ENGINES, engine_name
 from edgead.runtimes.base import Runner
@@ -63,6 +63,10 @@ def same_machine(decided: dict) -> bool:
 def tuned_choice(folder: Path, extra: dict) -> tuple[Path, str, dict] | None:
     """(artifact folder, engine, runner options) named by an export's ``edgead tune`` decision, or None.
 
+    The options are the chosen setting's: runner mode, fixed batch and, where the decision names one (``rest``), the
+    precision hint that runs a quantised artifact's float part in a reduced precision (an older decision without
+    it loads as before).
+
     On a machine whose CPU differs from the one that decided, the choice still loads, with a warning that it was
     made elsewhere (``edgead tune OUT`` redoes it here).
     """
@@ -73,7 +77,11 @@ def tuned_choice(folder: Path, extra: dict) -> tuple[Path, str, dict] | None:
     engine, rel, mode = str(chosen.get("engine", "")), str(chosen.get("folder", "")), str(chosen.get("mode", ""))
     static = chosen.get("static_batch")
     fixed = static if isinstance(static, int) and not isinstance(static, bool) and static > 0 else None
-    options = eng.runner_options(mode, fixed) if (eng := registry.find(engine)) is not None else {}
+    rest = chosen.get("rest")  # a quantised artifact's float part in a reduced precision; absent before issue 28
+    if rest is not None and (not isinstance(rest, str) or precisions.find(rest) is None):
+        raise ArtifactError(f"{folder / registry.MANIFEST} names a tuned float-rest precision {rest!r} that is not one "
+                            f"of {', '.join(precisions.PRECISIONS)}; run edgead tune {folder} again")
+    options = eng.runner_options(mode, fixed, rest) if (eng := registry.find(engine)) is not None else {}
     if (rel == "." or not rel) and not options:
         return None  # the export itself, as exported: load it as usual
     rel = rel or "."

@@ -21,14 +21,34 @@ def names(cands) -> list[str]:
 
 def test_fast_plan_keeps_only_what_can_win_on_a_vnni_bf16_cpu() -> None:
     keep, out = fast_plan(VNNI_BF16, BOTH, True, 1)
-    assert names(keep) == ["openvino bf16 (static 1)", "openvino int8 (static 1)"]
+    assert names(keep) == ["openvino bf16 (static 1)", "openvino int8 (static 1)",
+                           "openvino int8 + bf16 rest (static 1)"]
     why = {m.candidate.name: m.skipped for m in out}
     assert why["openvino fp32 (static 1)"].startswith("pruned: this CPU runs BF16/INT8 natively")
     assert why["openvino int8"] == "pruned: the batch axis fixed at 1 was never slower than dynamic"
     assert why["onnxruntime int8 (static 1)"].startswith("pruned: OpenVINO is installed")
     keep8, _ = fast_plan(VNNI_BF16, BOTH, True, 8)
     assert names(keep8) == ["openvino bf16 (static 8)", "openvino bf16 (throughput, static 8)",
-                            "openvino int8 (static 8)", "openvino int8 (throughput, static 8)"]
+                            "openvino int8 (static 8)", "openvino int8 (throughput, static 8)",
+                            "openvino int8 + bf16 rest (static 8)", "openvino int8 + bf16 rest (throughput, static 8)"]
+    amx = {**AVX2, "avx512f": True, "amx_int8": True, "amx_bf16": True}
+    assert names(fast_plan(amx, BOTH, True, 1)[0]) == names(keep)
+
+
+def test_the_int8_rung_holds_the_bf16_rest_variants_only_where_bf16_is_native() -> None:
+    """The same INT8 IR with its float part in BF16 (issue 28) is timed beside plain INT8, in the INT8 rung; on a
+    CPU without BF16 the rung is plain INT8 alone, as before."""
+    from edgead.export.default import ladder
+
+    rungs, _ = ladder(VNNI_BF16, BOTH, True, 1)
+    assert [(p, names(r)) for p, r in rungs] == [
+        ("int8", ["openvino int8 (static 1)", "openvino int8 + bf16 rest (static 1)"]),
+        ("bf16", ["openvino bf16 (static 1)"]), ("fp32", ["openvino fp32 (static 1)"])]
+    vnni_only = {"avx2": True, "avx512_vnni": True}
+    rungs, out = ladder(vnni_only, BOTH, True, 1)
+    assert [(p, names(r)) for p, r in rungs] == [("int8", ["openvino int8 (static 1)"]),
+                                                 ("fp32", ["openvino fp32 (static 1)"])]
+    assert {m.candidate.name: m.skipped for m in out}["openvino int8 + bf16 rest"].startswith("no BF16 instructions")
 
 
 def test_fast_plan_without_calibration_or_reduced_instructions() -> None:
@@ -98,7 +118,12 @@ def test_the_ladder_tries_int8_first_and_falls_back_on_a_missed_gate(tiny_export
     shutil.copytree(tiny_export("fbft") / "export", out)
     choice = default_artifact(out, tiny_synthetic / "train" / "good", iters=2, rounds=1)
     tried = [c["candidate"]["precision"] for c in choice.decision["candidates"] if not c["skipped"]]
-    assert tried == [choice.precision] and choice.engine == "openvino"  # the record holds the rung that won
+    assert set(tried) == {choice.precision} and choice.engine == "openvino"  # the record holds the rung that won
+    if choice.precision == "int8":  # its rung: plain INT8 and the same IR with its float rest in BF16, both gated
+        rows = {c["candidate"]["name"]: c for c in choice.decision["candidates"]}
+        assert len(tried) == 2 and rows["openvino int8 (static 1)"]["folder"] == "openvino-int8"
+        variant = rows["openvino int8 + bf16 rest (static 1)"]
+        assert variant["folder"] == "openvino-int8" and (variant["compile_fidelity"] or variant["failures"])
     order = ["int8", "bf16", "fp32"]
     for p in order[:order.index(choice.precision)]:  # every rung above it missed its gate, and says so
         assert f"{p.upper()} missed its fidelity gate" in choice.reason
@@ -107,9 +132,9 @@ def test_the_ladder_tries_int8_first_and_falls_back_on_a_missed_gate(tiny_export
     assert read_manifest(out, verify=False).extra["tune"]["chosen"]["precision"] == choice.precision
 
 
-def _ladder_with(monkeypatch, int8_error):
+def _ladder_with(monkeypatch, int8_error, pick=lambda rung: rung[0]):
     """default_artifact on a VNNI + BF16 CPU with tune replaced (a test harness): INT8's rung raises
-    ``int8_error``, any other rung is chosen. Returns the call and the rungs tried."""
+    ``int8_error`` (if given), any other rung's ``pick`` is chosen. Returns the call and the rungs tried."""
     import edgead.runtimes as rt
     import edgead.tune as tune_module
     from edgead.export.default import default_artifact
@@ -119,10 +144,11 @@ def _ladder_with(monkeypatch, int8_error):
     def fake_tune(out, batch, calib, data, *, planner, **_):
         rung, _left_out = planner()
         tried.append(rung[0].precision)
-        if rung[0].precision == "int8":
+        if rung[0].precision == "int8" and int8_error is not None:
             raise int8_error
-        return {"chosen": {"engine": rung[0].engine, "precision": rung[0].precision, "mode": rung[0].mode,
-                           "static_batch": rung[0].static, "folder": "x", "ms_per_image": 5.0}}
+        c = pick(rung)
+        return {"chosen": {"engine": c.engine, "precision": c.precision, "mode": c.mode, "static_batch": c.static,
+                           "folder": "x", "ms_per_image": 5.0, "rest": c.rest}}
 
     monkeypatch.setattr(tune_module, "tune", fake_tune)
     monkeypatch.setattr(rt, "available_engines", lambda: list(BOTH))
@@ -159,3 +185,18 @@ def test_a_missed_rung_names_only_the_candidates_that_were_measured(monkeypatch)
     choice = run()
     assert "; INT8 missed its fidelity gate (openvino int8 (static 1): map r 0.5 < 0.99)" in choice.reason
     assert "pruned" not in choice.reason
+
+
+def test_the_line_names_a_chosen_float_rest(monkeypatch) -> None:
+    run, tried = _ladder_with(monkeypatch, None, pick=lambda rung: next(c for c in rung if c.rest))
+    choice = run()
+    assert tried == ["int8"] and (choice.engine, choice.precision) == ("openvino", "int8")
+    assert choice.reason.startswith("openvino int8, float rest in bf16 (latency mode, batch fixed at 1), 5.0 ms/image "
+                                    "at batch 1: the fastest faithful artifact tune finds for this CPU")
+    assert choice.folder == registry_folder("OUT", "openvino", "int8")  # the plain INT8 artifact, no second build
+
+
+def registry_folder(out, engine, precision):
+    from edgead import registry
+
+    return registry.artifact_folder(out, engine, precision)

@@ -32,6 +32,7 @@ def test_plan_builds_only_what_makes_sense_on_the_cpu():
     assert "no VNNI/AMX" in reasons["openvino int8"] and "no VNNI/AMX" in reasons["onnxruntime int8"]
 
     keep, out = plan(VNNI_BF16, both, has_calib=True, batch=8)
+    keep = [c for c in keep if not c.rest]  # the float-rest variants: test_plan_adds_the_bf16_rest_variant_...
     dynamic = [c for c in keep if c.static is None]
     assert names(dynamic) == ["onnxruntime fp32", "onnxruntime int8", "openvino bf16", "openvino bf16 (throughput)",
                               "openvino fp32", "openvino fp32 (throughput)", "openvino int8",
@@ -46,10 +47,47 @@ def test_plan_builds_only_what_makes_sense_on_the_cpu():
     assert [m.skipped for m in out if m.candidate.engine == "openvino"] != [""]
 
 
-def fake(engine, precision, ms, passed=True, mode="latency"):
+AMX = {**AVX2, "avx512f": True, "avx512_vnni": True, "avx512_bf16": True, "amx_bf16": True, "amx_int8": True}
+VNNI_ONLY = {**AVX2, "avx512f": True, "avx512_vnni": True}
+
+
+def test_plan_adds_the_bf16_rest_variant_only_where_bf16_is_native():
+    """The INT8 IR with what NNCF left in float run in BF16 (OpenVINO's precision hint; issue 28): one more
+    candidate per INT8 setting where the CPU runs BF16 natively, on the same artifact; elsewhere a left-out row."""
+    both = ["openvino", "onnxruntime"]
+    for flags in (VNNI_BF16, AMX):
+        keep, _ = plan(flags, both, has_calib=True, batch=1)
+        rest = [c for c in keep if c.rest]
+        assert names(rest) == ["openvino int8 + bf16 rest", "openvino int8 + bf16 rest (static 1)"]
+        assert [c.runner_options() for c in rest] == [{"mode": "latency", "precision_hint": "bf16"},
+                                                      {"mode": "latency", "static_batch": 1, "precision_hint": "bf16"}]
+        assert {(c.engine, c.precision) for c in rest} == {("openvino", "int8")}  # the plain INT8 artifact's folder
+    keep, _ = plan(VNNI_BF16, both, has_calib=True, batch=8)
+    assert names(c for c in keep if c.rest) == [
+        "openvino int8 + bf16 rest", "openvino int8 + bf16 rest (static 8)", "openvino int8 + bf16 rest (throughput)",
+        "openvino int8 + bf16 rest (throughput, static 8)"]
+    keep, out = plan(VNNI_ONLY, both, has_calib=True, batch=1)  # INT8 native, BF16 not: plain INT8 only
+    assert "openvino int8 (static 1)" in names(keep) and not [c for c in keep if c.rest]
+    assert "no BF16 instructions" in {m.candidate.name: m.skipped for m in out}["openvino int8 + bf16 rest"]
+    for flags, calib in ((AVX2, True), (VNNI_BF16, False)):  # no INT8 candidate: no variant of it either
+        keep, _ = plan(flags, both, has_calib=calib, batch=1)
+        assert not [c for c in keep if c.rest or c.precision == "int8"]
+
+
+def fake(engine, precision, ms, passed=True, mode="latency", rest=None):
     """A made-up measured candidate (test harness)."""
-    return Measured(Candidate(engine, precision, mode), f"{engine}-{precision}", passed,
+    return Measured(Candidate(engine, precision, mode, rest=rest), f"{engine}-{precision}", passed,
                     () if passed else ("map r 0.5670 < 0.99",), ms_per_image=ms if passed else None)
+
+
+def test_choose_prefers_the_float_rest_in_f32_on_a_tie():
+    plain, rest = fake("openvino", "int8", 30.0), fake("openvino", "int8", 29.5, rest="bf16")
+    assert choose([rest, plain], noise=0.03).candidate.rest is None
+    assert choose([rest, plain], noise=0.0).candidate.rest == "bf16"
+    assert choose([fake("openvino", "int8", 25.0, rest="bf16"), plain]).candidate.rest == "bf16"
+    # a BF16 artifact within the noise keeps more of the model than INT8 with a bf16 rest
+    assert choose([fake("openvino", "int8", 25.0, rest="bf16"), fake("openvino", "bf16", 25.5)]).candidate.precision \
+        == "bf16"
 
 
 def test_choose_takes_the_fastest_that_passes_its_gate():
@@ -236,3 +274,111 @@ def test_the_tune_gate_refuses_flat_or_nan_outputs(tiny_export, how):
         passed, failures, fid = _gate(Broken(runner, how, "int8"), ref, images, "int8", 1e-6)
     assert not passed and list(failures) == [f.format(n=4) for f in (FLAT if how == "flat" else NAN)]
     assert list(fid["problems"]) == list(failures[:-1])
+
+
+# -- the INT8 IR with its float rest in BF16 (issue 28) ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def int8_export(tiny_export, tiny_synthetic, tmp_path_factory):
+    """A copy of a tiny export with its OpenVINO INT8 artifact, measured by the compile-time gate (and kept whatever
+    the verdict: a random tiny model's 4 held-out normals cannot resolve the project's 0.5-point AUROC budget)."""
+    import shutil
+
+    from edgead.export.compile import compile_artifact
+
+    out = tmp_path_factory.mktemp("int8") / "export"
+    shutil.copytree(tiny_export("fbft") / "export", out)
+    compile_artifact(out, "openvino", "int8", tiny_synthetic / "train" / "good", accept_drop=True)
+    return out
+
+
+@pytest.fixture()
+def loose_budget(monkeypatch):
+    """Every gate's targets loosened (a test harness: tune's and the compile-time gate's verdicts on a random tiny
+    model are a coin toss); NaN/flat outputs still fail."""
+    from edgead.fidelity import Budget
+
+    monkeypatch.setattr(Budget, "for_precision", classmethod(
+        lambda cls, precision, **_: cls(atol=1.0, min_map_r=0.5, max_drop=1.0, max_q1_drop=1.0)))
+
+
+def _int8_at_batch_1(*args):
+    """tune's plan on a VNNI + BF16 CPU, kept to the OpenVINO INT8 candidates with the batch fixed at 1."""
+    keep, out = plan(*args)
+    return [c for c in keep if c.precision == "int8" and c.engine == "openvino" and c.static == 1], out
+
+
+def _bf16_runs_here() -> bool:
+    """Whether this machine's CPU runs bf16 (OpenVINO runs a bf16 hint in f32 elsewhere)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def test_tune_gates_times_and_records_the_bf16_rest_variant(int8_export, tiny_synthetic, loose_budget):
+    """Both INT8 settings are gated (the variant also by the compile-time gate, judged again with its hint) and
+    timed, from one artifact; the decision's row carries the variant's compile-time figures, and ``load(OUT)`` runs
+    a chosen variant with its hint (and an older decision, without the key, as before)."""
+    import edgead.runtimes as rt
+    from edgead.bench.machine import machine_info
+    from edgead.precisions import executed
+    from edgead.runtimes.manifest import read_manifest
+    from edgead.runtimes.openvino_runner import _type_name
+    from edgead.tune import tune
+
+    calib = tiny_synthetic / "train" / "good"
+    decision = tune(int8_export, 1, calib, iters=2, rounds=1, flags=VNNI_BF16, planner=_int8_at_batch_1)
+    rows = {c["candidate"]["name"]: c for c in decision["candidates"]}
+    plain, variant = rows["openvino int8 (static 1)"], rows["openvino int8 + bf16 rest (static 1)"]
+    assert plain["passed"] and variant["passed"], (plain, variant)
+    assert variant["folder"] == plain["folder"] == "openvino-int8" and not plain["compile_fidelity"]
+    gated = variant["compile_fidelity"]
+    built = read_manifest(int8_export / "openvino-int8").extra["fidelity"]
+    assert gated["measured"] and gated["passed"] and gated["validation"] == built["validation"]  # the same images
+    assert gated["budget"]["max_drop"] == 1.0 and gated["map_r"] > 0.5 and gated["auroc_interval"] is not None
+    assert variant["ms_per_image"] > 0 and plain["ms_per_image"] > 0
+
+    decision["chosen"] = {**decision["chosen"], "rest": "bf16", "precision_hint": "bf16", "static_batch": 1,
+                          "folder": "openvino-int8"}
+    m = machine_info()  # decided here (the flags passed to tune are not the pinned CPU's): no warning
+    decision["machine"] = {"cpu_model": m["cpu_model"], "cores": m["cores"], "flags": m["flags"]}
+    record(int8_export, decision)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = rt.load(int8_export)
+    assert (r.engine, r.folder.name, r.manifest.precision, r.static_batch) == ("openvino", "openvino-int8", "int8", 1)
+    assert executed(_type_name(r.inference_precision)) == ("bf16" if _bf16_runs_here() else "f32")
+    del decision["chosen"]["rest"], decision["chosen"]["precision_hint"]  # a decision from before issue 28
+    record(int8_export, decision)
+    assert executed(_type_name(rt.load(int8_export).inference_precision)) == "f32"
+    decision["chosen"]["rest"] = "bf17"
+    record(int8_export, decision)
+    with pytest.raises(EdgeadError, match="names a tuned float-rest precision 'bf17'"):
+        rt.load(int8_export)
+
+
+def test_a_bf16_rest_variant_that_misses_the_compile_time_gate_is_not_chosen(int8_export, tiny_synthetic,
+                                                                             loose_budget, monkeypatch):
+    """The hinted runner is broken (flat maps) for the compile-time gate only (a test harness: tune's own gate
+    sees the real runner): the variant is refused with the gate's reasons and plain INT8 is chosen, however fast."""
+    import edgead.runtimes as rt
+    import edgead.tune as tune_module
+    from tests.test_verify import Broken
+
+    real_load, real_gate = rt.load, tune_module._gate
+
+    def load(folder, engine=None, **options):
+        runner = real_load(folder, engine, **options)
+        return Broken(runner, "flat", runner.manifest.precision) if "precision_hint" in options else runner
+
+    monkeypatch.setattr(rt, "load", load)
+    monkeypatch.setattr(tune_module, "_gate", lambda runner, *a: real_gate(getattr(runner, "_runner", runner), *a))
+    decision = tune_module.tune(int8_export, 1, tiny_synthetic / "train" / "good", iters=2, rounds=1,
+                                flags=VNNI_BF16, planner=_int8_at_batch_1)
+    rows = {c["candidate"]["name"]: c for c in decision["candidates"]}
+    variant = rows["openvino int8 + bf16 rest (static 1)"]
+    assert not variant["passed"] and variant["ms_per_image"] is None
+    assert list(variant["failures"]) == ["compile-time gate: candidate maps flat (one value) in 8 of 8 images",
+                                         "compile-time gate: map r undefined (a side's maps have no variance or "
+                                         "hold NaN/Inf)"], variant["failures"]
+    assert variant["compile_fidelity"]["passed"] is False
+    assert decision["chosen"]["rest"] is None and decision["chosen"]["precision"] == "int8"

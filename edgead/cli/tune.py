@@ -46,10 +46,12 @@ def tune(
         runs = " ".join(f"{x:.1f}" for x in c["runs_ms"])
         mark = "[bold green]chosen[/]" if (c["folder"] == chosen["folder"] and c["candidate"]["engine"] ==
                                            chosen["engine"] and c["candidate"]["mode"] == chosen["mode"]
-                                           and c["candidate"]["static"] == chosen.get("static_batch")) else ""
+                                           and c["candidate"]["static"] == chosen.get("static_batch")
+                                           and c["candidate"].get("rest") == chosen.get("rest")) else ""
         t.add_row(name, c["executed"] or "-", gate, ms, runs, mark)
     console.print(t)
     static = f", batch fixed at {chosen['static_batch']}" if chosen.get("static_batch") else ""
-    console.print(f"chosen: [bold]{chosen['engine']} {chosen['precision']}[/] ({chosen['mode']}{static}) in "
+    rest = f", float rest in {chosen['rest']}" if chosen.get("rest") else ""
+    console.print(f"chosen: [bold]{chosen['engine']} {chosen['precision']}[/] ({chosen['mode']}{static}{rest}) in "
                   f"{chosen['folder']}"
                   f"; edgead.runtimes.load({out}) runs it")
