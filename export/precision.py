@@ -8,6 +8,14 @@ the AUROC drop with its interval, pixel metrics and the small-defect Q1 AUPRO at
 else on the calibration images (or a fixed synthetic batch). The caller's ``Budget`` judges it (default
 ``Budget.for_precision``: map r >= 0.999 for FP16, 0.99 for INT8, 0.5 AUROC points, 1 Q1 AUPRO point).
 
+A tiled export (a tiling plan in its spec, docs/tiling.md) is judged on the path the line runs, as ``edgead verify``
+and the compile gate judge it: the export's plan cuts both sides, each image read whole, one at a time, through
+``Runner.predict_frames`` (``edgead.evaluate.run_frames_on_items``), its stitched frame-size map met with its mask
+at the same size (``measure`` on frame maps, no spec). The test images of ``data`` all; of the calibration folder,
+whole frames spread over the ones calibration reads, about ``limit`` tiles' worth and at least one frame (the FP16
+graph runs op by op in numpy: a 2448x2048 frame is 143 tiles of 224 px); without either, two of ``verify``'s
+synthetic parity frames of three tiles per axis. Untiled exports keep the comparison above.
+
 How FP16 is executed here: not in ONNX Runtime, whose x86 CPU provider computes an FP16 graph in FP32 (it
 casts around ops lacking FP16 kernels and drops the FP16 round trips between them). The FP16 graph runs in
 ``edgead.export.fp16_reference``: numpy FP16 tensors, every op's result rounded to FP16, MatMul/Gemm/Conv
@@ -29,11 +37,15 @@ from edgead.fidelity import Budget, Fidelity, measure, reference_for, score_nois
 from edgead.registry import ONNX, artifact_folder
 from edgead.runtimes.compare import check_batch
 from edgead.runtimes.manifest import read_manifest
+from edgead.spec import TilePlan
 
 #: how each kind of precision graph (the precision table's ``onnx_graph``) is executed for its check
 ARITHMETIC = {"mixed": "FP16 executed op by op on the CPU (numpy reference: FP16 storage and rounding after "
                        "every op, FP32 accumulation in MatMul/Gemm/Conv)",
               "qdq": "INT8 Q/DQ in ONNX Runtime on the CPU"}
+#: synthetic frames of a tiled check without data: 9 tiles each (``edgead.verify.parity_frame_size``), so 18 tiles
+#: stand for the untiled check's 8 images; the FP16 graph runs op by op in numpy, verify's 8 frames would be 72
+PARITY_FRAMES = 2
 
 
 def _graph(precision: str) -> str:
@@ -66,6 +78,13 @@ def check_graph(export_dir: str | Path, folder: str | Path, calib: str | Path | 
     labels = masks = None
     try:
         spec = ref.runner.spec
+        plan = read_manifest(export_dir).spec.tiling
+        if plan is not None:
+            if runner.tiling != plan:
+                raise ArtifactError(f"{folder} carries tiling plan {runner.tiling}, its export {plan}: the "
+                                    f"artifacts of one export run one plan; compile it again")
+            return _check_tiled(ref, runner, plan, folder, precision, calib, data, limit,
+                                score_noise(read_manifest(export_dir).extra))
         if data is not None:
             from edgead.data import read_masks, test_items
             from edgead.evaluate import run_on_items
@@ -94,6 +113,52 @@ def check_graph(export_dir: str | Path, folder: str | Path, calib: str | Path | 
     finally:
         runner.close()
         ref.close()
+
+
+def _check_tiled(ref: Any, runner: Any, plan: TilePlan, folder: Path, precision: str, calib: Any, data: Any,
+                 limit: int, noise: float) -> Fidelity:
+    """``check_graph`` of a tiled export: whole frames through ``predict_frames`` on both sides (module docstring)."""
+    from edgead.data import read_masks, test_items
+    from edgead.evaluate import run_frames_on_items
+    from edgead.verify import parity_frame_size
+
+    spec = ref.runner.spec
+    ref.runner.tiling = runner.tiling = plan  # the reference too: whatever plan its own spec (a checkpoint) carries
+    labels = masks = None
+    if data is not None or calib is not None:
+        items = test_items(data) if data is not None else _calibration_frames(calib, runner.spec, limit)
+        ref_scores, ref_maps = run_frames_on_items(ref.runner, items)
+        scores, maps = run_frames_on_items(runner, items)
+        if data is not None:
+            labels = np.array([it.label for it in items])
+            if labels.min() == labels.max():
+                labels = None
+            else:
+                masks = read_masks(items)  # at the frame's size, as the stitched maps are
+    else:
+        frames = check_batch(0, PARITY_FRAMES, parity_frame_size(plan))
+        a, b = ref.runner.predict_frames(frames), runner.predict_frames(frames)
+        ref_scores, ref_maps, scores, maps = a.scores, a.maps, b.scores, b.maps
+    return measure(ref_scores, ref_maps, scores, maps, reference=ref.label,
+                   candidate=f"{folder} ({ARITHMETIC[_graph(precision)]}, whole frames tiled and stitched)",
+                   precision=precision, threshold=spec.threshold, labels=labels, masks=masks, spec=None,
+                   noise=noise)
+
+
+def _calibration_frames(calib: str | Path, spec: Any, limit: int) -> list[Any]:
+    """Whole frames of the calibration folder for a tiled check: spread evenly over the frames calibration reads
+    (``CalibrationSet``: stratified, readable, at least one tile), as many as make about ``limit`` tiles (counted
+    on the first), at least one; each a good ``TestItem`` for ``run_frames_on_items``."""
+    from edgead.calib.dataset import CalibrationSet
+    from edgead.data import GOOD, TestItem
+    from edgead.imageio import read_image
+    from edgead.runtimes.tiling import tile_grid
+
+    files = CalibrationSet(calib, spec, limit=limit).files
+    tiles = len(tile_grid(read_image(files[0]).shape[:2], spec.tiling))
+    k = max(1, min(len(files), -(-limit // tiles)))
+    chosen = np.unique(np.round(np.linspace(0, len(files) - 1, k)).astype(int))
+    return [TestItem(files[i], 0, GOOD, None) for i in chosen]
 
 
 def record(fid: Fidelity, budget: Budget) -> dict[str, Any]:

@@ -189,3 +189,99 @@ def test_gate_validates_a_tiled_export_on_whole_frames(tiled, defect_frame, tmp_
     assert labelled.val.tiled and [m.shape for m in labelled.val.masks] == [(300, 250)] * 3
     assert [np.shape(m) for m in labelled.ref_maps] == [(300, 250)] * 3
     assert labelled.measure_runner(load(export, "onnxruntime")).metrics["image_auroc"] == 1.0
+
+
+def test_precision_graph_judges_a_tiled_export_on_whole_frames(tiled, defect_frame, tmp_path, monkeypatch):
+    """The FP16 precision graph's CPU check (before any TensorRT build) runs the export's plan like verify: the
+    reference and the FP16 graph score each 300x250 frame whole through predict_frames, 300x250 maps met with the
+    masks there; without data, two of verify's 119x119 parity frames; the calibration folder's frames whole too."""
+    pytest.importorskip("onnxconverter_common")
+    import edgead.export.precision as precision
+    from edgead.runtimes.manifest import read_manifest
+
+    _, export = tiled
+    data = _frames_category(tmp_path / "cat", defect_frame)
+    spy = Spy(monkeypatch)
+    folder, f = precision.precision_graph(export, "fp16", data=data)
+    assert folder == export / "onnx-fp16" and spy.predict == []  # nothing resized to one tile
+    # the reference: the FP32 export in ONNX Runtime (the fixture's export names no checkpoint)
+    assert spy.frames == [("onnxruntime", (300, 250, 3), (1, 300, 250))] * 3 + \
+        [("onnx-reference-fp16", (300, 250, 3), (1, 300, 250))] * 3
+    assert f.images == 3 and f.map_r >= 0.999 and 1e-6 < f.max_abs_maps < 1e-2 and f.flips == 0
+    assert f.reference_metrics["image_auroc"] == f.metrics["image_auroc"] == 1.0
+    assert f.reference_metrics["pixel_auroc"] > 0.99 and f.metrics["aupro_q1"] is not None
+    assert "whole frames tiled and stitched" in f.candidate
+    spy.frames.clear()
+    f = precision.check_graph(export, folder)  # the synthetic batch: verify's parity frames, tiled
+    assert spy.predict == [] and spy.frames == [("onnxruntime", (2, 119, 119, 3), (2, 119, 119)),
+                                                ("onnx-reference-fp16", (2, 119, 119, 3), (2, 119, 119))]
+    assert f.images == 2 and f.map_r >= 0.999
+    # the calibration folder: its frames whole, as many as make about ``limit`` tiles (42 tiles a frame here)
+    calib = _calib_frames(tmp_path / "calib")
+    spec = read_manifest(export).spec
+    assert [it.path.name for it in precision._calibration_frames(calib, spec, 60)] == ["0.png", "5.png"]
+    spy.frames.clear()
+    f = precision.check_graph(export, folder, calib=calib, limit=30)
+    assert spy.predict == [] and spy.frames == [("onnxruntime", (300, 250, 3), (1, 300, 250)),
+                                                ("onnx-reference-fp16", (300, 250, 3), (1, 300, 250))]
+    assert f.images == 1 and f.map_r >= 0.999
+
+
+def test_precision_graph_broken_on_one_tile_is_refused(tiled, defect_frame, tmp_path, monkeypatch):
+    """An FP16 graph blind to a 4 px defect that lies in one tile only (rows and columns 68-71: tile (42, 42) alone,
+    its neighbours start at 84 and end at 55): the tiled check refuses it; resized to 56 px the defect is blended
+    away, the broken graph never sees it and the resized check would have written it."""
+    pytest.importorskip("onnxconverter_common")
+    import edgead.export.fp16_reference as fp16_reference
+    import edgead.export.precision as precision
+    from edgead.errors import ArtifactError
+    from edgead.runtimes.tiling import tile_grid
+
+    _, export = tiled
+    frame, _ = defect_frame
+    data = _frames_category(tmp_path / "cat", (frame, (70, 70)), size=4)
+    grid = tile_grid((300, 250), _plan(export))
+    covering = [(y, x) for y, x in grid.origins() if y <= 68 and y + 56 > 71 and x <= 68 and x + 56 > 71]
+    assert covering == [(42, 42)]
+    real = fp16_reference.Fp16ReferenceRunner
+    altered: list[int] = []  # tiles the broken graph changed, call by call
+
+    def broken(folder, m):
+        runner = _blind(real(folder, m))
+        blind = runner._infer
+
+        def infer(images):
+            altered.append(int((images == DEFECT).all(-1).any((1, 2)).sum()))
+            return blind(images)
+
+        runner._infer = infer
+        return runner
+
+    monkeypatch.setattr(fp16_reference, "Fp16ReferenceRunner", broken)
+    # measured: map r 0.69, the defect frame ranked last (image AUROC drop 100 points), Q1 AUPRO drop 99.8 points
+    with pytest.raises(ArtifactError, match=r"fp16 graph .*/onnx-fp16 misses its target .*: map r 0\.\d+ < 0\.999; "
+                                            r"image_auroc drop \d+\.\d+ points .*small-defect AUPRO \(Q1\) drop"):
+        precision.precision_graph(export, "fp16", data=data)
+    assert not (export / "onnx-fp16").exists() and sum(altered) == 1 and len(altered) == 3 * 6  # 3 frames, 42 tiles
+    altered.clear()
+    # the resized path (what the precision graphs did before): the same broken graph passes
+    monkeypatch.setattr(precision, "read_manifest", _untiled(precision.read_manifest))
+    folder, f = precision.precision_graph(export, "fp16", data=data)
+    assert f.map_r >= 0.999 and f.max_abs_maps < 1e-2 and sum(altered) == 0
+
+
+def _plan(export: Path):
+    from edgead.runtimes.manifest import read_manifest
+
+    return read_manifest(export).spec.tiling
+
+
+def _untiled(read):
+    """Test harness: ``read_manifest`` with the tiling plan dropped, the resized path of an untiled export."""
+    from dataclasses import replace
+
+    def untiled(folder):
+        m = read(folder)
+        return replace(m, spec=replace(m.spec, tiling=None))
+
+    return untiled
