@@ -180,11 +180,12 @@ def _held_out(out: Path, spec: Any, data: Path | None, calib: Path | None, n: in
     return check_batch(7, n, tuple(spec.input_size))
 
 
-def _gate(runner: Any, reference: Any, images: np.ndarray, precision: str, noise: float) -> tuple[bool, tuple[str, ...],
-                                                                                            dict]:
+def _gate(runner: Any, reference: Any, images: np.ndarray, precision: str, noise: float,
+          ref: Any = None) -> tuple[bool, tuple[str, ...], dict]:
+    """``runner`` against ``reference`` on ``images`` (``ref``: the reference's predictions on them, if known)."""
     from edgead.fidelity import Budget, measure
 
-    ref = reference.predict(images)
+    ref = reference.predict(images) if ref is None else ref
     got = runner.predict(images)
     f = measure(ref.scores, ref.maps, got.scores, got.maps, reference=reference.describe(),
                 candidate=runner.describe(), precision=precision, threshold=reference.spec.threshold,
@@ -242,6 +243,7 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     images = _held_out(out, reference.spec, data_dir, calib_dir)
     ties = score_noise(read_manifest(out, verify=False).extra)  # the reference's own noise: differences are ties
     timed: list[tuple[Measured, Any]] = []
+    ref_out: list[Any] = []  # the reference's predictions on the held-out images, made once for every candidate
     built: dict[Path, tuple[str, bool]] = {}  # one build per artifact folder: a float-rest variant shares its artifact
     targets: dict[tuple, Any] = {}  # the compile-time gate's targets, measured once for every variant that needs one
     for c in candidates:
@@ -258,7 +260,8 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
             results.append(Measured(c, rel, skipped=reason))
             continue
         runner = rt.load(folder, c.engine, **c.runner_options())
-        passed, failures, fid = _gate(runner, reference, images, c.precision, ties)
+        ref_out = ref_out or [reference.predict(images)]
+        passed, failures, fid = _gate(runner, reference, images, c.precision, ties, ref_out[0])
         compile_fid: dict[str, Any] = {}
         if passed and c.rest:  # the artifact passed its compile-time gate with its float part in full precision
             say(f"{c.name}: the compile-time fidelity gate with the float rest in {c.rest}")
