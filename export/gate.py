@@ -83,8 +83,11 @@ def plan(export_dir: Path, calib_dir: Path | None, val_dir: Path | None, budget:
     def measure_reference() -> AccuracyTarget:
         reference = reference_for(export_dir)
         try:
-            return AccuracyTarget.from_reference(reference, val, budget,
-                                                 score_noise(read_manifest(export_dir).extra))
+            target = AccuracyTarget.from_reference(reference, val, budget,
+                                                   score_noise(read_manifest(export_dir).extra))
+            _LAST_TARGET.clear()  # kept for ``target_for`` (one, the latest: its images and the reference's maps)
+            _LAST_TARGET[_target_key(export_dir, calib_dir, val_dir, limit, holdout, seed)] = target
+            return target
         finally:
             reference.close()
             del reference
@@ -122,11 +125,28 @@ def target_for(export_dir: Path, reference: Reference, calib_dir: Path | None, v
                budget: Budget, limit: int = 300, holdout: int | None = None, seed: int = 0) -> AccuracyTarget | None:
     """``plan``'s target (the same validation images: the same split of the same folders) measured with an open
     ``reference`` (``reference_for(export_dir)``), or None without data: an artifact built and gated before is
-    judged again (``measured``) with other runner settings, with no rebuild and no second reference."""
+    judged again (``measured``) with other runner settings, with no rebuild and no second reference. The target
+    of this process's latest ``plan`` on the same export, folders and split is reused (the artifact just built was
+    judged on it): the reference is not run on the images again."""
+    known = _LAST_TARGET.get(_target_key(export_dir, calib_dir, val_dir, limit, holdout, seed))
+    if known is not None:
+        return replace(known, budget=budget)
     _, val = _split(export_dir, calib_dir, val_dir, limit, holdout, seed, with_calib=False)
     if val is None:
         return None
     return AccuracyTarget.from_reference(reference, val, budget, score_noise(read_manifest(export_dir).extra))
+
+
+#: the latest target ``plan`` measured, by ``_target_key``
+_LAST_TARGET: dict[tuple, AccuracyTarget] = {}
+
+
+def _target_key(export_dir: Path, calib_dir: Path | None, val_dir: Path | None, limit: int, holdout: int | None,
+                seed: int) -> tuple:
+    """What a target depends on: the export (its files and reference checkpoint by hash) and the data's split."""
+    m = read_manifest(export_dir, verify=False)
+    where = [None if d is None else str(Path(d).resolve()) for d in (export_dir, calib_dir, val_dir)]
+    return (*where, tuple(sorted(m.files.items())), str(m.extra.get("checkpoint_sha256")), limit, holdout, seed)
 
 
 def validated_on(folder: Path, calib_dir: Path | None) -> tuple[Path | None, Path | None]:
