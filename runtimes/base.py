@@ -180,7 +180,7 @@ class Runner(ABC):
                              f"{self.tiling.tile}")
         grid = tile_grid(frames.shape[1:3], self.tiling)
         tiles = cut(frames, grid)
-        step = self.max_batch or TILE_BATCH  # an engine without a batch limit still gets bounded calls
+        step = self._tiles_per_call()
         with contextlib.nullcontext() if self.thread_safe else self._lock:
             tile_maps = np.concatenate([self._run_chunks(tiles[i : i + step])[1] for i in range(0, len(tiles), step)])
         scores, maps = stitch_frames(tile_maps, grid, self.spec.post.score_fraction)
@@ -227,6 +227,12 @@ class Runner(ABC):
         self.close()
 
     # -- helpers ------------------------------------------------------------------------------------------
+    def _tiles_per_call(self) -> int:
+        """Tiles per ``_run_chunks`` call in ``predict_frames``: the engine's max batch, or ``TILE_BATCH`` when it
+        takes any (an engine without a batch limit still gets bounded calls). An engine that runs one call's chunks
+        concurrently (OpenVINO's throughput mode) hands it several chunks at once."""
+        return self.max_batch or TILE_BATCH
+
     def _run_chunks(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = images.shape[0]
         step = self.max_batch or n

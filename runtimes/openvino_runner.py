@@ -3,8 +3,14 @@
 The inference precision is set explicitly from the manifest (``f32`` for fp32 and int8 artifacts) because some
 CPUs default to bf16. The model (and an IR's weights) is read into memory once, checked against the manifest's
 sha256 and compiled from those same bytes, so a file swapped on disk after the check is never run. Thread safe:
-each thread gets its own infer request of the one compiled model. The throughput mode overlaps batches on several
-asynchronous infer requests.
+each thread gets its own infer request (in throughput mode, its own set of requests) of the one compiled model.
+
+The throughput mode (``mode="throughput"``: OpenVINO's throughput hint, several streams of few threads) feeds its
+streams concurrently: ``predict`` (and ``predict_frames``' tile calls) splits a batch into chunks of the fixed batch
+(``static_batch``), or for a dynamic batch into ``OPTIMAL_NUMBER_OF_INFER_REQUESTS`` near-equal chunks, and runs
+them at once on that many asynchronous infer requests, results in order. One synchronous request would run the
+whole batch on one stream, i.e. on one thread of a 2-core CPU (docs/bench-peers.md, "Batch 8: where the time goes
+(session 7)"). ``predict_stream`` overlaps whole batches the same way.
 """
 
 from __future__ import annotations
@@ -62,6 +68,12 @@ class OpenVINORunner(Runner):
         self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self._local = threading.local()
         self._outputs = [self.compiled.output(name) for name in OUTPUTS]
+        self.mode = mode
+        #: asynchronous infer requests a throughput-mode call keeps in flight (OpenVINO's optimal number: one per
+        #: stream, or a few more); 1 in latency mode, whose calls run their chunks one by one on one request
+        self.infer_requests = 1
+        if mode == "throughput":
+            self.infer_requests = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
 
     def _read_model(self, core):  # noqa: ANN001, ANN202 - openvino types
         """The model from hashed bytes: an IR's XML with its weights (``model.bin`` beside ``model.xml``), or an
@@ -91,6 +103,78 @@ class OpenVINORunner(Runner):
         req = self._request()
         req.infer({0: images})
         return (req.get_tensor(self._outputs[0]).data.copy(), req.get_tensor(self._outputs[1]).data.copy())
+
+    def _new_request(self):  # noqa: ANN202 - an openvino InferRequest
+        return self.compiled.create_infer_request()
+
+    def _request_pool(self, n: int) -> list:
+        """This thread's asynchronous requests, at least ``n`` of them (created on first use, then reused)."""
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = []
+        while len(pool) < n:
+            pool.append(self._new_request())
+        return pool
+
+    def _chunk_sizes(self, n: int) -> list[int]:
+        """How a throughput-mode call splits ``n`` images: chunks of the fixed batch (the last one short, padded
+        when run), or for a dynamic batch ``infer_requests`` near-equal chunks (larger ones first), as many more as
+        the manifest's max batch needs and fewer where its min batch would otherwise mean padding."""
+        if self.static_batch:
+            return [min(self.static_batch, n - i) for i in range(0, n, self.static_batch)]
+        lo, hi = self.manifest.batch
+        k = max(1, min(n, self.infer_requests, n // lo))
+        if hi:
+            k = max(k, -(-n // hi))
+        q, r = divmod(n, k)
+        return [q + 1] * r + [q] * (k - r)
+
+    def _tiles_per_call(self) -> int:
+        """In throughput mode a frame's tiles go to the engine a full set of chunks at a time (one per request),
+        else one chunk at a time."""
+        if self.mode == "throughput" and self.static_batch:
+            return self.static_batch * self.infer_requests
+        return super()._tiles_per_call()
+
+    def _run_chunks(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Latency mode: the base class's chunks, one by one on this thread's request. Throughput mode: the chunks
+        of ``_chunk_sizes`` at once on this thread's asynchronous requests (chunk ``i`` on request ``i % jobs``, a
+        request's result collected before it takes the next chunk), reassembled in order. Each chunk runs on the same
+        compiled model with the same shape as it would one by one, so the outputs are the same."""
+        sizes = self._chunk_sizes(images.shape[0]) if self.mode == "throughput" else []
+        if len(sizes) <= 1:
+            return super()._run_chunks(images)
+        jobs = min(self.infer_requests, len(sizes))
+        requests = self._request_pool(jobs)
+        scores: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        busy: deque[tuple[int, int]] = deque()  # (request slot, images kept), oldest first
+
+        def collect() -> None:
+            slot, keep = busy.popleft()
+            req = requests[slot]
+            req.wait()
+            scores.append(np.array(req.get_tensor(self._outputs[0]).data, dtype=np.float32).reshape(-1)[:keep])
+            maps.append(np.array(req.get_tensor(self._outputs[1]).data, dtype=np.float32)[:keep])
+
+        try:
+            start = 0
+            for i, size in enumerate(sizes):
+                chunk = images[start : start + size]
+                start += size
+                pad = self.min_batch - size
+                if pad > 0:  # a fixed batch (or a profile's minimum): pad by repeating the last image, as one by one
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+                if len(busy) == jobs:
+                    collect()
+                requests[i % jobs].start_async({0: chunk})
+                busy.append((i % jobs, size))
+            while busy:
+                collect()
+        finally:
+            for slot, _ in busy:  # an error: never leave requests running on buffers the caller may free
+                requests[slot].wait()
+        return np.concatenate(scores), np.concatenate(maps)
 
     def predict_stream(self, batches: Iterable[np.ndarray], workers: int = 0) -> Iterator[Predictions]:
         """Overlap batches on ``workers`` asynchronous infer requests (0 = OpenVINO's optimal number); keeps order.
