@@ -22,8 +22,10 @@
    miss refuses it (a failure in the record, not an error), and its figures go into its row
    (``compile_fidelity``).
 4. **Bench** the candidates that pass, interleaved over ``rounds`` rounds (``bench.timing.bench_runner``), at the
-   requested batch size, and **choose** the fastest median ms/image; a candidate within ``noise`` of the fastest
-   that keeps a higher precision wins the tie (the float part in f32 over a reduced float rest, too).
+   requested batch size, and **choose** the fastest, ranked round by round (each candidate's median over the rounds
+   of its time over that round's fastest, so the machine's drift between rounds cancels); a candidate within
+   ``noise`` of the fastest that keeps a higher precision wins the tie (the float part in f32 over a reduced float
+   rest, too).
 5. **Record** the decision, the machine (CPU model and flags) and every candidate's figures in the export's manifest
    (``extra.tune``; the chosen float rest as ``rest`` and its ``precision_hint``). ``edgead.runtimes.load(OUT)``
    then loads the chosen artifact with the chosen settings (a decision without ``rest``: full precision); on a
@@ -76,6 +78,9 @@ class Measured:
     fidelity: dict[str, Any] = field(default_factory=dict)
     ms_per_image: float | None = None
     runs_ms: tuple[float, ...] = ()
+    #: median over its rounds of its time over the round's fastest candidate's (1.0: fastest in most rounds); the
+    #: machine's drift between rounds cancels in it, so ``choose`` ranks by it
+    relative: float | None = None
     executed: str = ""
     skipped: str = ""  # why it was not a candidate here / could not be built
     #: a float-rest variant's compile-time gate record (``export.gate.measured``): its artifact's validation judged
@@ -131,10 +136,15 @@ def choose(measured: Sequence[Measured], noise: float = 0.03) -> Measured:
         exc = error(f"expected at least one artifact that passes its fidelity gate, found none ({reasons})")
         exc.missed = [(m.candidate.name, m.failures) for m in measured if m.failures]  # type: ignore[attr-defined]
         raise exc
-    best = min(m.ms_per_image for m in ok)  # type: ignore[type-var]
-    close = [m for m in ok if m.ms_per_image <= best * (1.0 + noise)]  # type: ignore[operator]
+    paired = all(m.relative is not None for m in ok)
+
+    def speed(m: Measured) -> float:  # round-paired when every candidate has it, else the plain median
+        return float(m.relative if paired else m.ms_per_image)  # type: ignore[arg-type]
+
+    best = min(speed(m) for m in ok)
+    close = [m for m in ok if speed(m) <= best * (1.0 + noise)]
     return min(close, key=lambda m: (-_keeps(m.candidate.precision),
-                                     -_keeps(m.candidate.rest or precisions.full().name), m.ms_per_image))
+                                     -_keeps(m.candidate.rest or precisions.full().name), speed(m)))
 
 
 def _keeps(precision: str) -> int:
@@ -287,9 +297,11 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
             say(f"round {r + 1}/{rounds}: {m.candidate.name}")
             res = bench_runner(runner, [batch], iters, 3, m.candidate.name)[0]
             runs[i].append(float(res.p50_ms_per_image))
+    fastest_in = [min(v[r] for v in runs.values() if len(v) > r) for r in range(rounds)] if runs else []
     for i, (m, runner) in enumerate(timed):
         runner.close()
-        results.append(replace(m, ms_per_image=statistics.median(runs[i]), runs_ms=tuple(runs[i])))
+        relative = statistics.median(t / fastest_in[r] for r, t in enumerate(runs[i]))
+        results.append(replace(m, ms_per_image=statistics.median(runs[i]), runs_ms=tuple(runs[i]), relative=relative))
     chosen = choose(results, noise)
     decision = {
         "chosen": {"engine": chosen.candidate.engine, "precision": chosen.candidate.precision,
