@@ -147,6 +147,15 @@ def choose(measured: Sequence[Measured], noise: float = 0.03) -> Measured:
                                      -_keeps(m.candidate.rest or precisions.full().name), speed(m)))
 
 
+def _own_threshold(m: Measured) -> dict[str, float]:
+    """``{"threshold": T}`` when the candidate's own compile-time gate recomputed the threshold it applies (a
+    setting that shares its artifact folder, such as a bf16 rest, moves the scores the folder's threshold was
+    recomputed from); ``runtimes.load`` applies it."""
+    t = (m.compile_fidelity.get("threshold") or {}) if m.compile_fidelity else {}
+    value = t.get("recomputed") if t.get("applied") else None
+    return {"threshold": float(value)} if isinstance(value, (int, float)) else {}
+
+
 def _keeps(precision: str) -> int:
     p = precisions.find(precision)
     return p.keeps if p is not None else 0
@@ -308,7 +317,7 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
                    "mode": chosen.candidate.mode, "static_batch": chosen.candidate.static, "folder": chosen.folder,
                    "ms_per_image": chosen.ms_per_image, "rest": chosen.candidate.rest,
                    "precision_hint": registry.get(chosen.candidate.engine).rest_precision_hint(chosen.candidate.rest)
-                   or None},
+                   or None, **_own_threshold(chosen)},
         "batch": batch, "rounds": rounds, "iters": iters, "noise": noise,
         "machine": {"cpu_model": machine["cpu_model"], "cores": machine["cores"], "flags": cpu_flags},
         "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

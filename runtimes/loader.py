@@ -6,6 +6,7 @@ Which engines exist, which runner module each uses and which artifacts each runs
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -29,7 +30,15 @@ def available_engines() -> list[str]:
 
 
 def load(path: str | Path, engine: str | None = None, **options: object) -> Runner:
-    """A runner for the artifact folder ``path`` (or a checkpoint folder, with the reference engine)."""
+    """A runner for the artifact folder ``path`` (or a checkpoint folder, with the reference engine).
+
+    ``threshold=T`` (what a tuned setting's own compile-time gate recomputed, ``tuned_choice``) replaces the
+    threshold of the artifact's spec for this runner."""
+    threshold = options.pop("threshold", None)
+    if threshold is not None:
+        runner = load(path, engine, **options)
+        runner.spec = runner.spec.with_threshold(float(threshold))  # type: ignore[arg-type]
+        return runner
     p = Path(path)
     if p.is_file():
         p = p.parent
@@ -65,7 +74,8 @@ def tuned_choice(folder: Path, extra: dict) -> tuple[Path, str, dict] | None:
 
     The options are the chosen setting's: runner mode, fixed batch and, where the decision names one (``rest``), the
     precision hint that runs a quantised artifact's float part in a reduced precision (an older decision without
-    it loads as before).
+    it loads as before), with the threshold that setting's own compile-time gate recomputed (``threshold``: the
+    artifact's manifest holds the one recomputed for its plain setting).
 
     On a machine whose CPU differs from the one that decided, the choice still loads, with a warning that it was
     made elsewhere (``edgead tune OUT`` redoes it here).
@@ -82,6 +92,9 @@ def tuned_choice(folder: Path, extra: dict) -> tuple[Path, str, dict] | None:
         raise ArtifactError(f"{folder / registry.MANIFEST} names a tuned float-rest precision {rest!r} that is not one "
                             f"of {', '.join(precisions.PRECISIONS)}; run edgead tune {folder} again")
     options = eng.runner_options(mode, fixed, rest) if (eng := registry.find(engine)) is not None else {}
+    threshold = chosen.get("threshold")  # the setting's own recomputed threshold (a bf16 rest moves the scores)
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold):
+        options["threshold"] = float(threshold)
     if (rel == "." or not rel) and not options:
         return None  # the export itself, as exported: load it as usual
     rel = rel or "."

@@ -340,7 +340,7 @@ def test_tune_gates_times_and_records_the_bf16_rest_variant(int8_export, tiny_sy
     assert min(variant["relative"], plain["relative"]) == 1.0 and max(variant["relative"], plain["relative"]) >= 1.0
 
     decision["chosen"] = {**decision["chosen"], "rest": "bf16", "precision_hint": "bf16", "static_batch": 1,
-                          "folder": "openvino-int8"}
+                          "folder": "openvino-int8", "threshold": 0.4321}
     m = machine_info()  # decided here (the flags passed to tune are not the pinned CPU's): no warning
     decision["machine"] = {"cpu_model": m["cpu_model"], "cores": m["cores"], "flags": m["flags"]}
     record(int8_export, decision)
@@ -348,6 +348,16 @@ def test_tune_gates_times_and_records_the_bf16_rest_variant(int8_export, tiny_sy
         warnings.simplefilter("error")
         r = rt.load(int8_export)
     assert (r.engine, r.folder.name, r.manifest.precision, r.static_batch) == ("openvino", "openvino-int8", "int8", 1)
+    from edgead.tune import Candidate, Measured, _own_threshold
+
+    # the variant applies the threshold its own compile-time gate recomputed, not the folder's (plain INT8's)
+    own = {"threshold": {"recomputed": 0.4321, "applied": True}}
+    assert _own_threshold(Measured(Candidate("openvino", "int8", rest="bf16"), compile_fidelity=own)) == \
+        {"threshold": 0.4321}
+    assert _own_threshold(Measured(Candidate("openvino", "int8", rest="bf16"), compile_fidelity=gated)) == (
+        {} if gated["threshold"]["recomputed"] is None else {"threshold": gated["threshold"]["recomputed"]})
+    assert r.spec.threshold == 0.4321
+    assert read_manifest(int8_export / "openvino-int8").spec.threshold != 0.4321
     assert executed(_type_name(r.inference_precision)) == ("bf16" if _bf16_runs_here() else "f32")
     del decision["chosen"]["rest"], decision["chosen"]["precision_hint"]  # a decision from before issue 28
     record(int8_export, decision)
