@@ -5,7 +5,9 @@
    (``edgead.precisions``) names for it (BF16: AVX512_BF16/AMX, elsewhere OpenVINO silently runs f32; INT8:
    VNNI/AMX, elsewhere slower than FP32), INT8 only with calibration images; each of the engine's runner modes
    (OpenVINO: latency and, for batches above one, throughput); each with the batch axis dynamic and, where the
-   runner can, fixed at the requested batch size (static shapes let the engine plan every tensor once); and, for
+   runner can, fixed (static shapes let the engine plan every tensor once): at the requested batch size in
+   latency mode, at one image in throughput mode, whose runner runs a batch's images concurrently on its infer
+   requests (OpenVINO's streams); and, for
    a quantised precision on an engine that can run its float part in a reduced precision (``Engine.rest_hint``,
    ``Precision.rest``: OpenVINO's ``INFERENCE_PRECISION_HINT`` on an INT8 IR), each of those settings again with
    that part in BF16 where the CPU runs BF16 natively ("openvino int8 + bf16 rest": the int8 products stay int8,
@@ -111,8 +113,11 @@ def plan(flags: dict[str, bool], available: Sequence[str], has_calib: bool, batc
                 out.append(Measured(c[0], skipped=p.slow_cpu))
             elif p.quantized and not has_calib:
                 out.append(Measured(c[0], skipped="no calibration images (--calib DIR)"))
-            else:  # each setting with the batch axis dynamic, and (where the runner can) fixed at the line's batch
-                settings = [v for x in c for v in ((x, replace(x, static=batch)) if eng.static_batch else (x,))]
+            else:  # each setting with the batch axis dynamic, and (where the runner can) fixed: at the line's
+                # batch in the engine's first (latency) mode; at one image in its other (throughput) modes, whose
+                # runner spreads a batch's chunks over its concurrent infer requests (streams)
+                settings = [v for x in c for v in ((x, replace(x, static=batch if x.mode == eng.modes[0] else 1))
+                                                   if eng.static_batch else (x,))]
                 keep += settings
                 for r in eng.rests(precision):  # the same artifact, its float part in a reduced precision
                     if r.native_on(flags):

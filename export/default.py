@@ -7,7 +7,8 @@ Most of those cannot win on a given CPU, and this module prunes them from its fl
 
 - ONNX Runtime, where OpenVINO is installed: on x86 CPUs OpenVINO ran at 0.75-1.0x ONNX Runtime's time at every
   precision measured (docs/bench.md), so ONNX Runtime only costs a second calibration;
-- the dynamic batch axis: fixing it at the line's batch size was never slower (tune's table in docs/bench.md);
+- the dynamic batch axis: fixing it (at the line's batch in latency mode, at one image in throughput mode, whose
+  runner spreads a batch over its concurrent requests) was never slower (tune's table in docs/bench.md);
 - FP32, where the CPU runs a reduced precision natively (BF16: AVX512_BF16/AMX-BF16, INT8: VNNI/AMX): the
   products' peak is 2-4x f32's there. FP32 stays the fallback: it is built when every reduced candidate misses
   its fidelity gate.
@@ -81,7 +82,7 @@ def _prune(keep: list, out: list, flags: dict[str, bool], available: Sequence[st
             why = (f"{preferred.label} is installed: {eng.label} ran 1.0-1.3x {preferred.label}'s time on x86 "
                    f"CPUs")
         elif not _at_batch(c):
-            why = f"the batch axis fixed at {batch} was never slower than dynamic"
+            why = "a fixed batch axis was never slower than a dynamic one"
         elif not p.reduced and reduced_here:
             why = f"this CPU runs {'/'.join(sorted(reduced_here)).upper()} natively: FP32 is only the fallback"
         if why:

@@ -37,10 +37,12 @@ def test_plan_builds_only_what_makes_sense_on_the_cpu():
     assert names(dynamic) == ["onnxruntime fp32", "onnxruntime int8", "openvino bf16", "openvino bf16 (throughput)",
                               "openvino fp32", "openvino fp32 (throughput)", "openvino int8",
                               "openvino int8 (throughput)"]
+    # fixed at the line's batch in latency mode; at one image in throughput mode (the runner spreads the batch's
+    # images over its concurrent requests)
     assert sorted(c.name for c in keep if c.static) == sorted(
-        c.name[:-1] + ", static 8)" if c.name.endswith(")") else c.name + " (static 8)" for c in dynamic)
-    assert [c.runner_options() for c in keep if c.name == "openvino int8 (throughput, static 8)"] == [
-        {"mode": "throughput", "static_batch": 8}]
+        c.name[:-1] + ", static 1)" if c.name.endswith(")") else c.name + " (static 8)" for c in dynamic)
+    assert [c.runner_options() for c in keep if c.name == "openvino int8 (throughput, static 1)"] == [
+        {"mode": "throughput", "static_batch": 1}]
     keep, out = plan(VNNI_BF16, ["onnxruntime"], has_calib=False, batch=1)
     assert names(keep) == ["onnxruntime fp32", "onnxruntime fp32 (static 1)"]
     assert {m.candidate.name: m.skipped for m in out}["onnxruntime int8"] == "no calibration images (--calib DIR)"
@@ -65,7 +67,7 @@ def test_plan_adds_the_bf16_rest_variant_only_where_bf16_is_native():
     keep, _ = plan(VNNI_BF16, both, has_calib=True, batch=8)
     assert names(c for c in keep if c.rest) == [
         "openvino int8 + bf16 rest", "openvino int8 + bf16 rest (static 8)", "openvino int8 + bf16 rest (throughput)",
-        "openvino int8 + bf16 rest (throughput, static 8)"]
+        "openvino int8 + bf16 rest (throughput, static 1)"]
     keep, out = plan(VNNI_ONLY, both, has_calib=True, batch=1)  # INT8 native, BF16 not: plain INT8 only
     assert "openvino int8 (static 1)" in names(keep) and not [c for c in keep if c.rest]
     assert "no BF16 instructions" in {m.candidate.name: m.skipped for m in out}["openvino int8 + bf16 rest"]
