@@ -123,6 +123,26 @@ def ladder(flags: dict[str, bool], available: Sequence[str], has_calib: bool, ba
     return rungs, out
 
 
+def tiles_per_frame(out: Path, calib: str | Path | None) -> tuple[int, tuple[int, int]] | None:
+    """(tiles, (H, W)) of the first calibration frame under a tiled export's plan, or None (no plan, no images).
+
+    A tiled artifact's engine runs the tiles of a frame, so a line batch of frames is that many engine inputs,
+    and the batch axis is fixed there (one call per frame): 25 tiles of 210 px for a 1036x1036 frame, where a
+    batch fixed at one tile ran 25 calls."""
+    from edgead.calib.dataset import calibration_files
+    from edgead.imageio import read_image
+    from edgead.runtimes.manifest import read_manifest
+    from edgead.runtimes.tiling import tile_grid
+
+    if calib is None or not (Path(out) / registry.MANIFEST).is_file():
+        return None  # (tune says what is missing)
+    plan = read_manifest(out, verify=False).spec.tiling
+    if plan is None:
+        return None
+    h, w = read_image(calibration_files(calib)[0]).shape[:2]
+    return len(tile_grid((h, w), plan)), (h, w)
+
+
 def default_artifact(out: str | Path, calib: str | Path | None = None, data: str | Path | None = None,
                      batch: int = 1, progress: Callable[[str], None] | None = None,
                      flags: dict[str, bool] | None = None, iters: int = 12, rounds: int = 3) -> DefaultChoice:
@@ -136,6 +156,10 @@ def default_artifact(out: str | Path, calib: str | Path | None = None, data: str
 
     out = Path(out)
     flags = flags if flags is not None else machine_info()["flags"]
+    frames = batch
+    tiles = tiles_per_frame(out, calib)
+    if tiles is not None:  # a tiled export runs tiles: the line's batch of frames is this many engine inputs
+        batch = frames * tiles[0]
     rungs, left_out = ladder(flags, rt.available_engines(), calib is not None, batch)
     order = [precision for precision, _ in rungs]
     missed: list[str] = []
@@ -163,8 +187,11 @@ def default_artifact(out: str | Path, calib: str | Path | None = None, data: str
                      f"held out for the fidelity gate): --calib DIR")
     setting = f"{ch['mode']} mode" + (f", batch fixed at {ch['static_batch']}" if ch["static_batch"] else "")
     float_rest = f", float rest in {ch['rest']}" if ch.get("rest") else ""
-    reason = (f"{ch['engine']} {ch['precision']}{float_rest} ({setting}), {ch['ms_per_image']:.1f} ms/image at "
-              f"batch {batch}: "
+    per = "ms/image" if tiles is None else "ms/tile"
+    at = (f"batch {batch}" if tiles is None else
+          f"batch {batch} ({frames} frame{'s' if frames > 1 else ''} x the {tiles[0]} tiles of a "
+          f"{tiles[1][0]}x{tiles[1][1]} calibration frame)")
+    reason = (f"{ch['engine']} {ch['precision']}{float_rest} ({setting}), {ch['ms_per_image']:.1f} {per} at {at}: "
               f"the fastest faithful artifact tune finds for this CPU{fallback}")
     return DefaultChoice(ch["engine"], ch["precision"], registry.artifact_folder(out, ch["engine"], ch["precision"]),
                          reason, decision)

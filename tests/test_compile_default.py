@@ -200,3 +200,30 @@ def registry_folder(out, engine, precision):
     from edgead import registry
 
     return registry.artifact_folder(out, engine, precision)
+
+
+def test_a_tiled_export_fixes_the_batch_at_a_frames_tiles(monkeypatch, tiled_export) -> None:
+    """A tiled artifact's engine runs the tiles of a frame: the default compile plans the line's batch in tiles
+    (the 42 tiles of 56 px, overlap 14, of one 300x250 calibration frame), so a frame is one call, not 42."""
+    import edgead.runtimes as rt
+    import edgead.tune as tune_module
+    from edgead.export.default import default_artifact, tiles_per_frame
+
+    _, export = tiled_export
+    calib = export.parent / "train"
+    assert tiles_per_frame(export, calib) == (42, (300, 250))
+    assert tiles_per_frame(export, None) is None
+    seen = []
+
+    def fake_tune(out, batch, calib, data, *, planner, **_):  # a test harness: records what would be timed
+        rung, _ = planner()
+        seen.append((batch, sorted({c.static for c in rung if c.static})))
+        c = rung[0]
+        return {"chosen": {"engine": c.engine, "precision": c.precision, "mode": c.mode, "static_batch": c.static,
+                           "folder": "x", "ms_per_image": 5.0, "rest": c.rest}}
+
+    monkeypatch.setattr(tune_module, "tune", fake_tune)
+    monkeypatch.setattr(rt, "available_engines", lambda: list(BOTH))
+    choice = default_artifact(export, calib, flags=VNNI_BF16, batch=2)
+    assert seen[0][0] == 84 and 84 in seen[0][1]
+    assert "ms/tile at batch 84 (2 frames x the 42 tiles of a 300x250 calibration frame)" in choice.reason
