@@ -219,14 +219,9 @@ def _foreign_runs(xml: Path, batch: int, size: int, runs: int, threads: int | No
     compiled = core.compile_model(model, "CPU", config)
     dims = [d.get_length() for d in compiled.input(0).get_partial_shape()]
     x = np.random.default_rng(0).random(dims, dtype=np.float32)
-    req = compiled.create_infer_request()
-    out = []
-    for _ in range(runs):
-        req.infer({0: x})
-        out.append([(p.node_name, p.node_type, p.real_time.total_seconds() * 1e3, p.exec_type)
-                    for p in req.profiling_info if str(p.status).rpartition(".")[2] == "EXECUTED"])
-    from edgead.runtimes.openvino_runner import _product_precisions, _type_name
+    from edgead.runtimes.openvino_runner import _product_precisions, _type_name, counter_runs
 
+    out = counter_runs(compiled.create_infer_request(), x, runs)
     return out, _product_precisions(compiled) or _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
 
 

@@ -19,6 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,18 @@ def inference_precision(manifest: Manifest) -> str:
     p = precisions.find(manifest.precision)
     hint = manifest.extra.get("inference_precision") or (p.openvino_hint if p else "")
     return str(hint or precisions.full().openvino_hint)
+
+
+def counter_runs(request: Any, inputs: np.ndarray, runs: int) -> list[list[tuple[str, str, float, str]]]:
+    """``runs`` inferences of ``inputs`` on an infer request of a model compiled with ``PERF_COUNT``: each run's
+    executed nodes as (name, type, ms, exec type), as OpenVINO reports them (running averages: see
+    ``edgead.bench.profile.decumulate``)."""
+    out = []
+    for _ in range(runs):
+        request.infer({0: inputs})
+        out.append([(p.node_name, p.node_type, p.real_time.total_seconds() * 1e3, p.exec_type)
+                    for p in request.profiling_info if str(p.status).rpartition(".")[2] == "EXECUTED"])
+    return out
 
 
 class OpenVINORunner(Runner):
@@ -217,13 +230,7 @@ class OpenVINORunner(Runner):
     def profile_runs(self, images: np.ndarray, runs: int) -> list[list[tuple[str, str, float, str]]]:
         """Each run's executed nodes from OpenVINO's performance counters (``profiling=True``); the kernel is the
         node's exec type (``brgemm_avx512_i8``, ``gemm_mlas_f32`` ...)."""
-        images = self.validate(images)
-        req = self._request()
-        out = []
-        for _ in range(runs):
-            req.infer({0: images})
-            out.append([(p.node_name, p.node_type, p.real_time.total_seconds() * 1e3, p.exec_type)
-                        for p in req.profiling_info if str(p.status).rpartition(".")[2] == "EXECUTED"])
+        out = counter_runs(self._request(), self.validate(images), runs)
         if out and not any(out):
             raise InputError("OpenVINO reported no performance counters: load the runner with profiling=True")
         return out

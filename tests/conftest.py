@@ -124,3 +124,24 @@ def tiled_export(tmp_path_factory: pytest.TempPathFactory):
     assert r.train_images == 3 and r.holdout_images == 2
     export_onnx(load_checkpoint(r.checkpoint), root / "export")
     return r.checkpoint, root / "export"
+
+
+def run_in_threads(call, n: int) -> list[BaseException]:
+    """``call(i)`` for i in range(n), each on its own thread, all started before any is joined; the exceptions
+    they raised (a thread-safety test asserts there are none)."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            call(i)
+        except Exception as exc:  # pragma: no cover - reported to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

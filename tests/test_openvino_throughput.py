@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import run_in_threads
 
 import edgead.runtimes as rt
 from edgead.runtimes.base import Runner
@@ -116,21 +117,14 @@ def test_throughput_is_thread_safe(export_dir):
     r = rt.load(export_dir, engine="openvino", static_batch=2, mode="throughput")
     r.infer_requests = 2
     single = Runner._run_chunks(r, x)
-    results, errors = [], []
+    results = []
 
     def work(i):
-        try:
-            for _ in range(3):
-                p = r.predict(x[i % 2 : i % 2 + 5])
-                results.append((i % 2, p.scores, p.maps))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for _ in range(3):
+            p = r.predict(x[i % 2 : i % 2 + 5])
+            results.append((i % 2, p.scores, p.maps))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(work, 4)
     assert not errors and len(results) == 12
     for start, scores, maps in results:
         np.testing.assert_allclose(scores, single[0][start : start + 5], rtol=0, atol=1e-5)  # other batch mates

@@ -3,10 +3,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 
 import numpy as np
 import pytest
+from conftest import run_in_threads
 
 import edgead.runtimes as rt
 from edgead.errors import ArtifactError, EdgeadError, InputError, MissingDependencyError
@@ -70,20 +70,13 @@ def test_thread_safety_same_results(export_dir):
     assert r.executed_precision() == "f32"
     single = r.predict(x)
     expected = single.scores
-    results, errors = [], []
+    results = []
 
     def work(i):
-        try:
-            p = r.predict(x[i % 3 : i % 3 + 3])
-            results.append((i % 3, p.scores, p.maps))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        p = r.predict(x[i % 3 : i % 3 + 3])
+        results.append((i % 3, p.scores, p.maps))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(work, 8)
     assert not errors and len(results) == 8
     for start, scores, maps in results:  # each thread's answer equals the single-thread one for its images
         np.testing.assert_allclose(scores, single.scores[start : start + 3], rtol=0, atol=1e-5)
