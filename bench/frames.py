@@ -23,7 +23,7 @@ load average before and after every round.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -85,26 +85,20 @@ def _time_interleaved(runners: Sequence[Runner], frame: tuple[int, int], iters: 
     h, w = int(frame[0]), int(frame[1])
     image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     rows = [(runner, runner.tiling, *path) for runner in runners for path in _paths(runner, h, w)]
-    times: list[list[list[float]]] = [[] for _ in rows]
-    peak = [0.0] * len(rows)
-    per_round = -(-iters // rounds)
+    def arm(runner: Runner, how: Any) -> Callable[[], Any]:
+        runner.tiling = how
+        return partial(runner.predict_frames, image)
+
     try:
         for runner, _, _, how, _ in rows:
-            runner.tiling = how
             p = None
             for _ in range(max(1, warmup)):  # at least one call: the map's size is checked before timing
-                p = runner.predict_frames(image)
+                p = arm(runner, how)()
             if p is not None and p.maps.shape != (1, h, w):
                 raise EdgeadError(f"{runner.describe()} returned a map of {p.maps.shape[1:]} for a {h}x{w} frame")
-        for k in range(rounds):
-            for i, (runner, _, name, how, _) in enumerate(rows):
-                if progress is not None:
-                    progress(f"round {k + 1}/{rounds}: {runner.engine} {runner.manifest.precision} {name}")
-                runner.tiling = how
-                with RssSampler() as mem:
-                    _, t = timed_calls(partial(runner.predict_frames, image), per_round)
-                times[i].append(t)
-                peak[i] = max(peak[i], mem.peak_mb)
+        times, peak, _ = _timed_rounds(
+            [(f"{runner.engine} {runner.manifest.precision} {name}", partial(arm, runner, how))
+             for runner, _, name, how, _ in rows], rounds, -(-iters // rounds), progress)
     finally:
         for runner, own, *_ in reversed(rows):
             runner.tiling = own
@@ -117,6 +111,29 @@ def _time_interleaved(runners: Sequence[Runner], frame: tuple[int, int], iters: 
             float(np.median(ms)), float(np.percentile(ms, 90)), float(ms.min()), float(ms.max()), peak[i],
             str(runner.folder), rounds, tuple(float(np.median(chunk)) * 1e3 for chunk in times[i])))
     return out
+
+
+def _timed_rounds(rows: Sequence[tuple[str, Callable[[], Callable[[], Any]]]], rounds: int, calls: int,
+                  progress: Any = None) -> tuple[list[list[list[float]]], list[float], list[dict[str, Any]]]:
+    """The interleaved rounds every frame benchmark here runs: in each of ``rounds`` rounds, every row in turn is
+    armed (``arm()`` sets its path and returns the call to time) and timed ``calls`` times (A B C A B C ...).
+    Returns each row's call seconds per round, its peak RSS (MB) and the load average before and after each
+    round."""
+    times: list[list[list[float]]] = [[] for _ in rows]
+    peak = [0.0] * len(rows)
+    load: list[dict[str, Any]] = []
+    for k in range(rounds):
+        before = os.getloadavg()
+        for i, (label, arm) in enumerate(rows):
+            if progress is not None:
+                progress(f"round {k + 1}/{rounds}: {label}")
+            call = arm()
+            with RssSampler() as mem:
+                _, t = timed_calls(call, calls)
+            times[i].append(t)
+            peak[i] = max(peak[i], mem.peak_mb)
+        load.append({"round": k + 1, "load_before": list(before), "load_after": list(os.getloadavg())})
+    return times, peak, load
 
 
 def bench_frames(runner: Runner, frame: tuple[int, int], iters: int = 5, warmup: int = 1,
@@ -252,7 +269,6 @@ def bench_frames_interleaved(rows: Sequence[FrameRow], frames: np.ndarray, round
     maps: dict[str, np.ndarray] = {}
     times: dict[str, list[list[float]]] = {r.label: [] for r in rows}
     peak = dict.fromkeys(labels, 0.0)
-    load: list[dict[str, Any]] = []
     for r, plan in zip(rows, saved, strict=True):
         if r.tiled and plan is None:
             raise EdgeadError(f"row {r.label!r}: tiled asked but {r.runner.describe()} has no tiling plan")
@@ -274,16 +290,14 @@ def bench_frames_interleaved(rows: Sequence[FrameRow], frames: np.ndarray, round
             maps[r.label] = np.stack(out)
             if maps[r.label].shape != (len(frames), h, w):
                 raise EdgeadError(f"{r.runner.describe()} returned maps of {maps[r.label].shape[1:]} for {h}x{w}")
-        for k in range(rounds):
-            before = os.getloadavg()
-            for i, r in enumerate(rows):
-                if progress is not None:
-                    progress(f"round {k + 1}/{rounds}: {r.label}")
-                with RssSampler() as mem:
-                    _, t = timed_calls(partial(use(i).predict_frames, frames[0]), iters)
-                times[r.label].append(t)
-                peak[r.label] = max(peak[r.label], mem.peak_mb)
-            load.append({"round": k + 1, "load_before": list(before), "load_after": list(os.getloadavg())})
+        def arm(i: int) -> Callable[[], Any]:
+            return partial(use(i).predict_frames, frames[0])
+
+        timed, peaks, load = _timed_rounds([(r.label, partial(arm, i)) for i, r in enumerate(rows)], rounds, iters,
+                                           progress)
+        for r, t, mb in zip(rows, timed, peaks, strict=True):
+            times[r.label] = t
+            peak[r.label] = max(peak[r.label], mb)
     finally:
         for r, plan in reversed(list(zip(rows, saved, strict=True))):
             r.runner.tiling = plan

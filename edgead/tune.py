@@ -218,21 +218,20 @@ def _gate(runner: Any, reference: Any, images: np.ndarray, precision: str, noise
     return not failures, failures, f.to_dict()
 
 
-def _compile_gate(out: Path, folder: Path, runner: Any, reference: Any, precision: str, calib: Path | None,
-                  targets: dict[tuple, Any]) -> tuple[tuple[str, ...], dict[str, Any]]:
+def _compile_gate(out: Path, folder: Path, runner: Any, reference: Any, precision: str, calib: Path | None
+                  ) -> tuple[tuple[str, ...], dict[str, Any]]:
     """A float-rest variant held to the compile-time gate its artifact passed (``export.gate``: the same validation
     images, image AUROC drop interval, Q1 AUPRO drop and map r, ``Budget.for_precision``), run with the variant's
-    runner; ``targets`` caches the reference's outputs. Returns (failures, the gate record)."""
+    runner (``gate.target_for`` keeps the reference's outputs for the next variant). Returns (failures, the gate
+    record)."""
     from edgead.export import gate
     from edgead.fidelity import Budget
 
     calib_dir, val_dir = gate.validated_on(folder, calib)
-    key = (precision, calib_dir, val_dir)
-    if key not in targets:
-        targets[key] = gate.target_for(out, reference, calib_dir, val_dir, Budget.for_precision(precision))
-    if targets[key] is None:
+    target = gate.target_for(out, reference, calib_dir, val_dir, Budget.for_precision(precision))
+    if target is None:
         return ("compile-time gate: no validation data (--calib DIR)",), {}
-    rec = gate.measured(runner, targets[key])
+    rec = gate.measured(runner, target)
     return tuple(f"compile-time gate: {f}" for f in rec["failures"]), rec
 
 
@@ -267,9 +266,8 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     images = _held_out(out, reference.spec, data_dir, calib_dir)
     ties = score_noise(read_manifest(out, verify=False).extra)  # the reference's own noise: differences are ties
     timed: list[tuple[Measured, Any]] = []
-    ref_out: list[Any] = []  # the reference's predictions on the held-out images, made once for every candidate
+    ref_pred = None  # the reference's predictions on the held-out images, made once for every candidate
     built: dict[Path, tuple[str, bool]] = {}  # one build per artifact folder: a float-rest variant shares its artifact
-    targets: dict[tuple, Any] = {}  # the compile-time gate's targets, measured once for every variant that needs one
     for c in candidates:
         say(f"{c.name}: build and gate")
         folder = _folder(out, c)
@@ -284,12 +282,13 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
             results.append(Measured(c, rel, skipped=reason))
             continue
         runner = rt.load(folder, c.engine, **c.runner_options())
-        ref_out = ref_out or [reference.predict(images)]
-        passed, failures, fid = _gate(runner, reference, images, c.precision, ties, ref_out[0])
+        if ref_pred is None:
+            ref_pred = reference.predict(images)
+        passed, failures, fid = _gate(runner, reference, images, c.precision, ties, ref_pred)
         compile_fid: dict[str, Any] = {}
         if passed and c.rest:  # the artifact passed its compile-time gate with its float part in full precision
             say(f"{c.name}: the compile-time fidelity gate with the float rest in {c.rest}")
-            failures, compile_fid = _compile_gate(out, folder, runner, ref, c.precision, calib_dir, targets)
+            failures, compile_fid = _compile_gate(out, folder, runner, ref, c.precision, calib_dir)
             passed = not failures
         m = Measured(c, rel, passed, failures, fid, executed=runner.executed_precision(),
                      compile_fidelity=compile_fid)

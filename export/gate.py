@@ -126,18 +126,22 @@ def target_for(export_dir: Path, reference: Reference, calib_dir: Path | None, v
     """``plan``'s target (the same validation images: the same split of the same folders) measured with an open
     ``reference`` (``reference_for(export_dir)``), or None without data: an artifact built and gated before is
     judged again (``measured``) with other runner settings, with no rebuild and no second reference. The target
-    of this process's latest ``plan`` on the same export, folders and split is reused (the artifact just built was
-    judged on it): the reference is not run on the images again."""
-    known = _LAST_TARGET.get(_target_key(export_dir, calib_dir, val_dir, limit, holdout, seed))
+    of this process's latest ``plan`` or ``target_for`` on the same export, folders and split is reused (the
+    artifact just built, or another variant, was judged on it): the reference is not run on the images again."""
+    key = _target_key(export_dir, calib_dir, val_dir, limit, holdout, seed)
+    known = _LAST_TARGET.get(key)
     if known is not None:
         return replace(known, budget=budget)
     _, val = _split(export_dir, calib_dir, val_dir, limit, holdout, seed, with_calib=False)
     if val is None:
         return None
-    return AccuracyTarget.from_reference(reference, val, budget, score_noise(read_manifest(export_dir).extra))
+    target = AccuracyTarget.from_reference(reference, val, budget, score_noise(read_manifest(export_dir).extra))
+    _LAST_TARGET.clear()
+    _LAST_TARGET[key] = target  # the next variant judged on the same split reuses it
+    return target
 
 
-#: the latest target ``plan`` measured, by ``_target_key``
+#: the latest target ``plan`` or ``target_for`` measured, by ``_target_key``
 _LAST_TARGET: dict[tuple, AccuracyTarget] = {}
 
 
