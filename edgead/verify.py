@@ -161,11 +161,33 @@ def _run_tiled(runner: Any, items: list[TestItem] | None, frames: np.ndarray | N
     return p.scores, p.maps
 
 
-def _runs(out: Path, folders: list[Path]) -> list[tuple[Path, str, dict[str, Any], str]]:
+def _export_root(path: Path) -> tuple[Path, Path | None]:
+    """(export root, the one artifact folder to check or None for all of them) for the folder a user named: an
+    export folder, or one artifact folder inside it (``edgead verify out/openvino-int8``), which is judged
+    against its export's reference alone. An artifact folder outside an export has no reference: refused."""
+    manifest = path / registry.MANIFEST
+    if not manifest.is_file():
+        return path, None
+    m = read_manifest(path, verify=False)
+    exporter = registry.exporter().manifest_name
+    if m.engine == exporter:
+        return path, None
+    parent = path.parent
+    if (parent / registry.MANIFEST).is_file() and read_manifest(parent, verify=False).engine == exporter:
+        return parent, path
+    raise ArtifactError(f"expected an export folder (edgead export CKPT -o OUT) or an artifact folder inside one, "
+                        f"found the {m.engine} {m.precision} artifact {path} outside an export: its FP32 "
+                        f"reference is unknown; pass the export folder it was compiled from")
+
+
+def _runs(out: Path, folders: list[Path], only: Path | None = None) -> list[tuple[Path, str, dict[str, Any], str]]:
     """(folder, engine, runner options, settings) to check: each folder with the engine its own manifest names
-    (never ``load``'s redirect to a tuned choice), plus the tuned choice once more with its settings if any."""
+    (never ``load``'s redirect to a tuned choice), plus the tuned choice once more with its settings if any (when
+    ``only`` one folder is checked: if the choice is that folder)."""
     runs = [(f, registry.for_artifact(read_manifest(f).engine).name, {}, "") for f in folders]
     tuned = tuned_choice(out, read_manifest(out).extra) if (out / registry.MANIFEST).is_file() else None
+    if tuned is not None and only is not None and tuned[0].resolve() != only.resolve():
+        tuned = None
     if tuned is not None and tuned[2]:
         folder, engine, options = tuned
         settings = ", ".join(f"{k} {v}" for k, v in options.items())
@@ -180,8 +202,8 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
         raise InputError(f"expected a batch size >= 1, found {batch}")
     budget_for: Callable[[str], Budget] = (budget if callable(budget) else
                                            (lambda _: budget) if budget is not None else Budget.for_precision)
-    out = Path(out)
-    folders = find_artifacts(out)
+    out, only = _export_root(Path(out))
+    folders = [only] if only is not None else find_artifacts(out)
     if not folders:
         raise ArtifactError(f"expected an export folder with manifest.json, found none in {out}")
     plan = export_plan(out, folders)
@@ -216,7 +238,7 @@ def verify_artifacts(out: str | Path, data: str | Path | None = None, ckpt: str 
     finally:
         ref.close()
     checks, ref_metrics = [], None
-    for folder, engine, options, settings in _runs(out, folders):
+    for folder, engine, options, settings in _runs(out, folders, only):
         runner = load(folder, engine, **options)
         try:
             if plan is not None:

@@ -270,3 +270,24 @@ def test_rows_name_the_folder_when_it_is_not_the_engines_own(tmp_path):
     names = [ArtifactCheck(tmp_path / folder, engine, "int8", f).name for folder, engine in (
         ("onnx-int8", "onnxruntime"), ("onnx-int8-plain", "onnxruntime"), ("openvino-int8", "openvino"))]
     assert names == ["onnxruntime int8", "onnxruntime int8 (onnx-int8-plain/)", "openvino int8"]
+
+
+def test_verify_one_artifact_folder_against_its_exports_reference(fitted_export, tmp_path):
+    """``edgead verify out/openvino-fp32`` judges that artifact alone against the export's PyTorch reference (it
+    used to fail with "engine 'onnxruntime' cannot run a openvino artifact"); outside an export it is refused."""
+    from edgead.export.openvino import compile_openvino
+
+    out = _fp32_only(fitted_export, tmp_path)
+    compile_openvino(out, "fp32")
+    rep = verify_artifacts(out / "openvino-fp32", batch=3)
+    assert rep.reference_label == "PyTorch checkpoint"
+    assert [(c.folder.name, c.engine) for c in rep.checks] == [("openvino-fp32", "openvino")]
+    assert rep.passed and rep.checks[0].fidelity.max_abs_maps <= 1e-4
+    res = run("verify", out / "openvino-fp32", "--json")
+    assert res.returncode == 0, res.stderr
+    assert [a["engine"] for a in json.loads(res.stdout)["artifacts"]] == ["openvino"]
+    lone = shutil.copytree(out / "openvino-fp32", tmp_path / "lone")
+    res = run("verify", lone)
+    assert res.returncode == 1
+    assert "found the openvino fp32 artifact" in res.stderr and "outside an export" in res.stderr
+    assert "pass the export folder" in res.stderr and len(res.stderr.strip().splitlines()) == 1

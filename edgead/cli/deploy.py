@@ -225,7 +225,8 @@ def _report_compile(path: Path, json_out: bool) -> None:
 
 
 def verify(
-    out: Annotated[Path, typer.Argument(help="Export folder; every artifact in it is checked.")],
+    out: Annotated[Path, typer.Argument(help="Export folder (every artifact in it is checked) or one "
+                                                   "artifact folder inside it.")],
     data: Annotated[Path | None, typer.Option(help="MVTec-layout category (every test image is compared, metrics "
                                               "and the accuracy drop computed) or a plain folder of normal images "
                                               "(no labels: map r, score shift, flips, NaN/flat checks).")] = None,
