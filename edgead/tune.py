@@ -251,8 +251,14 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     from edgead.runtimes.manifest import MANIFEST, read_manifest
 
     out = Path(out)
-    if not (out / MANIFEST).is_file() or read_manifest(out, verify=False).engine != registry.exporter().manifest_name:
+    if not (out / MANIFEST).is_file():
         raise InputError(f"expected an export folder (edgead export CKPT -o OUT) with {MANIFEST}, found none at {out}")
+    if (found := read_manifest(out, verify=False)).engine != registry.exporter().manifest_name:
+        parent = out.resolve().parent
+        hint = (f"; pass its export folder {out.parent}" if (parent / MANIFEST).is_file() and
+                read_manifest(parent, verify=False).engine == registry.exporter().manifest_name else "")
+        raise InputError(f"expected an export folder (edgead export CKPT -o OUT), found the {found.engine} "
+                         f"{found.precision} artifact {out}{hint}")
     if batch < 1 or iters < 1 or rounds < 1:
         raise InputError(f"expected --batch, --iters and --rounds of at least 1, found {batch}, {iters}, {rounds}")
     say = progress or (lambda _msg: None)

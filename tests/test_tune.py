@@ -416,3 +416,23 @@ def test_choose_ranks_round_by_round_so_drift_between_rounds_cancels():
     a, b = replace(a, relative=rel[0]), replace(b, relative=rel[1])
     assert choose([a, b]).candidate.rest == "bf16"
     assert choose([replace(a, relative=None), replace(b, relative=None)]).candidate.rest is None  # plain medians
+
+
+def test_tune_on_an_artifact_folder_names_its_export(tuned_export, tmp_path):
+    """``edgead tune/compile out/openvino-fp32`` (an artifact, not the export) says so and names the export; it
+    used to say "with manifest.json, found none" while a manifest was right there."""
+    import shutil
+
+    from edgead.errors import InputError
+    from edgead.tune import tune
+
+    out, _ = tuned_export
+    with pytest.raises(InputError) as info:
+        tune(out / "openvino-fp32")
+    assert str(info.value) == (f"expected an export folder (edgead export CKPT -o OUT), found the openvino fp32 "
+                               f"artifact {out / 'openvino-fp32'}; pass its export folder {out}")
+    lone = shutil.copytree(out / "openvino-fp32", tmp_path / "lone")
+    with pytest.raises(InputError, match=r"found the openvino fp32 artifact .*lone$"):
+        tune(lone)
+    with pytest.raises(InputError, match="with manifest.json, found none at"):
+        tune(tmp_path / "nothing")
