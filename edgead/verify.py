@@ -190,7 +190,7 @@ def _runs(out: Path, folders: list[Path], only: Path | None = None) -> list[tupl
         tuned = None
     if tuned is not None and tuned[2]:
         folder, engine, options = tuned
-        settings = ", ".join(f"{k} {v}" for k, v in options.items())
+        settings = ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in options.items())
         runs.append((folder, engine, options, settings))
     return runs
 
