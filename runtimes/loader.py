@@ -75,7 +75,9 @@ def tuned_choice(folder: Path, extra: dict) -> tuple[Path, str, dict] | None:
     The options are the chosen setting's: runner mode, fixed batch and, where the decision names one (``rest``), the
     precision hint that runs a quantised artifact's float part in a reduced precision (an older decision without
     it loads as before), with the threshold that setting's own compile-time gate recomputed (``threshold``: the
-    artifact's manifest holds the one recomputed for its plain setting).
+    artifact's manifest holds the one recomputed for its plain setting). A ``precision_hint`` recorded beside the rest
+    must be the hint the rest means on the chosen engine. libedgead (``runtimes/c``) follows the same decision when
+    opened on the export (``edgead_parse_tuned``), with the same checks.
 
     On a machine whose CPU differs from the one that decided, the choice still loads, with a warning that it was
     made elsewhere (``edgead tune OUT`` redoes it here).
@@ -95,6 +97,11 @@ def tuned_choice(folder: Path, extra: dict) -> tuple[Path, str, dict] | None:
     threshold = chosen.get("threshold")  # the setting's own recomputed threshold (a bf16 rest moves the scores)
     if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and math.isfinite(threshold):
         options["threshold"] = float(threshold)
+    given, hint = chosen.get("precision_hint"), options.get("precision_hint")  # the hint recorded beside the rest
+    if given is not None and given != hint:  # must be what the rest means (libedgead checks the same)
+        raise ArtifactError(f"{folder / registry.MANIFEST} names the tuned precision hint {given!r}, but its float "
+                            f"rest {repr(rest) if rest is not None else 'none'} on engine {engine!r} means "
+                            f"{repr(hint) if hint else 'no hint'}; run edgead tune {folder} again")
     if (rel == "." or not rel) and not options:
         return None  # the export itself, as exported: load it as usual
     rel = rel or "."

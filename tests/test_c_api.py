@@ -482,3 +482,132 @@ def test_predict_frame_finds_the_defect_like_every_engine(lib, tiled_export, def
     peak = np.unravel_index(int(np.argmax(amap)), amap.shape)
     assert abs(peak[0] - cy) <= 6 and abs(peak[1] - cx) <= 6, peak
     assert not score <= h.threshold  # labelled anomalous, NaN-safe
+
+
+# -- an export root's tune decision: the C library opens the setting Python's load(OUT) runs ----------------------
+def _decide(out: Path, chosen: dict) -> None:
+    """Record ``chosen`` as the export's tune decision (extra.tune, as edgead.tune.record writes it), made here."""
+    from edgead.bench.machine import machine_info
+
+    m = machine_info()
+    path = out / "manifest.json"
+    d = json.loads(path.read_text())
+    d.setdefault("extra", {})["tune"] = {
+        "chosen": chosen, "candidates": [],
+        "machine": {"cpu_model": m["cpu_model"], "cores": m["cores"], "flags": m["flags"]}}
+    path.write_text(json.dumps(d, indent=1))
+
+
+@pytest.fixture()
+def export_copy(artifact: Path, tmp_path) -> Path:
+    """A copy of the tiny export: its FP32 ONNX root and the OpenVINO FP32 artifact folder (``artifact.name``)."""
+    out = tmp_path / "export"
+    shutil.copytree(artifact.parent, out)
+    return out
+
+
+def test_export_root_follows_its_tune_decision_like_python_load(lib, artifact: Path, export_copy: Path,
+                                                                 images: np.ndarray, reference) -> None:
+    """Opened on OUT, libedgead runs the chosen folder with the chosen float-rest hint (bf16), fixed batch and
+    recomputed threshold: the scores, maps and threshold of Python's load(OUT); the folder opened directly keeps its
+    own setting (no threshold; f32, whose scores differ from bf16's where the CPU runs bf16)."""
+    from edgead.precisions import executed
+    from edgead.runtimes import load
+    from edgead.runtimes.openvino_runner import _type_name
+
+    out = export_copy
+    _decide(out, {"engine": "openvino", "precision": "fp32", "mode": "latency", "static_batch": 2,
+                  "folder": artifact.name, "ms_per_image": 1.0, "rest": "bf16", "precision_hint": "bf16",
+                  "threshold": 0.1294})
+    with load(out) as runner:
+        assert (runner.folder.name, runner.static_batch, runner.spec.threshold) == (artifact.name, 2, 0.1294)
+        py = runner.predict(images)
+        hint = executed(_type_name(runner.inference_precision))
+    with lib.open(out) as h:
+        assert h.threshold == pytest.approx(0.1294) and h.max_batch == 2
+        text = h.describe()
+        scores, maps = h.predict(images)
+    used = re.search(r"\(inference (\w+)\)", text).group(1)
+    assert executed(_type_name(used)) == hint, text
+    assert text == (f"openvino fp32 on CPU (inference {used}) from {out / artifact.name} "
+                    f"(tuned: float rest in bf16, batch fixed at 2, threshold 0.1294)")
+    assert np.abs(scores - py.scores).max() <= TOL and np.abs(maps - py.maps).max() <= TOL
+    with lib.open(out / artifact.name) as direct:  # the artifact folder itself: its own setting
+        assert direct.threshold is None and direct.max_batch is None and "tuned" not in direct.describe()
+    if hint == "bf16":  # bf16 runs natively here: the hint moves the scores off the plain f32 artifact's
+        assert np.abs(scores - reference[0]).max() > TOL
+
+    # throughput mode is not applied (one infer request, LATENCY) and says so; no rest: f32, the artifact's scores
+    _decide(out, {"engine": "openvino", "mode": "throughput", "folder": artifact.name, "rest": None,
+                  "precision_hint": None, "threshold": 0.25})
+    with lib.open(out) as h:
+        assert h.threshold == 0.25 and h.max_batch is None
+        assert h.describe() == (f"openvino fp32 on CPU (inference f32) from {out / artifact.name} (tuned: threshold "
+                                f"0.25, its throughput mode runs in latency mode here (one infer request))")
+        assert np.abs(h.predict(images)[0] - reference[0]).max() <= TOL
+
+
+def test_malformed_tune_decisions_fail_with_one_line(lib, artifact: Path, export_copy: Path) -> None:
+    """Each malformed decision: the status and one line saying what was expected; Python's load(OUT) refuses it
+    too. A decision with nothing to change opens OUT as the FP32 ONNX export it holds."""
+    from edgead.runtimes import load
+    from edgead.runtimes.c_api import CAPIError
+
+    out = export_copy
+    mf, again = f"{out}/manifest.json", f"run edgead tune {out} again"
+    good = {"engine": "openvino", "folder": artifact.name, "mode": "latency", "rest": "bf16", "precision_hint": "bf16",
+            "threshold": 0.5}
+    bad, missing = "EDGEAD_ERR_CORRUPT_ARTIFACT", "EDGEAD_ERR_NOT_FOUND"
+    cases = [
+        ({"rest": "bf17"}, bad, f"{mf} names a tuned float-rest precision 'bf17' that is not one of fp32, fp16, bf16, "
+                                f"int8; {again}"),
+        ({"rest": 16}, bad, f"{mf} names a tuned float-rest precision that is a number, not one of fp32, fp16, bf16, "
+                            f"int8; {again}"),
+        ({"precision_hint": "bf99"}, bad, f"{mf} names the tuned precision hint 'bf99', but its float rest 'bf16' on "
+                                          f"engine 'openvino' means 'bf16'; {again}"),
+        ({"rest": None}, bad, f"{mf} names the tuned precision hint 'bf16', but its float rest none on engine "
+                              f"'openvino' means no hint; {again}"),
+        ({"folder": "../x"}, bad, f"{mf} names a tuned artifact '../x' that is not a folder of {out}; {again}"),
+        ({"folder": ".."}, bad, f"{mf} names a tuned artifact '..' that is not a folder of {out}; {again}"),
+        ({"folder": "a\\b"}, bad, f"{mf} names a tuned artifact 'a\\b' that is not a folder of {out}; {again}"),
+        ({"folder": "openvino-int8"}, missing, f"{mf} names a tuned artifact 'openvino-int8' that is not a folder of "
+                                               f"{out}; {again}"),
+        ({"folder": 7}, bad, f"{mf} names a tuned artifact that is a number, not the name of a folder of {out}; "
+                             f"{again}"),
+        ({"engine": "coreml", "rest": None, "precision_hint": None}, bad,
+         f"{mf} names a tuned engine 'coreml' that is not one of onnxruntime, openvino, trt, torch; {again}"),
+        ({"engine": "trt", "rest": None, "precision_hint": None}, bad,
+         f"{mf} names engine 'trt' for {out / artifact.name}, but that engine does not run its openvino artifact; "
+         f"{again}"),
+    ]
+    for edit, status, message in cases:
+        _decide(out, {**good, **edit})
+        with pytest.raises(CAPIError) as info:
+            lib.open(out)
+        assert str(info.value) == f"{status}: {message}", edit
+        with pytest.raises(EdgeadError):  # the Python side refuses the same decision
+            load(out)
+    _decide(out, {"engine": "onnxruntime", "folder": ".", "rest": None, "precision_hint": None})  # nothing to change
+    with lib.open(out) as h:
+        assert h.describe() == f"openvino fp32 on CPU (inference f32) from {out}" and h.threshold is None
+
+
+def test_c_float_rest_table_matches_the_precision_table(lib, export_copy: Path) -> None:
+    """Every spelling edgead.precisions.find reads (trimmed, any case) is a float rest libedgead reads, with the
+    OpenVINO hint Python's registry gives it (a folder that is not there stops the open once the rest passed)."""
+    from edgead import precisions, registry
+    from edgead.runtimes.c_api import CAPIError
+
+    out = export_copy
+    for p in precisions.PRECISIONS.values():
+        for spelling in {p.name, *p.aliases, p.executed, *p.spellings}:
+            for written in (spelling, f" {spelling.upper()} "):
+                hint = registry.OPENVINO.rest_precision_hint(written)
+                _decide(out, {"engine": "openvino", "folder": "nowhere", "rest": written,
+                              "precision_hint": hint or None})
+                with pytest.raises(CAPIError, match="names a tuned artifact 'nowhere' that is not a folder"):
+                    lib.open(out)
+                _decide(out, {"engine": "openvino", "folder": "nowhere", "rest": written, "precision_hint": "zz"})
+                expected = f"'{hint}'" if hint else "no hint"
+                with pytest.raises(CAPIError, match=f"float rest '{p.name}' on engine 'openvino' means {expected};"):
+                    lib.open(out)

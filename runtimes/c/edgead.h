@@ -118,6 +118,23 @@ EDGEAD_API void edgead_options_init(edgead_options* options);
  * Open the artifact folder artifact_dir (the one holding manifest.json) on device (NULL: engine default).
  * Verifies the manifest and the sha256 of each file it lists, then compiles / deserialises the model.
  * On success *out is a new handle; on failure *out is NULL and edgead_last_error(NULL) says why.
+ *
+ * An export root (edgead export OUT) whose manifest records a tune decision (extra.tune.chosen, written by
+ * edgead tune OUT and the default edgead compile OUT --calib DIR) opens the setting it chose, as Python's
+ * edgead.runtimes.load(OUT) does (a behaviour, no new function: EDGEAD_API_VERSION stays 2; a libedgead without it
+ * opens such a root as the ONNX export it holds, and its edgead_describe carries no "(tuned"):
+ *   - the chosen artifact folder OUT/<folder> (a plain folder name of OUT, or "." for OUT itself), with its own
+ *     manifest and sha256 checks;
+ *   - OpenVINO's inference precision from the chosen float rest (rest "bf16": an INT8 IR's float part in bf16)
+ *     instead of the artifact's extra.inference_precision;
+ *   - the batch axis fixed at the chosen static_batch (max_batch then reports it; smaller calls are padded);
+ *   - the threshold the setting's own compile-time gate recomputed (what edgead_input_info returns);
+ *   - a chosen throughput mode is not applied: libedgead always runs OpenVINO's LATENCY hint, one infer request.
+ * edgead_describe names the decision: "... from OUT/openvino-int8 (tuned: float rest in bf16, threshold 0.1294)".
+ * A malformed decision (an unknown float rest or precision hint, a folder that is not a plain existing folder of
+ * OUT, an unknown engine) fails with EDGEAD_ERR_CORRUPT_ARTIFACT (EDGEAD_ERR_NOT_FOUND for a missing folder) and one
+ * line naming what was expected. An export root without a decision opens as the FP32 ONNX export it holds. Open
+ * an artifact folder (OUT/openvino-fp32) to run exactly that artifact, ignoring any decision.
  */
 EDGEAD_API edgead_status edgead_open(const char* artifact_dir, const char* device, edgead_handle** out);
 
@@ -129,7 +146,8 @@ EDGEAD_API edgead_status edgead_open_ex(const char* artifact_dir, const edgead_o
  * What the artifact expects and how to label its scores. Every output pointer may be NULL (not written).
  *   height, width: the input size images must have;
  *   max_batch:     the most images one engine call takes (0: any); edgead_predict splits larger n itself;
- *   threshold, has_threshold: the artifact's decision threshold (score > threshold means anomalous,
+ *   threshold, has_threshold: the artifact's decision threshold, or the one of an export root's tuned setting
+ *                  (edgead_open) (score > threshold means anomalous,
  *                  and so does a NaN score: label with !(score <= threshold), never score > threshold);
  *                  has_threshold is 0 and threshold 0 when the artifact carries none.
  */
@@ -181,7 +199,9 @@ EDGEAD_API edgead_status edgead_predict_frame(edgead_handle* handle, const uint8
  */
 EDGEAD_API const char* edgead_last_error(const edgead_handle* handle);
 
-/** One line saying what the handle runs, e.g. "openvino fp32 on CPU (inference f32) from out/openvino-fp32". */
+/** One line saying what the handle runs, e.g. "openvino fp32 on CPU (inference f32) from out/openvino-fp32"; opened
+ *  through an export root's tune decision it ends with what the decision set, e.g. "openvino int8 on CPU (inference
+ *  bf16) from out/openvino-int8 (tuned: float rest in bf16, threshold 0.1294)". */
 EDGEAD_API const char* edgead_describe(const edgead_handle* handle);
 
 /** Release the handle and everything it holds. NULL is a no-op. */

@@ -146,6 +146,21 @@ static const edgead_backend* find_backend(const char* engine) {
     return NULL;
 }
 
+/* " (tuned: float rest in bf16, batch fixed at 8, threshold 0.1294)": what an export's tune decision set. */
+static void describe_tuned(const edgead_tuned* t, char* out, size_t cap) {
+    char parts[5][96];
+    int n = 0;
+    if (t->hint[0]) snprintf(parts[n++], sizeof parts[0], "float rest in %s", t->rest);
+    if (t->static_batch) snprintf(parts[n++], sizeof parts[0], "batch fixed at %d", t->static_batch);
+    if (t->has_threshold) snprintf(parts[n++], sizeof parts[0], "threshold %g", t->threshold);
+    if (t->throughput)
+        snprintf(parts[n++], sizeof parts[0], "its throughput mode runs in latency mode here (one infer request)");
+    size_t used = (size_t)snprintf(out, cap, " (tuned%s", n ? ": " : "");
+    for (int i = 0; i < n && used < cap; ++i)
+        used += (size_t)snprintf(out + used, cap - used, "%s%s", i ? ", " : "", parts[i]);
+    if (used < cap) snprintf(out + used, cap - used, ")");
+}
+
 edgead_status edgead_open_ex(const char* artifact_dir, const edgead_options* options, edgead_handle** out) {
     char err[EDGEAD_ERR_LEN] = "";
     edgead_options o;
@@ -165,25 +180,38 @@ edgead_status edgead_open_ex(const char* artifact_dir, const edgead_options* opt
         return failf(NULL, EDGEAD_ERR_INVALID_ARGUMENT, "edgead_open_ex: expected num_threads >= 0, found %d",
                      o.num_threads);
     edgead_manifest m;
+    edgead_tuned tuned;
     edgead_model_files files; /* the model, read once: hashed, then compiled from these very bytes */
-    edgead_status st = edgead_read_manifest(artifact_dir, &m, &files, err);
+    char* folder = NULL;      /* what was opened: artifact_dir, or the artifact its tune decision chose */
+    edgead_status st = edgead_read_export(artifact_dir, &m, &tuned, &files, &folder, err);
     if (st != EDGEAD_OK) return fail(NULL, st, err);
+    if (tuned.follow) { /* the chosen setting, as edgead.runtimes.load(OUT) runs it */
+        if (tuned.hint[0]) snprintf(m.inference_precision, sizeof m.inference_precision, "%s", tuned.hint);
+        if (tuned.static_batch) m.fixed_batch = m.min_batch = m.max_batch = tuned.static_batch;
+        if (tuned.has_threshold) {
+            m.has_threshold = 1;
+            m.threshold = tuned.threshold;
+        }
+    }
     const edgead_backend* backend = find_backend(m.engine);
     if (!backend) {
         edgead_model_files_free(&files);
         int known = !strcmp(m.engine, "openvino") || !strcmp(m.engine, "onnxruntime") || !strcmp(m.engine, "tensorrt");
-        return failf(NULL, EDGEAD_ERR_UNSUPPORTED,
-                     known ? "%s holds a %s artifact, but this libedgead was built without that engine; rebuild "
-                             "it with the engine's SDK installed (edgead build-c)"
-                           : "%s holds an artifact for engine '%s', which libedgead does not run (it runs openvino, "
-                             "onnxruntime exports through OpenVINO, and tensorrt)",
-                     artifact_dir, m.engine);
+        st = failf(NULL, EDGEAD_ERR_UNSUPPORTED,
+                   known ? "%s holds a %s artifact, but this libedgead was built without that engine; rebuild "
+                           "it with the engine's SDK installed (edgead build-c)"
+                         : "%s holds an artifact for engine '%s', which libedgead does not run (it runs openvino, "
+                           "onnxruntime exports through OpenVINO, and tensorrt)",
+                   folder, m.engine);
+        free(folder);
+        return st;
     }
     edgead_handle* h = (edgead_handle*)calloc(1, sizeof *h);
-    char* model_path = edgead_path_join(artifact_dir, m.model);
+    char* model_path = edgead_path_join(folder, m.model);
     if (!h || !model_path) {
         free(h);
         free(model_path);
+        free(folder);
         edgead_model_files_free(&files);
         return fail(NULL, EDGEAD_ERR_OUT_OF_MEMORY, "edgead_open: out of memory");
     }
@@ -195,6 +223,7 @@ edgead_status edgead_open_ex(const char* artifact_dir, const edgead_options* opt
     edgead_model_files_free(&files); /* what the backend did not keep */
     if (st != EDGEAD_OK) {
         free(h);
+        free(folder);
         return fail(NULL, st, err[0] ? err : "the engine failed to open the model");
     }
     int engine_min = 1, engine_max = 0;
@@ -205,10 +234,15 @@ edgead_status edgead_open_ex(const char* artifact_dir, const edgead_options* opt
     if (h->max_batch && h->max_batch < h->min_batch) {
         backend->close(h->state);
         free(h);
-        return failf(NULL, EDGEAD_ERR_CORRUPT_ARTIFACT, "%s: the manifest's batch range [%d, %d] and the engine's "
-                     "[%d, %d] do not overlap", artifact_dir, m.min_batch, m.max_batch, engine_min, engine_max);
+        st = failf(NULL, EDGEAD_ERR_CORRUPT_ARTIFACT, "%s: the manifest's batch range [%d, %d] and the engine's "
+                   "[%d, %d] do not overlap", folder, m.min_batch, m.max_batch, engine_min, engine_max);
+        free(folder);
+        return st;
     }
-    snprintf(h->desc, sizeof h->desc, "%.500s from %.500s", desc, artifact_dir);
+    char setting[320] = "";
+    if (tuned.follow) describe_tuned(&tuned, setting, sizeof setting);
+    snprintf(h->desc, sizeof h->desc, "%.380s from %.500s%.140s", desc, folder, setting);
+    free(folder);
     MUTEX_INIT(&h->lock);
     *out = h;
     return EDGEAD_OK;

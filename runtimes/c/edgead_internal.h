@@ -45,7 +45,23 @@ typedef struct edgead_manifest {
     double score_fraction;        /* spec.post.score_fraction (0.001 when absent) */
     int has_tiling;               /* spec.tiling is an object (edgead.spec.TilePlan) */
     int tile_overlap;             /* spec.tiling.overlap; the tile is the input size */
+    int fixed_batch;              /* not read from the file: a tune decision's static batch, which the backend fixes
+                                   * the model's batch axis at (0: the model's own batch axis) */
 } edgead_manifest;
+
+/** What an export root's tune decision (extra.tune.chosen, written by edgead tune and the default compile) sets,
+ *  read the way edgead.runtimes.loader.tuned_choice reads it. */
+typedef struct edgead_tuned {
+    int follow;          /* 1: the decision names a setting to follow; 0: open the folder as it is */
+    char folder[256];    /* the chosen artifact: "." (the export itself) or a plain folder name inside it */
+    char engine[16];     /* the chosen engine in registry spelling ("openvino", "onnxruntime", "trt", "torch"); "" none */
+    int throughput;      /* the decision chose OpenVINO's throughput mode (libedgead runs LATENCY: one request) */
+    char rest[8];        /* the float rest's precision ("bf16"), "" when none */
+    char hint[8];        /* OpenVINO's INFERENCE_PRECISION_HINT for that rest ("bf16", "f32"), "" when none */
+    int static_batch;    /* the fixed batch the runner compiles with (0: none) */
+    int has_threshold;
+    double threshold;    /* the threshold the setting's own compile-time gate recomputed */
+} edgead_tuned;
 
 /* ---- edgead_sha256.c ---------------------------------------------------------------------------------- */
 typedef struct edgead_sha256_ctx {
@@ -98,6 +114,18 @@ void edgead_json_free(void* json);
 /** Read, check and verify ``dir``/manifest.json; with ``files`` (NULL: none), the model and its weights come back
  *  in memory, read once, hashed and checked (release them with edgead_model_files_free). */
 edgead_status edgead_read_manifest(const char* dir, edgead_manifest* m, edgead_model_files* files, char* err);
+
+/** Read the tune decision of the parsed manifest ``json`` of the folder ``dir`` (``where`` names the manifest in
+ *  messages) into *t, checked as tuned_choice checks it: a known float-rest precision, a precision_hint that
+ *  matches it, a known engine, and a chosen folder that is "." or a plain name of an existing folder of ``dir``.
+ *  No decision (or one naming nothing to change) is EDGEAD_OK with t->follow 0. */
+edgead_status edgead_parse_tuned(const char* dir, const char* where, const void* json, edgead_tuned* t, char* err);
+
+/** edgead_read_manifest for a folder that may be an export root: when ``dir``'s manifest holds a tune decision
+ *  (edgead_parse_tuned), the artifact it chose is read instead (``dir`` itself or ``dir``/folder, its own manifest
+ *  and files checked) and *t says what the decision sets; *artifact_dir is the folder read (malloc'd). */
+edgead_status edgead_read_export(const char* dir, edgead_manifest* m, edgead_tuned* t, edgead_model_files* files,
+                                 char** artifact_dir, char* err);
 
 /** ``dir`` + '/' + ``name`` in a malloc'd string (NULL when out of memory). */
 char* edgead_path_join(const char* dir, const char* name);

@@ -493,24 +493,271 @@ static void name_model_files(const edgead_manifest* m, const void* json, edgead_
     }
 }
 
-edgead_status edgead_read_manifest(const char* dir, edgead_manifest* m, edgead_model_files* files, char* err) {
-    if (files) memset(files, 0, sizeof *files); /* freeable whatever fails below */
+/* Read and parse ``dir``/manifest.json, not yet its files: on EDGEAD_OK the caller releases *json
+ * (edgead_json_free) and *mpath (free). */
+static edgead_status parse_folder(const char* dir, edgead_manifest* m, void** json, char** mpath, char* err) {
+    *json = NULL;
+    *mpath = NULL;
     struct stat sb;
     if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
         FAIL(EDGEAD_ERR_NOT_FOUND, "expected an artifact folder, found no folder at %s", dir);
-    char* mpath = edgead_path_join(dir, MANIFEST_NAME);
-    if (!mpath) FAIL(EDGEAD_ERR_OUT_OF_MEMORY, "out of memory");
+    char* path = edgead_path_join(dir, MANIFEST_NAME);
+    if (!path) FAIL(EDGEAD_ERR_OUT_OF_MEMORY, "out of memory");
     char* text = NULL;
     size_t len = 0;
-    void* json = NULL;
-    edgead_status st = read_text(mpath, &text, &len, err);
+    edgead_status st = read_text(path, &text, &len, err);
     if (st == EDGEAD_ERR_NOT_FOUND)
         edgead_format_error(err, "expected %s in %s, found none; is it an edgead artifact folder?", MANIFEST_NAME, dir);
-    if (st == EDGEAD_OK) st = edgead_parse_manifest(text, len, mpath, m, &json, err);
-    if (st == EDGEAD_OK && files) name_model_files(m, json, files);
-    if (st == EDGEAD_OK) st = edgead_verify_files(dir, mpath, json, files, err);
+    if (st == EDGEAD_OK) st = edgead_parse_manifest(text, len, path, m, json, err);
+    free(text); /* cJSON keeps copies of the strings */
+    if (st != EDGEAD_OK) {
+        free(path);
+        return st;
+    }
+    *mpath = path;
+    return EDGEAD_OK;
+}
+
+/* Verify the files the parsed manifest of ``dir`` lists, keeping the model's (and weights') bytes in ``files``. */
+static edgead_status verify_folder(const char* dir, const char* mpath, const edgead_manifest* m, const void* json,
+                                   edgead_model_files* files, char* err) {
+    if (files) name_model_files(m, json, files);
+    return edgead_verify_files(dir, mpath, json, files, err);
+}
+
+edgead_status edgead_read_manifest(const char* dir, edgead_manifest* m, edgead_model_files* files, char* err) {
+    if (files) memset(files, 0, sizeof *files); /* freeable whatever fails below */
+    void* json = NULL;
+    char* mpath = NULL;
+    edgead_status st = parse_folder(dir, m, &json, &mpath, err);
+    if (st == EDGEAD_OK) st = verify_folder(dir, mpath, m, json, files, err);
     edgead_json_free(json);
-    free(text);
     free(mpath);
     return st;
+}
+
+/* ==== an export root's tune decision ===================================================================== */
+
+/* The facts of the precision table (edgead/precisions.py) a decision's float rest needs: every spelling
+ * precisions.find matches (name, aliases, executed name, engine type names; trimmed, case-insensitive) and the
+ * OpenVINO INFERENCE_PRECISION_HINT the rest runs with ("": none). tests/test_c_api.py checks it against the table. */
+static const struct {
+    const char* name;
+    const char* spellings; /* space separated */
+    const char* openvino_hint;
+} PRECISION_TABLE[] = {
+    {"fp32", "fp32 float32 f32", "f32"},
+    {"fp16", "fp16 float16 half f16", ""},
+    {"bf16", "bf16 bfloat16", "bf16"},
+    {"int8", "int8 u8 i8 uint8_t int8_t", "f32"},
+};
+#define PRECISION_NAMES "fp32, fp16, bf16, int8"
+
+/* The engine rows of edgead/registry.py a decision needs: the names (exact, as registry.find matches them), which
+ * artifacts each engine runs, and which runner options it takes (runner_options: mode, static_batch, the hint). */
+static const struct {
+    const char* name;
+    const char* aliases;
+    const char* runs; /* manifest engines, space separated */
+    int modes, static_batch, rest_hint;
+} ENGINE_TABLE[] = {
+    {"onnxruntime", "ort", "onnxruntime", 0, 1, 0},
+    {"openvino", "ov", "openvino onnxruntime", 1, 1, 1},
+    {"trt", "tensorrt", "tensorrt", 0, 0, 0},
+    {"torch", "", "torch", 0, 0, 0},
+};
+#define ENGINE_NAMES "onnxruntime, openvino, trt, torch"
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* 1 when ``word`` is one of the space-separated words of ``list``. */
+static int in_words(const char* list, const char* word, size_t n) {
+    for (const char* w = list; *w;) {
+        size_t k = strcspn(w, " ");
+        if (k == n && n > 0 && strncmp(w, word, n) == 0) return 1;
+        w += k;
+        while (*w == ' ') ++w;
+    }
+    return 0;
+}
+
+/* The PRECISION_TABLE row ``name`` spells (trimmed, ASCII case-insensitive), or -1. */
+static int find_precision(const char* name) {
+    char key[32];
+    size_t n = 0;
+    while (*name == ' ' || (*name >= '\t' && *name <= '\r')) ++name;
+    for (; *name && n < sizeof key; ++name, ++n) key[n] = (*name >= 'A' && *name <= 'Z') ? (char)(*name + 32) : *name;
+    if (*name) return -1; /* longer than any spelling */
+    while (n > 0 && (key[n - 1] == ' ' || (key[n - 1] >= '\t' && key[n - 1] <= '\r'))) --n;
+    for (size_t i = 0; i < COUNT(PRECISION_TABLE); ++i)
+        if (in_words(PRECISION_TABLE[i].spellings, key, n)) return (int)i;
+    return -1;
+}
+
+static int find_engine(const char* name) {
+    for (size_t i = 0; i < COUNT(ENGINE_TABLE); ++i)
+        if (strcmp(name, ENGINE_TABLE[i].name) == 0 || in_words(ENGINE_TABLE[i].aliases, name, strlen(name)))
+            return (int)i;
+    return -1;
+}
+
+static const char* json_type(const cJSON* v) {
+    return cJSON_IsNumber(v) ? "number" : cJSON_IsBool(v) ? "boolean" : cJSON_IsNull(v) ? "null"
+         : cJSON_IsArray(v) ? "list" : cJSON_IsObject(v) ? "object" : "string";
+}
+
+/* A value quoted for a one-line message: at most 100 bytes, control characters as '?'. */
+static void printable(const char* s, char out[104]) {
+    size_t n = 0;
+    for (; s[n] && n < 100; ++n) out[n] = ((unsigned char)s[n] < 32 || s[n] == 127) ? '?' : s[n];
+    out[n] = '\0';
+}
+
+edgead_status edgead_parse_tuned(const char* dir, const char* where, const void* json, edgead_tuned* t, char* err) {
+    memset(t, 0, sizeof *t);
+    snprintf(t->folder, sizeof t->folder, ".");
+    const cJSON* extra = cJSON_GetObjectItemCaseSensitive((const cJSON*)json, "extra");
+    const cJSON* decision = cJSON_IsObject(extra) ? cJSON_GetObjectItemCaseSensitive(extra, "tune") : NULL;
+    const cJSON* chosen = cJSON_IsObject(decision) ? cJSON_GetObjectItemCaseSensitive(decision, "chosen") : NULL;
+    if (!cJSON_IsObject(chosen)) return EDGEAD_OK; /* no decision: the folder as it is */
+    int out_len = (int)strlen(dir);
+    while (out_len > 1 && (dir[out_len - 1] == '/' || dir[out_len - 1] == '\\')) --out_len; /* OUT in messages */
+    char shown[104];
+    const cJSON* v;
+    /* the engine: a name or alias of a registry row; anything else takes no runner options (and fails below when
+     * the decision has something to follow, as load(folder, engine) fails in Python) */
+    v = cJSON_GetObjectItemCaseSensitive(chosen, "engine");
+    int engine = cJSON_IsString(v) ? find_engine(v->valuestring) : -1;
+    int unknown_engine = v && !(cJSON_IsString(v) && (engine >= 0 || v->valuestring[0] == '\0'));
+    if (engine >= 0) snprintf(t->engine, sizeof t->engine, "%s", ENGINE_TABLE[engine].name);
+    /* the float rest: absent or null, else one of the precision table's spellings */
+    int rest = -1;
+    v = cJSON_GetObjectItemCaseSensitive(chosen, "rest");
+    if (v && !cJSON_IsNull(v)) {
+        if (!cJSON_IsString(v))
+            CORRUPT("%s names a tuned float-rest precision that is a %s, not one of " PRECISION_NAMES "; run edgead "
+                    "tune %.*s again", where, json_type(v), out_len, dir);
+        if ((rest = find_precision(v->valuestring)) < 0) {
+            printable(v->valuestring, shown);
+            CORRUPT("%s names a tuned float-rest precision '%s' that is not one of " PRECISION_NAMES "; run edgead "
+                    "tune %.*s again", where, shown, out_len, dir);
+        }
+        snprintf(t->rest, sizeof t->rest, "%s", PRECISION_TABLE[rest].name);
+    }
+    int options = 0; /* what runner_options would hold */
+    if (engine >= 0 && ENGINE_TABLE[engine].rest_hint && rest >= 0 && PRECISION_TABLE[rest].openvino_hint[0]) {
+        snprintf(t->hint, sizeof t->hint, "%s", PRECISION_TABLE[rest].openvino_hint);
+        options = 1;
+    }
+    /* the static batch: a positive integer (anything else: none, as in Python); fixed where the engine fixes it */
+    v = cJSON_GetObjectItemCaseSensitive(chosen, "static_batch");
+    if (cJSON_IsNumber(v) && isfinite(v->valuedouble) && v->valuedouble == floor(v->valuedouble) &&
+        v->valuedouble > 0) {
+        if (v->valuedouble > (double)(1 << 20))
+            CORRUPT("%s names a tuned static batch of %.0f images, expected at most %d; run edgead tune %.*s again",
+                    where, v->valuedouble, 1 << 20, out_len, dir);
+        if (engine >= 0 && ENGINE_TABLE[engine].static_batch) {
+            t->static_batch = (int)v->valuedouble;
+            options = 1;
+        }
+    }
+    /* the mode: any value but "" counts as chosen (Python reads str(mode)); only OpenVINO has modes */
+    v = cJSON_GetObjectItemCaseSensitive(chosen, "mode");
+    if (v && !(cJSON_IsString(v) && v->valuestring[0] == '\0') && engine >= 0 && ENGINE_TABLE[engine].modes) {
+        t->throughput = cJSON_IsString(v) && strcmp(v->valuestring, "throughput") == 0;
+        options = 1;
+    }
+    /* the setting's own threshold: a finite number (anything else: the artifact's own, as in Python) */
+    v = cJSON_GetObjectItemCaseSensitive(chosen, "threshold");
+    if (cJSON_IsNumber(v) && isfinite(v->valuedouble)) {
+        t->has_threshold = 1;
+        t->threshold = v->valuedouble;
+        options = 1;
+    }
+    /* the hint the decision recorded must be the one its rest means (null or absent: none recorded) */
+    v = cJSON_GetObjectItemCaseSensitive(chosen, "precision_hint");
+    if (v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && strcmp(v->valuestring, t->hint) == 0 && t->hint[0])) {
+        char expected[32], rest_name[16];
+        snprintf(expected, sizeof expected, t->hint[0] ? "'%s'" : "no hint", t->hint);
+        snprintf(rest_name, sizeof rest_name, rest >= 0 ? "'%s'" : "none", t->rest);
+        printable(cJSON_IsString(v) ? v->valuestring : "", shown);
+        if (!cJSON_IsString(v))
+            CORRUPT("%s names a tuned precision hint that is a %s, but its float rest %s on engine '%s' means %s; "
+                    "run edgead tune %.*s again", where, json_type(v), rest_name, t->engine, expected, out_len, dir);
+        CORRUPT("%s names the tuned precision hint '%s', but its float rest %s on engine '%s' means %s; run edgead "
+                "tune %.*s again", where, shown, rest_name, t->engine, expected, out_len, dir);
+    }
+    /* the folder: "." (or absent) is the export itself */
+    v = cJSON_GetObjectItemCaseSensitive(chosen, "folder");
+    if (v && !cJSON_IsString(v))
+        CORRUPT("%s names a tuned artifact that is a %s, not the name of a folder of %.*s; run edgead tune %.*s again",
+                where, json_type(v), out_len, dir, out_len, dir);
+    const char* rel = v && v->valuestring[0] ? v->valuestring : ".";
+    if (strcmp(rel, ".") == 0 && !options) return EDGEAD_OK; /* the export itself, as exported */
+    int plain = strlen(rel) < sizeof t->folder && strcmp(rel, "..") != 0;
+    for (const unsigned char* c = (const unsigned char*)rel; plain && *c; ++c)
+        if (*c < 32 || *c == 127 || *c == '/' || *c == '\\' || *c == ':') plain = 0;
+    struct stat sb;
+    char* path = plain ? edgead_path_join(dir, rel) : NULL;
+    if (plain && !path) FAIL(EDGEAD_ERR_OUT_OF_MEMORY, "out of memory");
+    int exists = path && stat(path, &sb) == 0;
+    int is_dir = exists && S_ISDIR(sb.st_mode);
+    free(path);
+    if (!is_dir) {
+        printable(rel, shown);
+        FAIL(plain && !exists ? EDGEAD_ERR_NOT_FOUND : EDGEAD_ERR_CORRUPT_ARTIFACT, "%s names a tuned artifact '%s' "
+             "that is not a folder of %.*s; run edgead tune %.*s again", where, shown, out_len, dir, out_len, dir);
+    }
+    if (unknown_engine) {
+        printable(cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(chosen, "engine")) ? v->valuestring : "", shown);
+        if (!cJSON_IsString(v))
+            CORRUPT("%s names a tuned engine that is a %s, not one of " ENGINE_NAMES "; run edgead tune %.*s again",
+                    where, json_type(v), out_len, dir);
+        CORRUPT("%s names a tuned engine '%s' that is not one of " ENGINE_NAMES "; run edgead tune %.*s again", where,
+                shown, out_len, dir);
+    }
+    snprintf(t->folder, sizeof t->folder, "%s", rel);
+    t->follow = 1;
+    return EDGEAD_OK;
+}
+
+edgead_status edgead_read_export(const char* dir, edgead_manifest* m, edgead_tuned* t, edgead_model_files* files,
+                                 char** artifact_dir, char* err) {
+    if (files) memset(files, 0, sizeof *files); /* freeable whatever fails below */
+    memset(t, 0, sizeof *t);
+    *artifact_dir = NULL;
+    void* json = NULL;
+    char* mpath = NULL;
+    edgead_status st = parse_folder(dir, m, &json, &mpath, err);
+    if (st == EDGEAD_OK) st = edgead_parse_tuned(dir, mpath, json, t, err);
+    char* folder = NULL;
+    if (st == EDGEAD_OK) {
+        int chosen = t->follow && strcmp(t->folder, ".") != 0;
+        folder = chosen ? edgead_path_join(dir, t->folder) : (char*)malloc(strlen(dir) + 1);
+        if (!folder) {
+            edgead_format_error(err, "out of memory");
+            st = EDGEAD_ERR_OUT_OF_MEMORY;
+        } else if (chosen) { /* the chosen artifact, with its own manifest and files checked */
+            st = edgead_read_manifest(folder, m, files, err);
+        } else { /* the folder itself */
+            memcpy(folder, dir, strlen(dir) + 1);
+            st = verify_folder(dir, mpath, m, json, files, err);
+        }
+    }
+    if (st == EDGEAD_OK && t->follow && t->engine[0]) {
+        int e = find_engine(t->engine);
+        if (e < 0 || !in_words(ENGINE_TABLE[e].runs, m->engine, strlen(m->engine))) {
+            edgead_format_error(err, "%s names engine '%s' for %s, but that engine does not run its %s artifact; run "
+                                "edgead tune %s again", mpath, t->engine, folder, m->engine, dir);
+            st = EDGEAD_ERR_CORRUPT_ARTIFACT;
+        }
+    }
+    edgead_json_free(json);
+    free(mpath);
+    if (st != EDGEAD_OK) {
+        free(folder);
+        if (files) edgead_model_files_free(files);
+        return st;
+    }
+    *artifact_dir = folder;
+    return EDGEAD_OK;
 }

@@ -3,7 +3,9 @@
  *
  * Runs OpenVINO IR artifacts (engine "openvino") and FP32 ONNX exports (engine "onnxruntime"), as the Python
  * OpenVINORunner does: the inference precision is set explicitly from the manifest's extra.inference_precision
- * ("f32" when absent, since some CPUs otherwise default to bf16) with the LATENCY performance hint. The model is
+ * ("f32" when absent, since some CPUs otherwise default to bf16; an export root's tune decision replaces it with its
+ * float rest's hint and may fix the batch axis, as the Python runner's precision_hint and static_batch do) with the
+ * LATENCY performance hint (also where the decision chose throughput mode: one infer request per handle). The model is
  * read from memory (ov_core_read_model_from_memory_buffer): the bytes the core hashed, never the path again, so
  * a file swapped after the check is never compiled. One infer request per handle; the core serialises calls on a
  * handle, so the request is never used concurrently.
@@ -156,6 +158,23 @@ static int onnx_external_data(const edgead_blob* model) {
     return 0;
 }
 
+/* Fix the model's batch axis at ``batch`` (a tune decision's static batch), as the Python runner does with
+ * model.reshape before compiling: (N, H, W, 3) becomes (batch, H, W, 3). A model of another rank is left as it is
+ * for check_input to refuse. */
+static ov_status_e fix_batch(ov_model_t* model, int batch) {
+    ov_output_const_port_t* port = NULL;
+    ov_partial_shape_t shape = {{0, 0}, NULL};
+    ov_status_e st = ov_model_const_input(model, &port);
+    if (st == OK) st = ov_port_get_partial_shape(port, &shape);
+    if (st == OK && shape.rank.min == 4 && shape.rank.max == 4 && shape.dims) {
+        shape.dims[0].min = shape.dims[0].max = batch;
+        st = ov_model_reshape_single_input(model, shape);
+    }
+    if (shape.dims) ov_partial_shape_free(&shape);
+    if (port) ov_output_const_port_free(port);
+    return st;
+}
+
 static edgead_status ov_open(const edgead_manifest* m, const char* model_path, edgead_model_files* files,
                              const edgead_options* options, void** state, char* desc, char* err) {
     ov_state* s = (ov_state*)calloc(1, sizeof *s);
@@ -183,6 +202,14 @@ static edgead_status ov_open(const edgead_manifest* m, const char* model_path, e
         snprintf(what, sizeof what, "read the model %.600s", model_path);
         ov_error(err, st, what);
         result = EDGEAD_ERR_CORRUPT_ARTIFACT;
+        goto fail;
+    }
+    if (m->fixed_batch > 0 && (st = fix_batch(model, m->fixed_batch)) != OK) {
+        char what[EDGEAD_ERR_LEN];
+        snprintf(what, sizeof what, "fix the batch axis of %.600s at %d (the tune decision's static batch)",
+                 model_path, m->fixed_batch);
+        ov_model_free(model);
+        ov_error(err, st, what);
         goto fail;
     }
     st = compile(s, model, device, precision, options->num_threads);

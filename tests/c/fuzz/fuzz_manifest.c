@@ -4,8 +4,10 @@
  * Each input is manifest.json text. It is parsed and checked; when accepted, the files it lists are verified in
  * a fixture folder that also holds the hostile entries of issue 10: a FIFO ("pipe"), a symlink to /dev/zero
  * ("zero") and a symlink out of the folder ("escape"). Hashing either of the first two used to hang forever;
- * libFuzzer's -timeout turns a hang into a reported crash. Oracles: the sanitizers, the timeout, and that an
- * accepted manifest has a plain model name, a positive input size and a finite threshold.
+ * libFuzzer's -timeout turns a hang into a reported crash. An accepted manifest's tune decision (extra.tune.chosen)
+ * is read too, against the same folder, which holds one subfolder ("sub"). Oracles: the sanitizers, the timeout,
+ * that an accepted manifest has a plain model name, a positive input size and a finite threshold, and that a
+ * followed decision names "." or a plain existing folder, a finite threshold, a batch in range and a known hint.
  */
 #include <math.h>
 #include <stdio.h>
@@ -45,6 +47,8 @@ int LLVMFuzzerInitialize(int* argc, char*** argv) {
     if (symlink("/dev/zero", path) != 0) abort();
     snprintf(path, sizeof path, "%s/escape", fixture);
     if (symlink("../outside", path) != 0) abort();
+    snprintf(path, sizeof path, "%s/sub", fixture);
+    mkdir(path, 0755);
     return 0;
 }
 
@@ -64,6 +68,13 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             (void)sum;
         }
         edgead_model_files_free(&keep);
+        edgead_tuned t;
+        if (edgead_parse_tuned(fixture, "fuzz/manifest.json", json, &t, err) == EDGEAD_OK && t.follow) {
+            if (strchr(t.folder, '/') || strchr(t.folder, '\\') || strcmp(t.folder, "..") == 0 || !t.folder[0] ||
+                (t.has_threshold && !isfinite(t.threshold)) || t.static_batch < 0 || t.static_batch > (1 << 20) ||
+                (t.hint[0] && strcmp(t.hint, "f32") != 0 && strcmp(t.hint, "bf16") != 0))
+                abort();
+        }
         edgead_json_free(json);
     }
     if (memchr(err, '\n', sizeof err)) abort(); /* messages stay on one line */
