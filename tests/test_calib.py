@@ -314,6 +314,8 @@ def test_tiny_detector_max_drop_half_a_point_compiles_on_its_proxy(shallow_expor
     thr = fid["threshold"]  # the artifact's own threshold from the 4 held-out normals, beside the PyTorch one
     assert thr["reference"] == rt.load(export, "onnxruntime").spec.threshold
     assert abs(thr["recomputed"] - thr["reference"]) < 0.05 * thr["reference"] and thr["flips_with_recomputed"] <= 2
+    steps = rt.load(folder).manifest.extra["quantization"]["search"]  # the search ran: plain INT8 missed first
+    assert steps and steps[0]["float_layers"] == 0 and steps[0]["passed"] is False and any(s["passed"] for s in steps[1:])
 
 
 def test_search_names_why_the_best_int8_artifact_missed():
