@@ -248,15 +248,14 @@ def tune(out: str | Path, batch: int = 1, calib: str | Path | None = None, data:
     from edgead.bench.machine import machine_info
     from edgead.bench.timing import bench_runner
     from edgead.fidelity import reference_for, score_noise
-    from edgead.runtimes.manifest import MANIFEST, read_manifest
+    from edgead.runtimes.manifest import MANIFEST, export_of, is_export, read_manifest
 
     out = Path(out)
     if not (out / MANIFEST).is_file():
         raise InputError(f"expected an export folder (edgead export CKPT -o OUT) with {MANIFEST}, found none at {out}")
-    if (found := read_manifest(out, verify=False)).engine != registry.exporter().manifest_name:
-        parent = out.resolve().parent
-        hint = (f"; pass its export folder {out.parent}" if (parent / MANIFEST).is_file() and
-                read_manifest(parent, verify=False).engine == registry.exporter().manifest_name else "")
+    if not is_export(out):
+        found = read_manifest(out, verify=False)
+        hint = f"; pass its export folder {out.parent}" if export_of(out) is not None else ""
         raise InputError(f"expected an export folder (edgead export CKPT -o OUT), found the {found.engine} "
                          f"{found.precision} artifact {out}{hint}")
     if batch < 1 or iters < 1 or rounds < 1:

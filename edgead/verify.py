@@ -55,7 +55,7 @@ from edgead.fidelity import (
 from edgead.imageio import list_images
 from edgead.runtimes.compare import check_batch
 from edgead.runtimes.loader import load, tuned_choice
-from edgead.runtimes.manifest import find_artifacts, read_manifest
+from edgead.runtimes.manifest import export_of, find_artifacts, is_export, read_manifest
 from edgead.spec import TilePlan
 
 
@@ -165,16 +165,11 @@ def _export_root(path: Path) -> tuple[Path, Path | None]:
     """(export root, the one artifact folder to check or None for all of them) for the folder a user named: an
     export folder, or one artifact folder inside it (``edgead verify out/openvino-int8``), which is judged
     against its export's reference alone. An artifact folder outside an export has no reference: refused."""
-    manifest = path / registry.MANIFEST
-    if not manifest.is_file():
+    if not (path / registry.MANIFEST).is_file() or is_export(path):
         return path, None
+    if (root := export_of(path)) is not None:
+        return root, path
     m = read_manifest(path, verify=False)
-    exporter = registry.exporter().manifest_name
-    if m.engine == exporter:
-        return path, None
-    parent = path.parent
-    if (parent / registry.MANIFEST).is_file() and read_manifest(parent, verify=False).engine == exporter:
-        return parent, path
     raise ArtifactError(f"expected an export folder (edgead export CKPT -o OUT) or an artifact folder inside one, "
                         f"found the {m.engine} {m.precision} artifact {path} outside an export: its FP32 "
                         f"reference is unknown; pass the export folder it was compiled from")

@@ -19,7 +19,7 @@ from typing import Any
 from edgead import __version__
 from edgead.errors import ArtifactError
 from edgead.fsutil import sha256_file, write_text_atomic
-from edgead.registry import MANIFEST
+from edgead.registry import MANIFEST, exporter
 from edgead.spec import DetectorSpec, check_compatible, parse_json_object
 
 MANIFEST_FORMAT = 1
@@ -216,6 +216,18 @@ def verify_files(folder: Path, m: Manifest) -> None:
     if unlisted:
         raise ArtifactError(f"{where} does not list {', '.join(unlisted[:3])}, found beside it; an unlisted file could "
                             f"be changed undetected, so the artifact is refused (re-export or remove the file)")
+
+
+def is_export(folder: str | Path) -> bool:
+    """Whether ``folder`` holds an export (the FP32 ONNX model ``edgead export`` wrote), not a compiled artifact."""
+    folder = Path(folder)
+    return (folder / MANIFEST).is_file() and read_manifest(folder, verify=False).engine == exporter().manifest_name
+
+
+def export_of(artifact: str | Path) -> Path | None:
+    """The export folder an artifact folder sits in (its parent, when that is an export), else None."""
+    parent = Path(artifact).resolve().parent
+    return parent if is_export(parent) else None
 
 
 def find_artifacts(root: str | Path) -> list[Path]:
